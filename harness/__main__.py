@@ -1,0 +1,59 @@
+"""python -m harness [sweep=NAME] [group=option ...] [key=value ...] [--cfg]
+
+No sweep: one trial on the composed config. With sweep=NAME: the Optuna study in sweeps/NAME.yaml.
+--cfg prints the resolved config and exits without running anything.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    from harness.config import ConfigError, complete, load, to_yaml
+    from harness.data import DataError
+    from harness.models import ModelError
+
+    show = "--cfg" in argv
+    overrides = [a for a in argv if a != "--cfg"]
+    try:
+        cfg = complete(load(overrides))
+        if show:
+            print(to_yaml(cfg))
+            return 0
+        if cfg.get("sweep"):
+            from harness.study import run_study
+
+            return run_study(cfg, overrides)
+        from harness.launch import run_single
+
+        rec = run_single(cfg)
+    except (ConfigError, DataError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\naccuracy {_fmt(rec['accuracy'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
+          f"majority class {_fmt(rec['majority_accuracy'])})")
+    print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
+          f"(${rec['cost_usd']:.5f}), peak memory {rec['peak_memory_bytes'] / 2**20:.0f} MiB, "
+          f"{rec['trainable_params']:,} trainable params")
+    run_dir = Path(cfg.out_dir) / rec["study"] / "trials" / str(rec["trial"])
+    print(f"record   {run_dir}/result.json")
+    wb = rec.get("wandb") or {}
+    if wb.get("mode") == "offline":
+        run_files = wb["dir"].rsplit("/files", 1)[0]
+        print(f"W&B      {run_files} (offline; upload with `wandb sync {run_files}`)")
+    elif wb:
+        print(f"W&B      {wb['url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Base model (+ bitsandbytes quantization) and peft LoRA adapters; target-module presets.
+
+Where the base weights come from (model.source):
+  package       a directory inside an installed Python package (the embedded MiniLM)
+  gguf_package  a GGUF file inside an installed package, de-quantized once into a safetensors
+                copy under the cache dir (the embedded SmolLM2), so later trials load in seconds
+  hub           a Hugging Face hub id (users with internet)
+  tiny          random weights built from model.tiny, saved once to the cache (tests)
+Every source ends as a local directory (or hub id) loaded by the same `from_pretrained` call with
+the same BitsAndBytesConfig, so tests exercise the quantization path users run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from harness.data import _package_dir, cache_dir, tiny_vocab
+
+# Target presets per architecture family: regexes searched in full module names. Named presets,
+# not lists, keep Optuna's categorical choices plain values.
+_BERT = {
+    "attn_qv": r"attention\.self\.(query|value)$",
+    "attn": r"attention\.(self\.(query|key|value)|output\.dense)$",
+    "mlp": r"layer\.\d+\.(intermediate|output)\.dense$",
+}
+_LLAMA = {
+    "attn_qv": r"self_attn\.(q|v)_proj$",
+    "attn": r"self_attn\.(q|k|v|o)_proj$",
+    "mlp": r"mlp\.(gate|up|down)_proj$",
+}
+PRESETS = {
+    fam: {**p, "all_linear": f"({p['attn']})|({p['mlp']})"} for fam, p in {"bert": _BERT, "llama": _LLAMA}.items()
+}
+# The classification head is new and trained in full: keep it out of quantization.
+HEADS = {"bert": ["classifier"], "llama": ["score"]}
+
+
+class ModelError(ValueError):
+    """A model or adapter setting that cannot work with this model."""
+
+
+def check_targets(family: str, targets) -> None:
+    """Static check (no model loaded): a preset name must exist for the family."""
+    if isinstance(targets, str) and targets not in PRESETS[family]:
+        raise ModelError(
+            f"lora.targets={targets!r} is not a preset for {family} models; "
+            f"presets: {sorted(PRESETS[family])} (or give a list of module names)")
+
+
+def _linear_names(model) -> list[str]:
+    import bitsandbytes as bnb
+
+    kinds = (torch.nn.Linear, bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    return [n for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def resolve_targets(model, family: str, targets) -> list[str]:
+    """Preset or module names -> the full names of the Linear modules that get adapters."""
+    names = [n for n in _linear_names(model) if not any(n.split(".")[0] == h or n.startswith(h) for h in HEADS[family])]
+    if isinstance(targets, str):
+        check_targets(family, targets)
+        pattern = re.compile(PRESETS[family][targets])
+        picked = [n for n in names if pattern.search(n)]
+    else:
+        picked, unknown = [], []
+        for t in targets:
+            hit = [n for n in names if n == t or n.endswith("." + t)]
+            (picked.extend(hit) if hit else unknown.append(t))
+        if unknown:
+            leaves = sorted({re.sub(r"^.*?\.\d+\.", "", n) for n in names})
+            raise ModelError(f"lora.targets {unknown} match no Linear module of this model; it has: {leaves}")
+    if not picked:
+        raise ModelError(f"lora.targets={targets!r} matched no module of this model")
+    return sorted(set(picked))
+
+
+# ---------------------------------------------------------------------------- weights on disk
+
+
+def _tiny_dir(mcfg) -> Path:
+    """Random-weight model + word-level tokenizer built from config, saved once (keyed by config)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+
+    spec = dict(mcfg.tiny)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"tiny-{key}"
+    if (out / "config.json").is_file():
+        return out
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {w: i for i, w in enumerate(specials + tiny_vocab())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]")
+    model_type = spec.pop("model_type")
+    config = AutoConfig.for_model(model_type, vocab_size=len(vocab), pad_token_id=0, **spec)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    fast.save_pretrained(tmp)
+    tmp.rename(out) if not out.exists() else None
+    return out
+
+
+def _gguf_dir(mcfg) -> Path:
+    """De-quantize the packaged GGUF into safetensors once (12-18 s); later loads take seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg, rel = mcfg.path.split("/", 1)
+    gguf = _package_dir(pkg) / rel
+    if not gguf.is_file():
+        raise ModelError(f"{gguf} not found; run the README setup (make setup)")
+    out = cache_dir() / "models" / mcfg.name
+    if (out / "config.json").is_file():
+        return out
+    print(f"[harness] converting {gguf.name} to safetensors in {out} (once, ~15 s)", flush=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out) if not out.exists() else None
+    return out
+
+
+def weights_path(mcfg) -> str:
+    if mcfg.source == "tiny":
+        return str(_tiny_dir(mcfg))
+    if mcfg.source == "gguf_package":
+        return str(_gguf_dir(mcfg))
+    if mcfg.source == "package":
+        pkg, _, rel = mcfg.path.partition("/")
+        path = _package_dir(pkg) / rel
+        if not (path / "config.json").is_file():
+            raise ModelError(f"no config.json in {path}; run the README setup (make setup)")
+        return str(path)
+    return mcfg.path  # hub id
+
+
+# ---------------------------------------------------------------------------- build
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def quantization_config(cfg):
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.quant
+    skip = HEADS[cfg.model.family]
+    if q.mode in ("nf4", "fp4"):
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.mode,
+                                  bnb_4bit_use_double_quant=q.double_quant,
+                                  bnb_4bit_compute_dtype=_DTYPES[q.compute_dtype],
+                                  llm_int8_skip_modules=skip)
+    if q.mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return None
+
+
+def load_tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    m = cfg.model
+    tok = AutoTokenizer.from_pretrained(weights_path(m), revision=m.revision, trust_remote_code=m.trust_remote_code)
+    if tok.pad_token is None:  # decoder LMs ship without one; EOS is the usual stand-in
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def disable_avx512bf16_repack(model) -> int:
+    """bitsandbytes 0.50.2 on AVX512-BF16 CPUs repacks 4-bit weights on the first eval-mode forward,
+    after which LoRA gradients are silently wrong (up to 96%). Turn the repack off per layer."""
+    import bitsandbytes as bnb
+
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def load_base(cfg, num_labels: int, device: str | int, tokenizer):
+    """The quantized base model with a classification head, ready for adapters."""
+    from transformers import AutoModelForSequenceClassification
+
+    m = cfg.model
+    qconf = quantization_config(cfg)
+    dtype = torch.float32 if qconf is not None else _DTYPES[cfg.quant.compute_dtype]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        weights_path(m), num_labels=num_labels, revision=m.revision, trust_remote_code=m.trust_remote_code,
+        quantization_config=qconf, dtype=dtype, device_map={"": device})
+    model.config.pad_token_id = tokenizer.pad_token_id
+    disable_avx512bf16_repack(model)
+    return model
+
+
+def add_adapters(model, cfg):
+    """k-bit preparation, then LoRA on the resolved targets; the head trains in full."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    gc = cfg.train.gradient_checkpointing
+    if cfg.quant.mode != "none":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = resolve_targets(model, cfg.model.family, cfg.lora.targets)
+    set_seed(cfg.seed)  # LoRA A init and the new head are otherwise unseeded
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=targets, bias=cfg.lora.bias, task_type=TaskType.SEQ_CLS,
+                      modules_to_save=HEADS[cfg.model.family])
+    model = get_peft_model(model, lcfg)
+    return model, targets

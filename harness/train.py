@@ -1,0 +1,323 @@
+"""The trial: one script for 1..N processes.
+
+    python -m harness.train runs/<study>/trials/<n>/config.yaml                 (1 process)
+    accelerate launch --multi_gpu --num_processes 2 -m harness.train <config>  (N processes)
+
+Stages, top to bottom: config -> data -> tokenizer -> model + adapters -> baseline eval -> train
+(with intermediate evals for the pruner) -> final eval -> cost -> record + W&B. Rank 0 alone writes
+the record, logs to W&B and talks to Optuna; the other ranks follow its prune decision.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from harness import config as config_mod
+from harness.cost import Clock, eval_flops, param_counts, peak_memory_bytes, train_flops
+from harness.data import load_splits
+from harness.tracking import Run, provenance, write_json
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot produce a valid result (NaN loss, wrong world size, ...)."""
+
+
+class TrialPruned(RuntimeError):
+    """The pruner stopped this trial after an intermediate evaluation."""
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.out_dir) / cfg.study / "trials" / str(cfg.trial)
+
+
+# ---------------------------------------------------------------------------- batching
+
+
+def tokenize(tokenizer, examples, max_length: int) -> list[dict]:
+    enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
+    return [{"input_ids": ids, "label": e.label} for ids, e in zip(enc["input_ids"], examples)]
+
+
+def train_batches(items: list[dict], global_batch: int, seed: int, group_by_length: bool):
+    """Endless stream of global batches (lists of item indices), epoch after epoch.
+    With group_by_length, each window of 50 batches is sorted by length before being cut, so a
+    batch pads to a similar length; batch order is then shuffled. Every rank draws the same stream."""
+    rng = random.Random(seed)
+    epoch = 0
+    while True:
+        idx = list(range(len(items)))
+        rng.shuffle(idx)
+        if group_by_length:
+            window = global_batch * 50
+            idx = [i for w in range(0, len(idx), window)
+                   for i in sorted(idx[w:w + window], key=lambda i: len(items[i]["input_ids"]))]
+        batches = [idx[b:b + global_batch] for b in range(0, len(idx), global_batch)]
+        batches = [b for b in batches if len(b) == global_batch] or batches  # drop a ragged tail
+        if group_by_length:
+            rng.shuffle(batches)
+        yield from batches
+        epoch += 1
+
+
+def collate(items: list[dict], pad_id: int, device) -> dict:
+    width = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, x in enumerate(items):
+        n = len(x["input_ids"])
+        ids[row, :n] = torch.tensor(x["input_ids"])
+        mask[row, :n] = 1
+    labels = torch.tensor([x["label"] for x in items])
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+@torch.no_grad()
+def evaluate(model, items, batch_size, pad_id, accelerator) -> dict:
+    """Accuracy and loss on this rank's shard of the held-out split, summed over ranks."""
+    model.eval()
+    order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))  # less padding
+    shard = order[accelerator.process_index::accelerator.num_processes]
+    correct = loss_sum = tokens = 0.0
+    for b in range(0, len(shard), batch_size):
+        batch = collate([items[i] for i in shard[b:b + batch_size]], pad_id, accelerator.device)
+        with accelerator.autocast():
+            out = model(**batch)
+        correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
+        loss_sum += out.loss.float().item() * len(batch["labels"])
+        tokens += batch["attention_mask"].sum().item()
+    totals = accelerator.reduce(torch.tensor([correct, loss_sum, tokens, len(shard)], dtype=torch.float64,
+                                             device=accelerator.device), reduction="sum").tolist()
+    model.train()
+    n = totals[3]
+    return {"accuracy": totals[0] / n, "loss": totals[1] / n, "tokens": int(totals[2]), "n": int(n)}
+
+
+# ---------------------------------------------------------------------------- the trial
+
+
+def _threads(cfg) -> None:
+    n = cfg.hardware.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("HARNESS_CONCURRENT_PROCS", cfg.hardware.processes)))
+    torch.set_num_threads(n)
+
+
+def run(cfg, reporter=None) -> dict:
+    """Run one trial from a resolved config; returns the record (also written to result.json).
+
+    reporter(step, metrics) -> bool is called on rank 0 after each intermediate eval; True prunes.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    cfg = config_mod.complete(cfg)
+    clock = Clock()
+    on_cpu = cfg.hardware.device == "cpu"
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=cfg.hardware.mixed_precision)
+    world = accelerator.num_processes
+    if world != cfg.hardware.processes:
+        raise TrialFailed(
+            f"world size is {world} but hardware.processes={cfg.hardware.processes}: the launcher started the "
+            "wrong number of processes (on CPU use `accelerate launch --multi_gpu --num_processes N` with "
+            "ACCELERATE_USE_CPU=1; `--cpu` and MULTI_CPU configs start one)")
+    main = accelerator.is_main_process
+    if on_cpu:
+        _threads(cfg)
+    t = cfg.train
+    if t.keep_effective_batch and world > 1:
+        if t.batch_size % world:
+            raise TrialFailed(f"train.batch_size={t.batch_size} does not split over {world} processes; "
+                              "make it a multiple, or set train.keep_effective_batch=false")
+        per_device = t.batch_size // world
+    else:
+        per_device = t.batch_size
+    global_batch = per_device * world
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = config_mod.OmegaConf.to_container(cfg, resolve=True)
+
+    # --- data (first: a size error costs nothing)
+    with clock.phase("data"):
+        splits = load_splits(cfg.data)
+    # --- tokenizer + model + adapters
+    import transformers
+
+    from harness.models import add_adapters, load_base, load_tokenizer
+
+    transformers.utils.logging.set_verbosity_error()  # the "newly initialized head" report is expected
+    transformers.utils.logging.disable_progress_bar()
+
+    with clock.phase("load"):
+        tokenizer = load_tokenizer(cfg)
+        device = accelerator.device if not on_cpu else "cpu"
+        model = load_base(cfg, len(splits.labels), accelerator.local_process_index if not on_cpu else "cpu", tokenizer)
+    with clock.phase("tokenize"):
+        train_items = tokenize(tokenizer, splits.train, cfg.model.max_length)
+        test_items = tokenize(tokenizer, splits.test, cfg.model.max_length)
+        if cfg.eval.max_examples:
+            test_items = test_items[: cfg.eval.max_examples]
+    pad_id = tokenizer.pad_token_id
+
+    tracker = Run(cfg, resolved, run_dir, enabled=main)
+    baseline = None
+    if cfg.eval.baseline:
+        with clock.phase("baseline"):
+            # the base model with its untrained head: what the adapters have to beat
+            baseline = evaluate(model, test_items, cfg.eval.batch_size, pad_id, accelerator)
+    with clock.phase("load"):
+        model, targets = add_adapters(model, cfg)
+        params = param_counts(model)
+    majority = max(sum(x["label"] == y for x in test_items) for y in range(len(splits.labels))) / len(test_items)
+
+    if main:
+        print(f"[harness] trial {cfg.study}/{cfg.trial}: {cfg.model.name} {cfg.quant.mode} on {cfg.data.name} "
+              f"(train {len(train_items)}, test {len(test_items)}); LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} "
+              f"on {len(targets)} modules, {params['trainable_params']:,} trainable of {params['total_params']:,}; "
+              f"{world} process(es) x {per_device} x accum {t.grad_accum} = {global_batch * t.grad_accum} "
+              f"examples/step, {t.max_steps} steps", flush=True)
+
+    # --- train
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    from transformers import get_linear_schedule_with_warmup
+
+    sched = get_linear_schedule_with_warmup(opt, int(t.warmup_ratio * t.max_steps), t.max_steps)
+    model, opt = accelerator.prepare(model, opt)
+    model.train()
+    stream = train_batches(train_items, global_batch, cfg.seed, t.group_by_length)
+    tokens_seen = padded_seen = examples_seen = 0
+    loss_ema, history, evals = None, [], []
+    status, reason = "complete", None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=t.max_steps, desc=f"trial {cfg.trial}", disable=not main or os.environ.get("HARNESS_QUIET") == "1",
+               dynamic_ncols=True, leave=False)
+    step = 0
+    while step < t.max_steps:
+        with clock.phase("train"):
+            step_loss = 0.0
+            for micro in range(t.grad_accum):
+                gbatch = next(stream)
+                mine = gbatch[accelerator.process_index::world]
+                batch = collate([train_items[i] for i in mine], pad_id, accelerator.device)
+                sync = micro == t.grad_accum - 1
+                ctx = accelerator.no_sync(model) if (world > 1 and not sync) else nullcontext()
+                with ctx:
+                    with accelerator.autocast():
+                        loss = model(**batch).loss / t.grad_accum
+                    accelerator.backward(loss)
+                step_loss += loss.detach().float().item()
+                tokens_seen += batch["attention_mask"].sum().item()  # this rank's; summed below
+                padded_seen += batch["attention_mask"].numel()
+                examples_seen += len(gbatch)
+            if not math.isfinite(step_loss):
+                status, reason = "failed", f"non-finite loss ({step_loss}) at step {step + 1}"
+                break
+            grad_norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        step += 1
+        loss_ema = step_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * step_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        if main:
+            rec = {"train/loss": step_loss, "train/lr": sched.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                   "train/tokens": tokens_seen}
+            history.append({"step": step, **rec})
+            tracker.log(rec, step=step)
+        if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+            with clock.phase("eval"):
+                ev = evaluate(model, test_items, cfg.eval.batch_size, pad_id, accelerator)
+            evals.append({"step": step, "accuracy": ev["accuracy"], "loss": ev["loss"]})
+            tracker.log({"eval/accuracy": ev["accuracy"], "eval/loss": ev["loss"]}, step=step)
+            decision = [bool(reporter(step, ev)) if (main and reporter) else False]
+            if world > 1:
+                broadcast_object_list(decision, from_process=0)  # every rank follows rank 0
+            if decision[0]:
+                status, reason = "pruned", f"pruned after step {step} (eval accuracy {ev['accuracy']:.4f})"
+                break
+    bar.close()
+
+    # --- final eval (skipped for failed runs: nothing to measure)
+    final = None
+    if status == "complete":
+        with clock.phase("eval"):
+            final = evaluate(model, test_items, cfg.eval.batch_size, pad_id, accelerator)
+        evals.append({"step": step, "accuracy": final["accuracy"], "loss": final["loss"]})
+        tracker.log({"eval/accuracy": final["accuracy"], "eval/loss": final["loss"]}, step=step)
+
+    # --- cost
+    if world > 1:
+        tokens_seen, padded_seen = (int(v) for v in accelerator.reduce(
+            torch.tensor([tokens_seen, padded_seen], device=accelerator.device), reduction="sum").tolist())
+    compute_s = sum(clock.phases.get(k, 0.0) for k in ("baseline", "train", "eval"))
+    eval_tok = sum(1 for _ in evals) * sum(len(x["input_ids"]) for x in test_items)
+    if baseline:
+        eval_tok += baseline["tokens"]
+    n_ne, n_tr = params["non_embedding_params"], params["trainable_params"]
+    tflops = train_flops(n_ne, n_tr, tokens_seen, t.gradient_checkpointing)
+    eflops = eval_flops(n_ne, eval_tok)
+    peak = accelerator.reduce(torch.tensor(peak_memory_bytes(torch.device(accelerator.device)), device=accelerator.device),
+                              reduction="max").item() if world > 1 else peak_memory_bytes(torch.device(accelerator.device))
+    device_seconds = compute_s * world
+    record = {
+        "status": status, "reason": reason, "study": cfg.study, "trial": cfg.trial,
+        "accuracy": final["accuracy"] if final else None,
+        "eval_loss": final["loss"] if final else None,
+        "baseline_accuracy": baseline["accuracy"] if baseline else None,
+        "majority_accuracy": majority,
+        "best_intermediate_accuracy": max((e["accuracy"] for e in evals), default=None),
+        "train_loss": history[-1]["train/loss"] if history else None,
+        "steps": step, "examples_seen": examples_seen, "tokens": tokens_seen, "padded_tokens": padded_seen,
+        "eval_tokens": eval_tok, "flops": tflops + eflops, "train_flops": tflops, "eval_flops": eflops,
+        **params, "lora_modules": len(targets),
+        "peak_memory_bytes": int(peak), "device_seconds": device_seconds, "wall_seconds": clock.total(),
+        "phase_seconds": {k: round(v, 3) for k, v in clock.phases.items()},
+        "tokens_per_second": tokens_seen / max(clock.phases.get("train", 1e-9), 1e-9),
+        "cost_usd": device_seconds / 3600 * cfg.hardware.price_per_device_hour,
+        "world_size": world, "per_device_batch_size": per_device, "grad_accum": t.grad_accum,
+        "effective_batch_size": global_batch * t.grad_accum,
+        "train_size": len(train_items), "test_size": len(test_items), "labels": splits.labels,
+        "data": splits.provenance, "evals": evals,
+        "provenance": provenance(accelerator.device) if main else {},
+    }
+    if main:
+        record["wandb"] = tracker.info()
+        write_json(run_dir / "result.json", {**record, "config": resolved, "history": history})
+        tracker.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None},
+                       exit_code=0 if status == "complete" else 1)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if status == "failed":
+        raise TrialFailed(reason)
+    if status == "pruned":
+        raise TrialPruned(reason)
+    return record
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m harness.train runs/<study>/trials/<n>/config.yaml", file=sys.stderr)
+        return 2
+    cfg = config_mod.read(argv[0])
+    reporter = None
+    if cfg.get("sweep") and int(os.environ.get("RANK", "0")) == 0:
+        from harness.study import trial_reporter  # rank 0 alone talks to Optuna
+
+        reporter = trial_reporter(cfg)
+    try:
+        run(cfg, reporter)
+    except TrialPruned as e:
+        print(f"[harness] {e}", file=sys.stderr)
+        return 3  # the driver reads this as PRUNED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
