@@ -109,6 +109,7 @@ class HardwareCfg(_Strict):
     processes: int = Field(ge=1)
     threads: int | None = Field(default=None, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     price_per_device_hour: float = Field(ge=0)
 
