@@ -254,7 +254,8 @@ def load_splits(cfg) -> Splits:
     pool_labels = [labels[i] for i in pool_idx]
     sub = stratified_order(pool_labels, cfg.subset_seed)[: cfg.train_size]
     train = [Example(texts[pool_idx[i]], labels[pool_idx[i]]) for i in sub]
-    test = [Example(texts[i], labels[i]) for i in sorted(test_idx)]
+    # kept in stratified order, so eval.max_examples (a prefix) is stratified too
+    test = [Example(texts[i], labels[i]) for i in test_idx]
     digest = hashlib.sha256("\n".join(f"{e.label}\t{e.text}" for e in train).encode()).hexdigest()[:16]
     prov = {**prov, "n_total": len(texts), "train_sha": digest}
     return Splits(train=train, test=test, labels=names, pool_size=len(pool_idx), provenance=prov)
