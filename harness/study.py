@@ -278,7 +278,7 @@ class Driver:
         if self.sw.sampler == "grid":
             self.points = [(p, s) for p in space_mod.grid(self.sw.space) for s in self.sw.seeds]
         n = self.sw.n_trials
-        self.budget = min(n, len(self.points)) if self.points is not None and n else (len(self.points) if self.points else n)
+        self.budget = n if self.points is None else min(n or len(self.points), len(self.points))
         self.slots = list(range(self._parallel()))
 
     def _parallel(self) -> int:
@@ -401,8 +401,11 @@ class Driver:
             if tcfg.hardware.device == "cpu":
                 env["HARNESS_CONCURRENT_PROCS"] = str(len(self.slots) * tcfg.hardware.processes)
             else:
+                # slot i owns devices [i*k, (i+1)*k) of those visible to the driver
                 k = tcfg.hardware.processes
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot * k + i) for i in range(k))
+                visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+                ids = visible.split(",") if visible else [str(i) for i in range(len(self.slots) * k)]
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * k:(slot + 1) * k])
             log = open(run_dir / "log.txt", "ab")
             with log:
                 proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -431,8 +434,9 @@ class Driver:
             reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
         if rec:
             attrs.update({k: rec.get(k) for k in ATTR_METRICS})
-        if reason:
-            attrs["fail_reason" if state == TrialState.FAIL else "prune_reason"] = reason
+        # always both keys: a retry inherits the user_attrs of the attempt it repeats
+        attrs["fail_reason"] = reason if state == TrialState.FAIL else None
+        attrs["prune_reason"] = reason if state == TrialState.PRUNED else None
         with self.lock:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
@@ -554,7 +558,7 @@ class Driver:
         if state == "COMPLETE":
             return f"{head}  accuracy={_num(info.get('accuracy'))} flops={_num(info.get('flops'))} " \
                    f"device-s={_num(info.get('device_seconds'))}"
-        return f"{head}  {info.get('fail_reason') or info.get('prune_reason', '')}"
+        return f"{head}  {info.get('fail_reason') or info.get('prune_reason') or ''}"
 
     # -- the end
     def summary(self) -> int:
@@ -570,7 +574,10 @@ class Driver:
                 print(f"  trial {t.number}: {t.user_attrs.get('fail_reason')}")
             return 1
         if len(self.sw.objectives) == 1:
-            rows, title = [self.study.best_trial], "best trial"
+            (metric, direction), = self.sw.objectives.items()
+            rows = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
+                          reverse=direction == "maximize")[:10]
+            title = f"complete trials by {metric}, best first" + (" (top 10)" if c["complete"] > 10 else "")
         else:
             rows = sorted(self.study.best_trials, key=lambda t: t.values[1:] + t.values[:1])
             title = f"Pareto set ({len(rows)} trials)"
@@ -613,6 +620,6 @@ def table(trials, axes: list[str], objectives) -> str:
 
 def run_study(cfg: DictConfig, overrides: list[str]) -> int:
     """`python -m harness sweep=NAME ...`: validate everything, then run or resume the study."""
-    base = [o for o in overrides if o.split("=", 1)[0] not in ("trial",)]
-    check(cfg, base)
-    return Driver(cfg, base).run()
+    driver = Driver(cfg, overrides)
+    check(cfg, driver.base)
+    return driver.run()

@@ -154,6 +154,7 @@ sweep:
     assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"]
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retry) == 1 and retry[0].params == dead.params and retry[0].state == TrialState.COMPLETE
+    assert retry[0].user_attrs["fail_reason"] is None  # not inherited from the attempt it repeats
     # a Pareto set: no member is dominated by another complete trial
     front = study.best_trials
     assert front and all(not (o.values[0] >= f.values[0] and o.values[1] <= f.values[1] and o.values != f.values)
@@ -208,3 +209,32 @@ sweep:
     assert trials[trial.number].state == TrialState.FAIL
     assert [t.params for t in trials if t.state == TrialState.WAITING] == [params]
     assert tally(trials) == {**tally(trials), "done": 0, "waiting": 1, "retried": 1}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_trial_and_the_rerun_retries_it(tmp_path, capsys):
+    ov = sweep(tmp_path, "intr", """\
+sweep:
+  space: {lora.r: {choices: [2, 4]}}
+  sampler: grid
+""")
+    driver = subprocess.Popen([sys.executable, "-m", "harness", *ov], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+
+    def running():
+        try:
+            return next((t for t in load(tmp_path, "intr").get_trials(states=(TrialState.RUNNING,))
+                         if "pid" in t.user_attrs), None)
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            return None
+
+    victim = _wait(running, 120, "a running trial")
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "interrupted" in err
+    stopped = load(tmp_path, "intr").trials[victim.number]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"].startswith("interrupted")
+    assert main(ov) == 0
+    study = load(tmp_path, "intr")
+    assert sorted(t.params["lora.r"] for t in study.trials if t.state == TrialState.COMPLETE) == [2, 4]
+    assert any(t.system_attrs.get("failed_trial") == victim.number for t in study.trials)
