@@ -260,13 +260,18 @@ def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
 # ---------------------------------------------------------------------------- the driver
 
 
+def base_overrides(overrides: list[str]) -> list[str]:
+    """The command line every trial starts from (the driver adds params, seed and trial number)."""
+    return [o for o in overrides if o.split("=", 1)[0] not in ("trial", "--cfg")]
+
+
 class Driver:
     def __init__(self, cfg: DictConfig, overrides: list[str]):
         import optuna
 
         _quiet_optuna()
         self.cfg, self.sw = cfg, cfg.sweep
-        self.base = [o for o in overrides if o.split("=", 1)[0] not in ("trial", "--cfg")]
+        self.base = base_overrides(overrides)
         self.root = Path(cfg.out_dir) / cfg.study
         self.me = f"{socket.gethostname()}:{os.getpid()}"
         self.lock = threading.Lock()
@@ -620,6 +625,5 @@ def table(trials, axes: list[str], objectives) -> str:
 
 def run_study(cfg: DictConfig, overrides: list[str]) -> int:
     """`python -m harness sweep=NAME ...`: validate everything, then run or resume the study."""
-    driver = Driver(cfg, overrides)
-    check(cfg, driver.base)
-    return driver.run()
+    check(cfg, base_overrides(overrides))  # before the storage exists: a bad sweep leaves nothing behind
+    return Driver(cfg, overrides).run()
