@@ -125,6 +125,11 @@ def _gguf_dir(mcfg) -> Path:
     print(f"[harness] converting {gguf.name} to safetensors in {out} (once, ~15 s)", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized fp32 now, but transformers still marks the model as GGUF-quantized
+    # and refuses to save it; drop the marker so the copy loads as a plain checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
