@@ -263,6 +263,7 @@ def run(cfg, reporter=None) -> dict:
     # task metrics beyond accuracy/loss (sft: exact_match, rouge_l, bleu, ...), final and zero-shot
     record.update((final or {}).get("metrics", {}))
     record.update({f"baseline_{k}": v for k, v in (baseline or {}).get("metrics", {}).items()})
+    record.update((final or baseline or {}).get("notes", {}))  # how the metrics were computed (BLEU signature)
     samples = {k: ev["samples"] for k, ev in (("baseline", baseline), ("final", final)) if ev and "samples" in ev}
     if samples:
         record["samples"] = samples
