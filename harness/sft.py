@@ -206,16 +206,6 @@ def collate(items: list[dict], pad_id: int, device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def _left_padded(prompts: list[list[int]], pad_id: int, device) -> dict:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-
-
 def stop_ids(tokenizer, model) -> list[int]:
     """End of generation: the tokenizer's EOS (or its stand-in) and any the model's generation
     config names (instruct models often end a turn with a token other than eos_token)."""
@@ -229,49 +219,81 @@ def stop_ids(tokenizer, model) -> list[int]:
 # ---------------------------------------------------------------------------- evaluation
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device) -> tuple[list[str], int]:
-    """Greedy continuations of token-id prompts (one left-padded batch); also the number of tokens
-    processed (prompt tokens + generated tokens up to and including the stop token)."""
-    from transformers import GenerationConfig
+def _eval_batch(items: list[dict], pad_id: int, device) -> tuple[dict, int]:
+    """[left-padded prompt | right-padded completion] rows: every prompt ends at column `width`,
+    where decoding starts; labels hold the completion tokens."""
+    width = max(x["n_prompt"] for x in items)
+    total = width + max(len(x["input_ids"]) - x["n_prompt"] for x in items)
+    ids = torch.full((len(items), total), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), total), dtype=torch.long)
+    labels = torch.full((len(items), total), -100, dtype=torch.long)
+    for row, x in enumerate(items):
+        k, n = x["n_prompt"], len(x["input_ids"])
+        ids[row, width - k:width + n - k] = torch.tensor(x["input_ids"])
+        mask[row, width - k:width + n - k] = 1
+        labels[row, width:width + n - k] = ids[row, width:width + n - k]
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}, width
 
-    stops = stop_ids(tokenizer, model)
-    batch = _left_padded(prompts, tokenizer.pad_token_id, device)
-    gconf = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                             pad_token_id=tokenizer.pad_token_id)
-    out = model.generate(**batch, generation_config=gconf)
-    new = out[:, batch["input_ids"].shape[1]:].tolist()
-    kept = []
-    for row in new:  # finished rows are padded after their stop token: cut there
-        end = next((i for i, tok in enumerate(row) if tok in stops), None)
-        kept.append(row if end is None else row[: end + 1])
-    texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
-    return [t.strip() for t in texts], int(batch["attention_mask"].sum().item()) + sum(len(k) for k in kept)
+
+def stop_ids(tokenizer, model) -> list[int]:
+    """End of generation: the tokenizer's EOS (or its stand-in) and any the model's generation
+    config names (instruct models often end a turn with a token other than eos_token)."""
+    ids = {tokenizer.convert_tokens_to_ids(_eos(tokenizer))}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    return sorted(ids)
 
 
 @torch.no_grad()
+def score_and_generate(model, tokenizer, items: list[dict], max_new_tokens: int, device) -> dict:
+    """One batch: the completions' summed NLL (teacher forcing) and greedy generations.
+
+    A single forward over [prompt | completion] gives both the completion NLL and the prompts' KV
+    cache; the cache is cut back to the prompts and greedy decoding continues from it, so prompts
+    are encoded once (the eval is ~half the compute of a separate perplexity pass)."""
+    from transformers import GenerationConfig
+
+    batch, width = _eval_batch(items, tokenizer.pad_token_id, device)
+    mask, labels = batch["attention_mask"], batch["labels"]
+    n_keep = labels.shape[1] - width + 1  # logits at width-1 .. end predict the completion tokens
+    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=n_keep)
+    logits = out.logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, width:].reshape(-1),
+                                            ignore_index=-100, reduction="sum").item()
+    cache = out.past_key_values
+    cache.crop(-(labels.shape[1] - width + 1))  # keep width-1 tokens: generation re-reads the last prompt token
+    stops = stop_ids(tokenizer, model)
+    gconf = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id)
+    gen = model.generate(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width],
+                         past_key_values=cache, generation_config=gconf)
+    kept = []
+    for row in gen[:, width:].tolist():  # finished rows are padded after their stop token: cut there
+        end = next((i for i, tok in enumerate(row) if tok in stops), None)
+        kept.append(row if end is None else row[: end + 1])
+    texts = [t.strip() for t in tokenizer.batch_decode(kept, skip_special_tokens=True)]
+    return {"texts": texts, "nll": nll, "n_target": int((labels != -100).sum().item()),
+            "tokens": int(mask.sum().item()) + sum(len(k) for k in kept)}
+
+
 def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
     """Generation metrics on the held-out items; this rank's shard, gathered over ranks."""
     from accelerate.utils import gather_object
 
     model.eval()
-    gen_model = accelerator.unwrap_model(model)
-    bs, pad_id = cfg.eval.batch_size, tokenizer.pad_token_id
+    plain = accelerator.unwrap_model(model)  # no gradients here: DDP's wrapper is not needed
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))  # less padding
     shard = order[accelerator.process_index::accelerator.num_processes]
     mine, nll, n_target, tokens = [], 0.0, 0, 0
-    for b in range(0, len(shard), bs):
-        idx = shard[b:b + bs]
-        batch = collate([items[i] for i in idx], pad_id, accelerator.device)
+    for b in range(0, len(shard), cfg.eval.batch_size):
+        idx = shard[b:b + cfg.eval.batch_size]
         with accelerator.autocast():
-            loss = model(**batch).loss  # mean over the (shifted) completion tokens of the batch
-        n = int((batch["labels"][:, 1:] != -100).sum().item())
-        nll += loss.float().item() * n
-        n_target += n
-        with accelerator.autocast():
-            texts, processed = generate(gen_model, tokenizer, [items[i]["input_ids"][: items[i]["n_prompt"]] for i in idx],
-                                        cfg.task.max_new_tokens, accelerator.device)
-        tokens += int(batch["attention_mask"].sum().item()) + processed
-        mine.extend(zip(idx, texts))
+            res = score_and_generate(plain, tokenizer, [items[i] for i in idx], cfg.task.max_new_tokens,
+                                     accelerator.device)
+        nll, n_target, tokens = nll + res["nll"], n_target + res["n_target"], tokens + res["tokens"]
+        mine.extend(zip(idx, res["texts"]))
     generated = dict(gather_object(mine))
     nll, n_target, tokens = accelerator.reduce(
         torch.tensor([nll, n_target, tokens], dtype=torch.float64, device=accelerator.device), reduction="sum").tolist()

@@ -74,7 +74,9 @@ def test_long_prompts_are_cut_from_the_stated_side(sft_cfg, tok):
     assert tok.decode(right["input_ids"][: right["n_prompt"]]).split() == words[:30]
 
 
-def test_batched_left_padded_generation_matches_one_at_a_time(sft_cfg, tok):
+def test_batched_eval_matches_one_at_a_time_and_the_training_loss(sft_cfg, tok):
+    """Left padding and the shared prompt cache change nothing: batched generations equal
+    one-at-a-time ones, and the completion NLL equals the training loss on the same items."""
     import torch
 
     from harness.models import load_base
@@ -82,12 +84,16 @@ def test_batched_left_padded_generation_matches_one_at_a_time(sft_cfg, tok):
     cfg = sft_cfg("quant=none")
     model = load_base(cfg, 0, "cpu", tok).eval()
     items = sft.items(tok, sft.load_splits(cfg.data).test[:6], cfg)
-    prompts = [x["input_ids"][: x["n_prompt"]] for x in items]
-    assert len({len(p) for p in prompts}) > 1  # the batch really is padded
+    assert len({x["n_prompt"] for x in items}) > 1  # the batch really is padded
+    batched = sft.score_and_generate(model, tok, items, 4, "cpu")
+    single = [sft.score_and_generate(model, tok, [x], 4, "cpu") for x in items]
+    assert batched["texts"] == [r["texts"][0] for r in single] and any(batched["texts"])
     with torch.no_grad():
-        batched, _ = sft.generate(model, tok, prompts, 4, "cpu")
-        single = [sft.generate(model, tok, [p], 4, "cpu")[0][0] for p in prompts]
-    assert batched == single and any(batched)
+        batch = sft.collate(items, tok.pad_token_id, "cpu")
+        mean_loss = model(**batch).loss.item()  # HF's causal-LM loss over the labelled tokens
+    assert batched["n_target"] == sum(len(x["input_ids"]) - x["n_prompt"] for x in items)
+    assert batched["nll"] / batched["n_target"] == pytest.approx(mean_loss, rel=1e-4)
+    assert sum(r["nll"] for r in single) == pytest.approx(batched["nll"], rel=1e-4)
 
 
 def test_jsonl_errors_name_the_line_and_column(sft_cfg, tmp_path):
@@ -150,3 +156,7 @@ def test_a_tiny_sft_trial_writes_a_complete_record(sft_cfg):
     assert [list(s) for s in saved["samples"]["final"]] == [["prompt", "generation", "target"]] * 3
     assert saved["samples"]["final"][0]["prompt"] == saved["samples"]["baseline"][0]["prompt"]
     assert rec["trainable_params"] > 0 and saved["config"]["task"]["type"] == "sft"
+    # the samples are also a W&B Table in the (offline) run
+    tables = list((Path(saved["wandb"]["dir"]) / "media" / "table" / "samples").glob("final_*.table.json"))
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["prompt", "generation", "target"] and len(table["data"]) == 3
