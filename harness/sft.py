@@ -192,47 +192,30 @@ def items(tokenizer, pairs: list[Pair], cfg) -> list[dict]:
     return out
 
 
-def collate(items: list[dict], pad_id: int, device) -> dict:
-    """Right-padded batch; labels are the input ids on completion tokens and -100 elsewhere."""
-    width = max(len(x["input_ids"]) for x in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    for row, x in enumerate(items):
-        n, k = len(x["input_ids"]), x["n_prompt"]
-        ids[row, :n] = torch.tensor(x["input_ids"])
-        mask[row, :n] = 1
-        labels[row, k:n] = ids[row, k:n]
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
-def stop_ids(tokenizer, model) -> list[int]:
-    """End of generation: the tokenizer's EOS (or its stand-in) and any the model's generation
-    config names (instruct models often end a turn with a token other than eos_token)."""
-    ids = {tokenizer.convert_tokens_to_ids(_eos(tokenizer))}
-    gen = getattr(model, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None)
-    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
-    return sorted(ids)
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-
-def _eval_batch(items: list[dict], pad_id: int, device) -> tuple[dict, int]:
-    """[left-padded prompt | right-padded completion] rows: every prompt ends at column `width`,
-    where decoding starts; labels hold the completion tokens."""
+def _batch(items: list[dict], pad_id: int, device, align_prompts: bool) -> tuple[dict, int]:
+    """Padded batch with labels = the completion tokens, -100 elsewhere. Right-padded rows, or with
+    align_prompts every prompt ends at column `width` (left-padded prompt | right-padded completion),
+    where decoding starts. Returns the batch and width (the longest prompt)."""
     width = max(x["n_prompt"] for x in items)
-    total = width + max(len(x["input_ids"]) - x["n_prompt"] for x in items)
+    offsets = [width - x["n_prompt"] if align_prompts else 0 for x in items]
+    total = max(o + len(x["input_ids"]) for o, x in zip(offsets, items))
     ids = torch.full((len(items), total), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), total), dtype=torch.long)
     labels = torch.full((len(items), total), -100, dtype=torch.long)
-    for row, x in enumerate(items):
-        k, n = x["n_prompt"], len(x["input_ids"])
-        ids[row, width - k:width + n - k] = torch.tensor(x["input_ids"])
-        mask[row, width - k:width + n - k] = 1
-        labels[row, width:width + n - k] = ids[row, width:width + n - k]
+    for row, (o, x) in enumerate(zip(offsets, items)):
+        n, k = len(x["input_ids"]), x["n_prompt"]
+        ids[row, o:o + n] = torch.tensor(x["input_ids"])
+        mask[row, o:o + n] = 1
+        labels[row, o + k:o + n] = ids[row, o + k:o + n]
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}, width
+
+
+def collate(items: list[dict], pad_id: int, device) -> dict:
+    """Right-padded training batch; labels are the completion tokens, -100 on prompt and padding."""
+    return _batch(items, pad_id, device, align_prompts=False)[0]
+
+
+# ---------------------------------------------------------------------------- evaluation
 
 
 def stop_ids(tokenizer, model) -> list[int]:
@@ -254,7 +237,7 @@ def score_and_generate(model, tokenizer, items: list[dict], max_new_tokens: int,
     are encoded once (the eval is ~half the compute of a separate perplexity pass)."""
     from transformers import GenerationConfig
 
-    batch, width = _eval_batch(items, tokenizer.pad_token_id, device)
+    batch, width = _batch(items, tokenizer.pad_token_id, device, align_prompts=True)
     mask, labels = batch["attention_mask"], batch["labels"]
     n_keep = labels.shape[1] - width + 1  # logits at width-1 .. end predict the completion tokens
     out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
