@@ -164,7 +164,6 @@ def test_a_tiny_sft_trial_writes_a_complete_record(sft_cfg):
 
 @pytest.mark.slow
 def test_analogies_are_fetched_from_the_gensim_wheel_and_checksummed():
-    s = sft.load_splits(complete(load(["task=sft"])).data)  # downloads the wheel once (~28 MB)
-    assert s.provenance["n_total"] == 19544 and len(s.test) == 200
-    assert sft.Pair("Athens is to Greece as Baghdad is to", "Iraq") in s.train + s.test + \
-        sft.load_splits(complete(load(["task=sft", "data.train_size=19344"])).data).train
+    s = sft.load_splits(complete(load(["task=sft", "data.train_size=19344"])).data)  # fetches the wheel once
+    assert s.provenance["n_total"] == 19544 and len(s.test) == 200 and len(s.train) == 19344
+    assert sft.Pair("Athens is to Greece as Baghdad is to", "Iraq") in s.train + s.test
