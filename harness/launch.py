@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.config import to_yaml
@@ -47,19 +48,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def accelerate_config(cfg: DictConfig) -> dict:
+    """The `accelerate launch --config_file` contents for an N-process trial (N > 1).
+
+    Always MULTI_GPU or FSDP, also on CPU: a MULTI_CPU config (like `--cpu`) starts ONE process.
+    On CPU the launcher's environment adds ACCELERATE_USE_CPU=1, so the ranks use gloo.
+    """
+    hw = cfg.hardware
+    on_cpu = hw.device == "cpu"
+    conf = {
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU",
+        "num_processes": hw.processes, "num_machines": 1, "machine_rank": 0, "gpu_ids": "all",
+        "main_process_port": _free_port(), "rdzv_backend": "static", "same_network": True,
+        "mixed_precision": hw.mixed_precision, "use_cpu": on_cpu, "debug": False,
+        "dynamo_config": {},
+    }
+    if hw.strategy == "fsdp":  # (the schema rejects fsdp on CPU)
+        # The FSDP + QLoRA recipe of the peft/bitsandbytes docs (FSDP1): shard whole decoder layers,
+        # keep flat params (LoRA + frozen 4-bit weights mixed in one unit need use_orig_params=false),
+        # load on rank 0 and broadcast. The 4-bit storage dtype must match (models.py sets
+        # bnb_4bit_quant_storage to the compute dtype under fsdp) or FSDP cannot flatten the weights.
+        conf["distributed_type"] = "FSDP"
+        conf["fsdp_config"] = {
+            "fsdp_version": 1, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_backward_prefetch": "BACKWARD_PRE", "fsdp_forward_prefetch": False,
+            "fsdp_cpu_ram_efficient_loading": True, "fsdp_sync_module_states": True,
+            "fsdp_offload_params": False, "fsdp_sharding_strategy": "FULL_SHARD",
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_use_orig_params": False,
+        }
+    return conf
+
+
 def command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
-    """The command line and environment that run this trial in child process(es)."""
+    """The command line and environment that run this trial in child process(es). For N > 1 it
+    writes accelerate.yaml next to the trial's config.yaml and launches through it."""
     env = dict(os.environ)
     n = cfg.hardware.processes
     if n == 1:
         return [sys.executable, "-m", "harness.train", str(config_path)], env
     if cfg.hardware.device == "cpu":
-        # `--cpu --num_processes N` and MULTI_CPU configs silently start ONE process; this starts N
-        # gloo ranks. The trial asserts the world size either way.
-        env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-           "--num_machines", "1", "--mixed_precision", cfg.hardware.mixed_precision,
-           "--main_process_port", str(_free_port()), "--dynamo_backend", "no",
+        env["ACCELERATE_USE_CPU"] = "1"  # gloo ranks; see accelerate_config for why not MULTI_CPU
+    acc = config_path.parent / "accelerate.yaml"
+    acc.write_text(yaml.safe_dump(accelerate_config(cfg), sort_keys=False))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(acc),
            "-m", "harness.train", str(config_path)]
     return cmd, env
 

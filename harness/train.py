@@ -98,6 +98,18 @@ def evaluate(model, items, batch_size, pad_id, accelerator) -> dict:
     return {"accuracy": totals[0] / n, "loss": totals[1] / n, "tokens": int(totals[2]), "n": int(n)}
 
 
+def adapter_checksum(model) -> str:
+    """sha256 of the trained parameters (LoRA + head), by name: equal on every rank after DDP."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.removeprefix("module.").encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------- the trial
 
 
@@ -112,12 +124,15 @@ def run(cfg, reporter=None) -> dict:
     reporter(step, metrics) -> bool is called on rank 0 after each intermediate eval; True prunes.
     """
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
 
     cfg = config_mod.complete(cfg)
     clock = Clock()
     on_cpu = cfg.hardware.device == "cpu"
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=cfg.hardware.mixed_precision)
+    # Every LoRA parameter gets a gradient each step, and with activation checkpointing (non-reentrant,
+    # models.py) find_unused_parameters=True would crash DDP: state it rather than rely on the default.
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=cfg.hardware.mixed_precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     world = accelerator.num_processes
     if world != cfg.hardware.processes:
         raise TrialFailed(
@@ -214,6 +229,8 @@ def run(cfg, reporter=None) -> dict:
                 tokens_seen += batch["attention_mask"].sum().item()  # this rank's; summed below
                 padded_seen += batch["attention_mask"].numel()
                 examples_seen += len(gbatch)
+            if world > 1:  # the global batch's loss, and every rank sees the same NaN check
+                step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
             if not math.isfinite(step_loss):
                 status, reason = "failed", f"non-finite loss ({step_loss}) at step {step + 1}"
                 break
@@ -265,6 +282,7 @@ def run(cfg, reporter=None) -> dict:
     peak = accelerator.reduce(torch.tensor(peak_memory_bytes(torch.device(accelerator.device)), device=accelerator.device),
                               reduction="max").item() if world > 1 else peak_memory_bytes(torch.device(accelerator.device))
     device_seconds = compute_s * world
+    checksums = gather_object([adapter_checksum(model)]) if world > 1 else [adapter_checksum(model)]
     record = {
         "status": status, "reason": reason, "study": cfg.study, "trial": cfg.trial,
         "accuracy": final["accuracy"] if final else None,
@@ -282,6 +300,7 @@ def run(cfg, reporter=None) -> dict:
         "cost_usd": device_seconds / 3600 * cfg.hardware.price_per_device_hour,
         "world_size": world, "per_device_batch_size": per_device, "grad_accum": t.grad_accum,
         "effective_batch_size": global_batch * t.grad_accum,
+        "adapter_checksums": checksums,  # one per rank: equal when DDP kept the replicas in sync
         "train_size": len(train_items), "test_size": len(test_items), "labels": splits.labels,
         "data": splits.provenance, "evals": evals,
         "provenance": provenance(accelerator.device) if main else {},
