@@ -135,21 +135,21 @@ def run(cfg, reporter=None) -> dict:
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     world = accelerator.num_processes
     if world != cfg.hardware.processes:
-        raise TrialFailed(
-            f"world size is {world} but hardware.processes={cfg.hardware.processes}: the launcher started the "
-            "wrong number of processes (on CPU use `accelerate launch --multi_gpu --num_processes N` with "
-            "ACCELERATE_USE_CPU=1; `--cpu` and MULTI_CPU configs start one)")
+        reason = (f"world size is {world} but hardware.processes={cfg.hardware.processes}: the launcher started the "
+                  "wrong number of processes (on CPU use `accelerate launch --multi_gpu --num_processes N` with "
+                  "ACCELERATE_USE_CPU=1; `--cpu` and MULTI_CPU configs start one)")
+        if accelerator.is_main_process:  # the driver reads the reason from the record
+            run_dir_of(cfg).mkdir(parents=True, exist_ok=True)
+            write_json(run_dir_of(cfg) / "result.json", {"status": "failed", "reason": reason, "study": cfg.study,
+                                                         "trial": cfg.trial, "world_size": world})
+        raise TrialFailed(reason)
     main = accelerator.is_main_process
     if on_cpu:
         _threads(cfg)
     t = cfg.train
-    if t.keep_effective_batch and world > 1:
-        if t.batch_size % world:
-            raise TrialFailed(f"train.batch_size={t.batch_size} does not split over {world} processes; "
-                              "make it a multiple, or set train.keep_effective_batch=false")
-        per_device = t.batch_size // world
-    else:
-        per_device = t.batch_size
+    # train.batch_size is the global batch (split over ranks; the schema checks it divides) unless
+    # keep_effective_batch=false makes it per process
+    per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     global_batch = per_device * world
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +169,7 @@ def run(cfg, reporter=None) -> dict:
     with clock.phase("load"):
         tokenizer = load_tokenizer(cfg)
         device = accelerator.device if not on_cpu else "cpu"
+        transformers.set_seed(cfg.seed)  # the new head is initialized inside from_pretrained
         model = load_base(cfg, len(splits.labels), accelerator.local_process_index if not on_cpu else "cpu", tokenizer)
     with clock.phase("tokenize"):
         train_items = tokenize(tokenizer, splits.train, cfg.model.max_length)
