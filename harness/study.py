@@ -17,6 +17,7 @@ freshly sampled configuration right after it. `n_trials` counts trials, seed rep
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -154,8 +155,10 @@ def check(cfg: DictConfig, base: list[str]) -> None:
     for key in sw.space:
         target = space_mod.VIRTUAL.get(key, key)
         if OmegaConf.select(cfg, target, default="<absent>") == "<absent>" or target.split(".")[0] in ("sweep", "trial"):
-            raise ConfigError(f"{where}: sweep.space.{key}: no such config key `{target}`; search spaces use the "
-                              f"config's dotted names (see `python -m harness --cfg`)")
+            close = difflib.get_close_matches(target, space_mod.flat(OmegaConf.to_container(cfg)), n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            raise ConfigError(f"{where}: sweep.space.{key}: no such config key `{target}`; {hint}search spaces use "
+                              f"the config's dotted names (see `python -m harness --cfg`)")
         if target in sw.space and target != key:
             raise ConfigError(f"{where}: sweep.space has both {key} and {target}; keep one")
         if any(o.split("=", 1)[0].lstrip("+~") == target for o in base):
@@ -453,7 +456,7 @@ class Driver:
         if rc != 0:
             if rec and rec.get("status") == "failed" and rec.get("reason"):
                 return TrialState.FAIL, None, rec["reason"]
-            return TrialState.FAIL, None, f"exit code {rc}: {_tail(log)}"
+            return TrialState.FAIL, None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})"
         if not rec:
             return TrialState.FAIL, None, f"exit code 0 but no result.json; log: {_tail(log)}"
         values = [rec.get(k) for k in self.sw.objectives]
