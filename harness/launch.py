@@ -4,6 +4,7 @@ ranks and workers cannot collide.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -80,12 +81,17 @@ def accelerate_config(cfg: DictConfig) -> dict:
 
 
 def command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
-    """The command line and environment that run this trial in child process(es). For N > 1 it
-    writes accelerate.yaml next to the trial's config.yaml and launches through it."""
+    """The command line and environment that run this trial in child process(es); its exit code is
+    the trial's: 0 complete, 3 pruned, other failed. N > 1 processes go through `python -m
+    harness.launch`, which runs `accelerate launch` and keeps that contract (torchrun turns any
+    rank's non-zero exit into 1)."""
+    module = "harness.train" if cfg.hardware.processes == 1 else "harness.launch"
+    return [sys.executable, "-m", module, str(config_path)], dict(os.environ)
+
+
+def accelerate_command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
+    """`accelerate launch` through accelerate.yaml, written next to the trial's config.yaml."""
     env = dict(os.environ)
-    n = cfg.hardware.processes
-    if n == 1:
-        return [sys.executable, "-m", "harness.train", str(config_path)], env
     if cfg.hardware.device == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"  # gloo ranks; see accelerate_config for why not MULTI_CPU
     acc = config_path.parent / "accelerate.yaml"
@@ -115,6 +121,26 @@ def run_single(cfg: DictConfig) -> dict:
     result = run_dir / "result.json"
     if rc != 0 or not result.is_file():
         raise SystemExit(f"trial failed (exit {rc}); see the output above and {run_dir}")
-    import json
-
     return json.loads(result.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m harness.launch trials/<n>/config.yaml: an N-process trial, exit code 0/3/other."""
+    from harness.config import read
+    from harness.study import PRUNED_EXIT
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m harness.launch runs/<study>/trials/<n>/config.yaml", file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    cmd, env = accelerate_command(read(path), path)
+    rc = subprocess.run(cmd, env=env).returncode
+    result = path.parent / "result.json"
+    if rc != 0 and result.is_file() and json.loads(result.read_text()).get("status") == "pruned":
+        return PRUNED_EXIT  # rank 0 wrote the pruned record; the launcher only saw "a rank exited non-zero"
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

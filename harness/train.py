@@ -334,6 +334,8 @@ def main(argv=None) -> int:
     try:
         run(cfg, reporter)
     except TrialPruned as e:
+        if int(os.environ.get("RANK", "0")):
+            return 0  # rank 0 reports it; a rank exiting first would get rank 0 killed by the launcher
         print(f"[harness] {e}", file=sys.stderr)
         return 3  # the driver reads this as PRUNED
     return 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import open_dict
 
 from harness import train
-from harness.launch import accelerate_config, allocate_trial, command, run_subprocess, write_config
+from harness.launch import accelerate_command, accelerate_config, allocate_trial, run_subprocess, write_config
 
 # Dropout off everywhere, so one process and two see the same function of the same batches.
 EXACT = ["lora.dropout=0", "+model.tiny.hidden_dropout_prob=0.0", "+model.tiny.attention_probs_dropout_prob=0.0",
@@ -75,7 +77,7 @@ def test_a_launch_that_starts_one_process_for_two_fails_loudly(tiny_cfg):
     cfg = tiny_cfg("hardware=cpu2", "tracking.mode=disabled")
     run_dir = allocate_trial(cfg)
     path = write_config(cfg, run_dir)
-    cmd, env = command(cfg, path)
+    cmd, env = accelerate_command(cfg, path)
     bad = run_dir / "multi_cpu.yaml"
     bad.write_text(yaml.safe_dump({**accelerate_config(cfg), "distributed_type": "MULTI_CPU"}))
     cmd[cmd.index("--config_file") + 1] = str(bad)
@@ -111,3 +113,26 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_comput
     with pytest.raises(ConfigError, match="train.batch_size=16 does not split over 3"):
         tiny_cfg("hardware.processes=3")
     assert tiny_cfg("hardware.processes=3", "train.keep_effective_batch=false").hardware.processes == 3
+
+
+@pytest.mark.timeout(600)  # a rank that does not follow hangs in its next collective
+def test_every_rank_follows_rank_0s_prune_decision(tiny_cfg):
+    """Rank 0 alone reports to the Optuna study; its 'prune' must stop rank 1 too (else rank 1 waits
+    in the next collective forever) and the launch must end with the pruned exit code."""
+    import optuna
+
+    from harness.study import PRUNED_EXIT
+
+    cfg = tiny_cfg("hardware=cpu2", "tracking.mode=disabled", "sweep=lora_rank", "sweep.pruner=median",
+                   "+sweep.pruner_args.n_startup_trials=0", "train.max_steps=8", "train.eval_every=2",
+                   "eval.baseline=false", study="prune")
+    (Path(cfg.out_dir) / "prune").mkdir()
+    study = optuna.create_study(study_name="prune", storage=cfg.storage.url, direction="maximize")
+    # an earlier trial that was perfect at every step: the median pruner stops anything below it
+    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={s: 1.0 for s in range(2, 9, 2)}))
+    with open_dict(cfg):
+        cfg.trial = study.ask().number
+    rc, rec, run_dir = _launch(cfg)
+    assert rc == PRUNED_EXIT, (run_dir / "log.txt").read_text()[-3000:]
+    assert rec["status"] == "pruned" and rec["steps"] == 2 and rec["world_size"] == 2
+    assert study.trials[cfg.trial].intermediate_values.keys() == {2}  # reported once, by one rank
