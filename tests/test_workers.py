@@ -96,6 +96,7 @@ def test_slurm_job_script_asks_for_the_trials_gpus(tiny_cfg, monkeypatch):
         assert line in script, script
 
 
+@pytest.mark.slow  # ~40 s on a busy 2-core box; the sbatch rendering above is the fast check
 def test_slurm_launcher_runs_workers_through_submitit(tmp_path):
     """submitit's local executor runs the job body the way SLURM would; the job runs a tiny trial."""
     out = subprocess.run([sys.executable, "-m", "harness", "model=tiny_bert", "data=tiny", "train.max_steps=2",
