@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         if show:
             print(to_yaml(cfg))
             return 0
+        if cfg.launcher.name == "slurm":
+            from harness.slurm import submit
+
+            return submit(cfg, overrides)
         if cfg.get("sweep"):
             from harness.study import run_study
 

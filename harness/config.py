@@ -157,6 +157,21 @@ class StorageCfg(_Strict):
     url: str
 
 
+class LauncherCfg(_Strict):
+    name: Literal["local", "slurm"] = "local"
+    workers: int = Field(default=1, ge=1)
+    cluster: Literal["slurm", "local", "debug"] | None = None
+    partition: str | None = None
+    account: str | None = None
+    timeout_min: int = Field(default=240, ge=1)
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    cpus_per_task: int = Field(default=8, ge=1)
+    mem_gb: int = Field(default=64, ge=1)
+    folder: str | None = None
+    wait: bool = False
+    additional: dict[str, Any] = {}
+
+
 Scalar = str | int | float | bool
 
 
@@ -252,6 +267,7 @@ class ExperimentCfg(_Strict):
     hardware: HardwareCfg
     tracking: TrackingCfg
     storage: StorageCfg
+    launcher: LauncherCfg = LauncherCfg()
     sweep: SweepCfg | None = None
     seed: int
     study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -272,6 +288,18 @@ class ExperimentCfg(_Strict):
                                  f"in model.max_length={self.model.max_length}; lower it or raise model.max_length")
         if self.quant.mode != "none" and self.hardware.device == "cpu" and self.quant.compute_dtype == "float16":
             raise ValueError("quant.compute_dtype=float16 is not supported on CPU; use bfloat16 or float32")
+        hw = self.hardware
+        if self.train.keep_effective_batch and self.train.batch_size % hw.processes:
+            raise ValueError(f"train.batch_size={self.train.batch_size} does not split over {hw.processes} processes "
+                             "(it is the global batch, kept across process counts): make it a multiple, or set "
+                             "train.keep_effective_batch=false to use it per process")
+        if hw.strategy == "fsdp" and (hw.device != "cuda" or hw.processes < 2):
+            raise ValueError(f"hardware.strategy=fsdp shards over CUDA devices: it needs hardware.device=cuda and "
+                             f"hardware.processes>=2 (got {hw.device}, {hw.processes}); use strategy=ddp")
+        if self.launcher.name == "slurm" and self.launcher.workers > 1 and self.storage.url.startswith("sqlite"):
+            raise ValueError("launcher=slurm with several workers needs a storage every node reaches: "
+                             "storage=postgres (storage.url=postgresql+psycopg://...) or storage=journal on a shared "
+                             "file system; SQLite locking breaks on network file systems")
         return self
 
 

@@ -166,10 +166,14 @@ def quantization_config(cfg):
 
     q = cfg.quant
     skip = heads(cfg)  # None: transformers' default (lm_head and tied embeddings stay unquantized)
+    fsdp = cfg.hardware.strategy == "fsdp"
     if q.mode in ("nf4", "fp4"):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.mode,
                                   bnb_4bit_use_double_quant=q.double_quant,
                                   bnb_4bit_compute_dtype=_DTYPES[q.compute_dtype],
+                                  # FSDP shards float tensors only: store the 4-bit bytes as the
+                                  # compute dtype so it can flatten them with the LoRA weights
+                                  bnb_4bit_quant_storage=_DTYPES[q.compute_dtype] if fsdp else torch.uint8,
                                   llm_int8_skip_modules=skip)
     if q.mode == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)

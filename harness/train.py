@@ -69,6 +69,18 @@ def train_batches(items: list[dict], global_batch: int, seed: int, group_by_leng
         epoch += 1
 
 
+def adapter_checksum(model) -> str:
+    """sha256 of the trained parameters (LoRA + head), by name: equal on every rank after DDP."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.removeprefix("module.").encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------- the trial
 
 
@@ -83,7 +95,7 @@ def run(cfg, reporter=None) -> dict:
     reporter(step, metrics) -> bool is called on rank 0 after each intermediate eval; True prunes.
     """
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
 
     import importlib
 
@@ -91,24 +103,27 @@ def run(cfg, reporter=None) -> dict:
     task = importlib.import_module(TASKS[cfg.task.type])
     clock = Clock()
     on_cpu = cfg.hardware.device == "cpu"
-    accelerator = Accelerator(cpu=on_cpu, mixed_precision=cfg.hardware.mixed_precision)
+    # Every LoRA parameter gets a gradient each step, and with activation checkpointing (non-reentrant,
+    # models.py) find_unused_parameters=True would crash DDP: state it rather than rely on the default.
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=cfg.hardware.mixed_precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     world = accelerator.num_processes
     if world != cfg.hardware.processes:
-        raise TrialFailed(
-            f"world size is {world} but hardware.processes={cfg.hardware.processes}: the launcher started the "
-            "wrong number of processes (on CPU use `accelerate launch --multi_gpu --num_processes N` with "
-            "ACCELERATE_USE_CPU=1; `--cpu` and MULTI_CPU configs start one)")
+        reason = (f"world size is {world} but hardware.processes={cfg.hardware.processes}: the launcher started the "
+                  "wrong number of processes (on CPU use `accelerate launch --multi_gpu --num_processes N` with "
+                  "ACCELERATE_USE_CPU=1; `--cpu` and MULTI_CPU configs start one)")
+        if accelerator.is_main_process:  # the driver reads the reason from the record
+            run_dir_of(cfg).mkdir(parents=True, exist_ok=True)
+            write_json(run_dir_of(cfg) / "result.json", {"status": "failed", "reason": reason, "study": cfg.study,
+                                                         "trial": cfg.trial, "world_size": world})
+        raise TrialFailed(reason)
     main = accelerator.is_main_process
     if on_cpu:
         _threads(cfg)
     t = cfg.train
-    if t.keep_effective_batch and world > 1:
-        if t.batch_size % world:
-            raise TrialFailed(f"train.batch_size={t.batch_size} does not split over {world} processes; "
-                              "make it a multiple, or set train.keep_effective_batch=false")
-        per_device = t.batch_size // world
-    else:
-        per_device = t.batch_size
+    # train.batch_size is the global batch (split over ranks; the schema checks it divides) unless
+    # keep_effective_batch=false makes it per process
+    per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     global_batch = per_device * world
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +143,7 @@ def run(cfg, reporter=None) -> dict:
     with clock.phase("load"):
         tokenizer = load_tokenizer(cfg)
         device = accelerator.device if not on_cpu else "cpu"
+        transformers.set_seed(cfg.seed)  # the new head is initialized inside from_pretrained
         model = load_base(cfg, len(splits.labels), accelerator.local_process_index if not on_cpu else "cpu", tokenizer)
     with clock.phase("tokenize"):
         train_items = task.items(tokenizer, splits.train, cfg)
@@ -189,6 +205,8 @@ def run(cfg, reporter=None) -> dict:
                 tokens_seen += batch["attention_mask"].sum().item()  # this rank's; summed below
                 padded_seen += batch["attention_mask"].numel()
                 examples_seen += len(gbatch)
+            if world > 1:  # the global batch's loss, and every rank sees the same NaN check
+                step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
             if not math.isfinite(step_loss):
                 status, reason = "failed", f"non-finite loss ({step_loss}) at step {step + 1}"
                 break
@@ -239,6 +257,7 @@ def run(cfg, reporter=None) -> dict:
     peak = accelerator.reduce(torch.tensor(peak_memory_bytes(torch.device(accelerator.device)), device=accelerator.device),
                               reduction="max").item() if world > 1 else peak_memory_bytes(torch.device(accelerator.device))
     device_seconds = compute_s * world
+    checksums = gather_object([adapter_checksum(model)]) if world > 1 else [adapter_checksum(model)]
     record = {
         "status": status, "reason": reason, "study": cfg.study, "trial": cfg.trial,
         "accuracy": final["accuracy"] if final else None,
@@ -256,6 +275,7 @@ def run(cfg, reporter=None) -> dict:
         "cost_usd": device_seconds / 3600 * cfg.hardware.price_per_device_hour,
         "world_size": world, "per_device_batch_size": per_device, "grad_accum": t.grad_accum,
         "effective_batch_size": global_batch * t.grad_accum,
+        "adapter_checksums": checksums,  # one per rank: equal when DDP kept the replicas in sync
         "train_size": len(train_items), "test_size": len(test_items), "labels": splits.labels,
         "data": splits.provenance, "evals": evals,
         "provenance": provenance(accelerator.device) if main else {},
@@ -297,6 +317,8 @@ def main(argv=None) -> int:
     try:
         run(cfg, reporter)
     except TrialPruned as e:
+        if int(os.environ.get("RANK", "0")):
+            return 0  # rank 0 reports it; a rank exiting first would get rank 0 killed by the launcher
         print(f"[harness] {e}", file=sys.stderr)
         return 3  # the driver reads this as PRUNED
     return 0
