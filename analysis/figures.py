@@ -262,6 +262,8 @@ def param_importance(df: pd.DataFrame, study, width: str, min_trials: int = 8):
     if len(done) < min_trials or len(params) < 2:
         raise Skip(f"needs {min_trials}+ complete trials and 2+ searched parameters, has {len(done)} and "
                    f"{len(params)}")
+    if acc[[t.number for t in done]].nunique() < 2:
+        raise Skip("accuracy is the same in every complete trial: there is no variance to attribute")
     imp = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params,
         target=lambda t: acc[t.number])

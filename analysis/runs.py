@@ -119,7 +119,7 @@ def _offline_run_dirs(study_dir: Path) -> dict[int, Path]:
     """The newest W&B run directory of each trial (a re-run trial keeps only its latest run)."""
     found: dict[int, Path] = {}
     for d in sorted(study_dir.glob("trials/*/wandb/*run-*")):  # names sort by start time
-        if d.is_dir() and d.parent.parent.name.isdigit() and any(d.glob("*.wandb")):
+        if d.name.startswith(("offline-run-", "run-")) and d.parent.parent.name.isdigit() and any(d.glob("*.wandb")):
             found[int(d.parent.parent.name)] = d
     return found
 
@@ -137,11 +137,25 @@ def _result_json(path: Path) -> tuple[dict, pd.DataFrame]:
     return row, h
 
 
-def load_offline(study_dir: Path) -> tuple[list[dict], list[pd.DataFrame], list[str]]:
+RUN_COLS = ["study", "trial", *PARAMS, *METRICS, "git_sha", "source", "wandb_run_id", "wandb_state", "run_dir"]
+
+
+def load_offline(study_dir: Path, cached: Loaded | None = None, cached_at: float = 0.0):
+    """Rows + histories of every trial's run files; a run unchanged since the cache was written is
+    taken from the cache (each read costs two CLI calls, ~1-2 s), so re-analysing a live study is quick."""
     runs = _offline_run_dirs(study_dir)
-    notes = []
+    notes, reuse = [], {}
+    if cached is not None and "run_dir" in cached.trials:
+        known = cached.trials.dropna(subset=["run_dir"]).set_index("run_dir")
+        for trial, d in runs.items():
+            if str(d) in known.index and max(f.stat().st_mtime for f in d.glob("*.wandb")) < cached_at:
+                reuse[trial] = (known.loc[[str(d)], [c for c in RUN_COLS if c != "run_dir"]].assign(run_dir=str(d))
+                                .to_dict("records")[0], cached.history[cached.history["trial"] == trial])
+    todo = [d for t, d in runs.items() if t not in reuse]
     with ThreadPoolExecutor(max_workers=4) as pool:  # each read is a subprocess; overlap them
-        results = list(pool.map(read_offline_run, runs.values()))
+        results = [*reuse.values(), *pool.map(read_offline_run, todo)]
+    if reuse:
+        notes.append(f"reused {len(reuse)} unchanged run(s) from the cache, read {len(todo)} (--refresh re-reads all)")
     rows, hists = [r for r, _ in results], [h for _, h in results]
     fallback = []
     for trial_dir in sorted(study_dir.glob("trials/*")):
@@ -255,7 +269,8 @@ def _join(rows: list[dict], optuna_df: pd.DataFrame | None, study: str) -> pd.Da
 
 
 def _inputs_mtime(st: Study) -> float:
-    paths = [*st.dir.glob("trials/*/wandb/*run-*/*.wandb"), *st.dir.glob("trials/*/result.json")]
+    paths = [*st.dir.glob("trials/*/wandb/*-run-*/*.wandb"), *st.dir.glob("trials/*/wandb/run-*/*.wandb"),
+             *st.dir.glob("trials/*/result.json")]
     if st.storage_url and storage_file(st.storage_url):
         paths.append(storage_file(st.storage_url))
     return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
@@ -272,10 +287,13 @@ def load(st: Study, refresh: bool = False) -> Loaded:
     if st.storage_url and optuna_study is None:
         notes.append(f"no Optuna study {st.name!r} at {st.storage_url}: states and reasons come from the runs alone")
     trials_pq, history_pq = cache_paths(st)
-    if (not refresh and st.wandb_path is None and trials_pq.is_file() and history_pq.is_file()
-            and trials_pq.stat().st_mtime > _inputs_mtime(st)):
-        notes.append(f"read the cached frame {trials_pq} (inputs unchanged; --refresh re-reads them)")
-        return Loaded(pd.read_parquet(trials_pq), pd.read_parquet(history_pq), optuna_study, notes)
+    cached, cached_at = None, 0.0
+    if not refresh and st.wandb_path is None and trials_pq.is_file() and history_pq.is_file():
+        cached = Loaded(pd.read_parquet(trials_pq), pd.read_parquet(history_pq), optuna_study, notes)
+        cached_at = trials_pq.stat().st_mtime
+        if cached_at > _inputs_mtime(st):
+            notes.append(f"read the cached frame {trials_pq} (inputs unchanged; --refresh re-reads them)")
+            return cached
 
     if st.wandb_path:
         rows, hists = load_online(st.wandb_path, st.name)
@@ -283,7 +301,7 @@ def load(st: Study, refresh: bool = False) -> Loaded:
         if not (st.dir / "trials").is_dir() and optuna_study is None:
             raise AnalysisError(f"no runs for study {st.name!r}: neither {st.dir / 'trials'} nor an Optuna study "
                                 f"exists (run `python -m harness sweep=<name>` first, or pass out_dir=...)")
-        rows, hists, more = load_offline(st.dir)
+        rows, hists, more = load_offline(st.dir, cached, cached_at)
         notes += more
         if not rows and (st.dir / "trials").is_dir():
             notes.append(f"no W&B run directory and no result.json under {st.dir / 'trials'}/*/")
