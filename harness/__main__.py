@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError, complete, load, to_yaml
     from harness.data import DataError
     from harness.models import ModelError
+    from harness.train import TrialFailed, TrialPruned
 
     show = "--cfg" in argv
     overrides = [a for a in argv if a != "--cfg"]
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (TrialFailed, TrialPruned) as e:
+        print(f"trial did not complete: {e}", file=sys.stderr)
+        return 1
     print(f"\naccuracy {_fmt(rec['accuracy'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
           f"majority class {_fmt(rec['majority_accuracy'])})")
     print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
