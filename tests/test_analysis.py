@@ -261,9 +261,66 @@ def test_study_dir_without_runs_is_a_clear_error(tmp_path, capsys):
     assert "no trials" in err and "\n" not in err
 
 
-def test_cli_runs_as_a_module(study_dir, loaded):
+def test_cli_runs_as_a_module(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "analysis", "study=tiny_study", f"out_dir={study_dir.parent}",
-                          "--out", str(study_dir.parent / "cli")], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert "accuracy_vs_compute_2col.png" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "analysis", "study=nothing_here", f"out_dir={tmp_path}"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("error: no runs for study 'nothing_here'")
+
+
+DRIVER_SWEEP = """\
+# @package _global_
+# python -m harness sweep=tiny_driver hydra.searchpath=[file://DIR]
+defaults:
+  - override /model: tiny_bert
+  - override /data: tiny
+study: tiny_driver
+train: {max_steps: 4, lr: 1.0e-2, eval_every: 2}
+hardware: {threads: 1}
+tracking: {mode: offline}
+sweep:
+  space:
+    lora.r: {choices: [2, 8]}
+    data.train_size: {choices: [160, 5000]}   # 5000 > the 200 tiny examples: that trial fails
+  sampler: random
+  n_trials: 3
+  enqueue:
+    - {lora.r: 2, data.train_size: 160}
+    - {lora.r: 8, data.train_size: 160}
+    - {lora.r: 2, data.train_size: 5000}
+"""
+
+
+def test_a_study_run_by_the_real_driver_reads_back_identically(tmp_path, capsys):
+    """`python -m harness sweep=...` (trial processes, SQLite, offline W&B), then `python -m analysis`
+    with the same overrides: one row per Optuna trial, values equal to result.json and the study."""
+    import optuna
+
+    from analysis.__main__ import main as analysis_main
+    from analysis.runs import Study, load as load_frame
+    from harness.__main__ import main as harness_main
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "tiny_driver.yaml").write_text(DRIVER_SWEEP)
+    ov = ["sweep=tiny_driver", f"hydra.searchpath=[file://{tmp_path}]", f"out_dir={tmp_path}/runs"]
+    harness_main(ov)  # exit code says a trial failed; the study itself is what we check
+    capsys.readouterr()
+    assert analysis_main([*ov, "--out", str(tmp_path / "out")]) == 0
+    assert "3 trials (2 complete, 1 failed)" in capsys.readouterr().out
+    study_dir = tmp_path / "runs" / "tiny_driver"
+    trials = optuna.load_study(study_name="tiny_driver", storage=f"sqlite:///{study_dir}/study.db").trials
+    df = load_frame(Study("tiny_driver", study_dir, f"sqlite:///{study_dir}/study.db")).trials.set_index("trial")
+    assert sorted(df.index) == [t.number for t in trials]
+    for t in trials:
+        row = df.loc[t.number]
+        assert row["state"] == t.state.name and row["seed"] == t.user_attrs["seed"]
+        if t.state.name == "FAIL":
+            assert row["status"] == "failed" and row["reason"] == t.user_attrs["fail_reason"]
+            continue
+        rec = json.loads((Path(t.user_attrs["run_dir"]) / "result.json").read_text())
+        assert row["source"] == "wandb-offline" and row["lora.r"] == t.params["lora.r"]
+        assert row["accuracy"] == t.values[0] == rec["accuracy"]
+        for key in ("flops", "device_seconds", "trainable_params", "eval_loss", "cost_usd"):
+            assert row[key] == rec[key] == t.user_attrs[key], key
+    _assert_written(tmp_path / "out" / "figures", "accuracy_vs_compute")
