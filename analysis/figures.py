@@ -191,9 +191,10 @@ def data_scaling(df: pd.DataFrame, width: str, max_lines: int = 7):
     keys = [k for k in varying(ok) if k != "data.train_size"]
     groups = list(ok.groupby(keys, dropna=False)) if keys else [((), ok)]
     groups.sort(key=lambda kv: -kv[1]["accuracy"].mean())
-    fig, axes = _new(width, height=2.6 if width == "1col" else 2.8)
-    ax = axes[0, 0]
     shown = groups[:max_lines]
+    # the legend sits below the axes, one line per configuration in one column: make room for it
+    fig, axes = _new(width, height=(2.0 + 0.17 * len(shown)) if width == "1col" else 2.8)
+    ax = axes[0, 0]
     for i, (_, g) in enumerate(shown):
         stats = pd.DataFrame([(n, *ci95(v)) for n, v in g.groupby("data.train_size")["accuracy"]],
                              columns=["n", "mean", "ci", "k"]).sort_values("n")
