@@ -232,7 +232,7 @@ def training_curves(df: pd.DataFrame, history: pd.DataFrame, width: str):
         raise Skip("no W&B history for the best/Pareto trials")
     fig, axes = _new(width, *((2, 1) if width == "1col" else (1, 2)), height=4.4 if width == "1col" else 2.7)
     ax_loss, ax_acc = axes.flat
-    keys = varying(complete(df))
+    keys = list(dict.fromkeys(["lora.r", "lora.alpha", *varying(complete(df))]))  # say which run is which
     best = trials[0]
     for i, t in enumerate(trials):
         h = history[history["trial"] == t].sort_values("step")
@@ -243,6 +243,7 @@ def training_curves(df: pd.DataFrame, history: pd.DataFrame, width: str):
         ev = h.dropna(subset=["eval/accuracy"])
         ax_acc.plot(ev["step"], ev["eval/accuracy"], color=OKABE_ITO[i % 7], marker=MARKERS[i % 8])
     _baseline(ax_acc, df)
+    ax_acc.set_xlim(ax_loss.get_xlim())  # same step axis, even when only the final eval exists
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("train loss (EMA 0.9, nats)")
     ax_acc.set_xlabel("optimizer step")
