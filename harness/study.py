@@ -303,14 +303,20 @@ class Driver:
         import optuna
 
         space_spec = json.dumps(OmegaConf.to_container(self.sw.space), sort_keys=True)
-        new = self.cfg.study not in optuna.get_all_study_names(self.storage)
-        trials_dir = self.root / "trials"
-        if new and trials_dir.is_dir() and any(trials_dir.iterdir()):
+        trials_dir = self.root / "trials"  # looked at before the names: another worker may be creating both
+        if (trials_dir.is_dir() and any(trials_dir.iterdir())
+                and self.cfg.study not in optuna.get_all_study_names(self.storage)):
             raise ConfigError(f"{trials_dir} holds trials of an earlier study that {self.cfg.storage.url} does not "
                               f"know; delete {self.root} or set study=<new name>")
-        self.study = optuna.create_study(study_name=self.cfg.study, storage=self.storage, load_if_exists=True,
-                                         directions=directions(self.sw), sampler=make_sampler(self.cfg),
-                                         pruner=make_pruner(self.cfg))
+        try:  # atomic in the storage: of several workers starting together, exactly one creates the study
+            self.study = optuna.create_study(study_name=self.cfg.study, storage=self.storage, load_if_exists=False,
+                                             directions=directions(self.sw), sampler=make_sampler(self.cfg),
+                                             pruner=make_pruner(self.cfg))
+            new = True
+        except optuna.exceptions.DuplicatedStudyError:
+            self.study = optuna.load_study(study_name=self.cfg.study, storage=self.storage,
+                                           sampler=make_sampler(self.cfg), pruner=make_pruner(self.cfg))
+            new = False
         self.study_id = self.storage.get_study_id_from_name(self.cfg.study)
         if new:
             self.study.set_user_attr("space", space_spec)
@@ -321,6 +327,8 @@ class Driver:
                 for s in self.sw.seeds:
                     self.study.enqueue_trial(dict(ref), user_attrs={"seed": s, "point": space_mod.point_key(dict(ref), s)},
                                              skip_if_exists=True)
+            self._queue_grid()
+            self.study.set_user_attr("grid_queued", True)
         else:
             old = self.study.user_attrs.get("space")
             if [d.name.lower() for d in self.study.directions] != directions(self.sw):
@@ -330,7 +338,23 @@ class Driver:
             if old is not None and old != space_spec:
                 raise ConfigError(f"study {self.cfg.study} exists with another search space ({old}); resuming it with "
                                   f"{_where(self.cfg)}'s space would mix two studies: set study=<new name>")
+            if self.points is not None:
+                for _ in range(600):  # the creating worker may still be queueing the grid
+                    if self.storage.get_study_user_attrs(self.study_id).get("grid_queued"):
+                        break
+                    time.sleep(0.1)
+                self._queue_grid()  # points a raised budget adds (resume); not atomic across workers
         return new
+
+    def _queue_grid(self) -> None:
+        """Queue every (point, seed) within the budget that no trial holds yet. Workers then only pop
+        queued trials, which the storage hands to exactly one of them."""
+        if self.points is None:
+            return
+        claimed = {t.user_attrs.get("point") for t in self.study.get_trials(deepcopy=False)}
+        for p, s in self.points[: self.budget]:
+            if space_mod.point_key(p, s) not in claimed:
+                self.study.enqueue_trial(p, user_attrs={"seed": s, "point": space_mod.point_key(p, s)})
 
     def reap_stale(self) -> None:
         """Fail (and retry) RUNNING trials whose driver is dead: same host + gone pid, or a stale heartbeat."""
@@ -356,6 +380,8 @@ class Driver:
 
     def next_trial(self, t0: float):
         """Ask for the next trial within the budget, or None. Called under the lock."""
+        import optuna
+
         if self.stopping.is_set() or (self.sw.timeout and time.time() - t0 > self.sw.timeout):
             return None
         self.reap_stale()
@@ -363,14 +389,15 @@ class Driver:
         c = tally(trials)
         if self.budget is not None and c["done"] + c["running"] >= self.budget:
             return None
-        if self.points is not None and not c["waiting"]:
-            claimed = {t.user_attrs.get("point") for t in trials}
-            missing = [(p, s) for p, s in self.points[: self.budget] if space_mod.point_key(p, s) not in claimed]
-            if not missing:
+        if self.points is not None:
+            # grid: claim a queued point (WAITING -> RUNNING, compare-and-set in the storage); never
+            # ask(), which would sample a point outside the grid when another worker took the last one
+            tid = self.study._pop_waiting_trial_id()
+            if tid is None:
                 return None
-            p, s = missing[0]
-            self.study.enqueue_trial(p, user_attrs={"seed": s, "point": space_mod.point_key(p, s)})
-        trial = self.study.ask()
+            trial = optuna.Trial(self.study, tid)
+        else:
+            trial = self.study.ask()
         trial.set_user_attr("driver", self.me)  # lets a later driver on this host see it died
         if self.heartbeat:
             self.storage.record_heartbeat(self._tid(trial.number))

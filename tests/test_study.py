@@ -207,8 +207,9 @@ sweep:
     d.reap_stale()
     trials = d.study.trials
     assert trials[trial.number].state == TrialState.FAIL
-    assert [t.params for t in trials if t.state == TrialState.WAITING] == [params]
-    assert tally(trials) == {**tally(trials), "done": 0, "waiting": 1, "retried": 1}
+    retry = [t for t in trials if t.state == TrialState.WAITING and t.system_attrs.get("failed_trial") == trial.number]
+    assert [t.system_attrs["fixed_params"] for t in retry] == [params]
+    assert tally(trials) == {**tally(trials), "done": 0, "waiting": 2, "retried": 1}  # the retry + point r=4
 
 
 @pytest.mark.slow

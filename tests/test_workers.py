@@ -29,11 +29,6 @@ def _trials(url: str, study: str):
     return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
 
 
-GRID_RACE = ("study.py lets each worker enqueue 'the next missing grid point', so two workers can enqueue and run "
-             "the same one; fix: /tmp/notes/issue-4-study-grid.patch (then drop these markers)")
-
-
-@pytest.mark.xfail(strict=False, reason=GRID_RACE)
 @pytest.mark.skipif(not PG_URL, reason="HARNESS_TEST_PG_URL is unset: start PostgreSQL with "
                                        "`HARNESS_TEST_PG_URL=$(sudo bash .ci/postgres)` (.ci/run does this in CI)")
 def test_two_workers_on_postgres_split_a_grid_each_point_once(tmp_path):
@@ -110,7 +105,6 @@ def test_slurm_launcher_runs_workers_through_submitit(tmp_path):
     assert logs and "accuracy" in logs[0].read_text()
 
 
-@pytest.mark.xfail(strict=True, reason=GRID_RACE)
 def test_two_workers_asking_at_the_same_moment_do_not_share_a_grid_point(tmp_path):
     """Deterministic interleaving of two drivers' next_trial on one storage: B asks while A is between
     'which point is missing?' and 'enqueue it'. No trial runs, so this is fast."""
