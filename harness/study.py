@@ -340,8 +340,9 @@ class Driver:
                                   f"{_where(self.cfg)}'s space would mix two studies: set study=<new name>")
             if self.points is not None:
                 for _ in range(600):  # the creating worker may still be queueing the grid
-                    if self.storage.get_study_user_attrs(self.study_id).get("grid_queued"):
-                        break
+                    if (self.storage.get_study_user_attrs(self.study_id).get("grid_queued")
+                            or any(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))):
+                        break  # queued, or a study that has been running for a while
                     time.sleep(0.1)
                 self._queue_grid()  # points a raised budget adds (resume); not atomic across workers
         return new
