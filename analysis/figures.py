@@ -38,6 +38,18 @@ class Skip(Exception):
 # ---------------------------------------------------------------------------- helpers
 
 
+def _log_x(ax, values) -> None:
+    """Log x axis; within one decade, a few plain labels (matplotlib's minor log labels overlap there)."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lo > 0 and hi / lo < 10:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+
+
 def pareto_mask(cost, acc) -> np.ndarray:
     """True where no other point is at least as cheap and as accurate and strictly better in one."""
     c, a = np.asarray(cost, float)[:, None], np.asarray(acc, float)[:, None]
@@ -124,7 +136,7 @@ def accuracy_vs_compute(df: pd.DataFrame, width: str):
         ax.scatter(front[x], front["accuracy"], s=36, facecolors="none", edgecolors="black", linewidths=1.0,
                    label="Pareto front", zorder=4, gid="pareto")
         _baseline(ax, ok)
-        ax.set_xscale("log")
+        _log_x(ax, ok[x])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ACC)
     _legend_below(fig, axes, ncol=2 if width == "1col" else min(4, len(targets) + 2))
