@@ -152,6 +152,9 @@ def run(cfg, reporter=None) -> dict:
     transformers.utils.logging.disable_progress_bar()
 
     with clock.phase("load"):
+        # Seed before the base loads: its new classification head is initialised there, so an
+        # unseeded load made two runs of one config differ (and the baseline eval with them).
+        transformers.set_seed(cfg.seed)
         tokenizer = load_tokenizer(cfg)
         device = accelerator.device if not on_cpu else "cpu"
         model = load_base(cfg, len(splits.labels), accelerator.local_process_index if not on_cpu else "cpu", tokenizer)
