@@ -28,7 +28,8 @@ from bench.common import QUICK, RESULTS, compose, median, save, table
 
 SPACE = {"train.lr": [1e-3, 3e-3, 1e-2], "lora.r": [4, 16], "lora.targets": ["attn_qv", "all_linear"]}
 # Half the default 80 steps, evals every 10: 12 points fit ~20-30 min on the shared 2-core box.
-STEPS = ["train.max_steps=40", "train.eval_every=10"]
+# One torch thread: with the box oversubscribed, 2 threads per process ran 10-80x slower (BENCHMARKS.md).
+STEPS = ["train.max_steps=40", "train.eval_every=10", "hardware.threads=1"]
 QUICK_SPACE = {"train.lr": [1e-3, 3e-2], "lora.r": [4, 8]}
 STRATEGIES = ["grid", "random", "tpe", "tpe+pruning"]
 

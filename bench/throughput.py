@@ -198,7 +198,9 @@ def child(variant: str, cfg_over: list[str], steps: int) -> None:
 
 
 def measure(variant: str, cfg_over: list[str], steps: int) -> dict:
-    cmd = [sys.executable, "-m", "bench.throughput", "--child", variant, "--steps", str(steps), "--", *cfg_over]
+    """One run in a fresh process. A variant may carry config overrides: `harness+hardware.threads=2`."""
+    name, *extra = variant.split("+")
+    cmd = [sys.executable, "-m", "bench.throughput", "--child", name, "--steps", str(steps), "--", *cfg_over, *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -217,7 +219,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default="minilm", help="minilm | smollm2_135m | tiny_llama | tiny_bert")
     ap.add_argument("--max-length", type=int, default=None)
-    ap.add_argument("--variants", default=None, help="comma list of harness,trainer,sft (default: all that apply)")
+    ap.add_argument("--variants", default=None,
+                    help="comma list of harness,trainer,sft, each optionally with +key=value overrides "
+                         "(e.g. harness+hardware.threads=2); default: all that apply")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for every variant (hardware.threads); 1 by default: see BENCHMARKS.md")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -226,7 +232,7 @@ def main(argv=None) -> int:
     if args.child:
         child(args.child, args.overrides, args.steps)
         return 0
-    cfg_over = _base(args)
+    cfg_over = _base(args) + ([f"hardware.threads={args.threads}"] if args.threads else [])
     family = compose(cfg_over).model.family
     variants = (args.variants.split(",") if args.variants
                 else ["harness", "trainer"] + (["sft"] if family == "llama" else []))
