@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -124,6 +125,90 @@ class StorageCfg(_Strict):
     url: str
 
 
+Scalar = str | int | float | bool
+
+
+class ParamCfg(_Strict):
+    """One search axis: `choices` (categorical), or a `low`..`high` range (int when both bounds are
+    whole numbers, unless `type: float`; `log` for log scale; `step` for a grid of the range)."""
+    choices: list[Scalar] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = None
+    log: bool = False
+    type: Literal["int", "float"] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices is empty: list at least one value")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs `choices: [...]` or both `low` and `high`")
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} > high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got low={self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log scale and step cannot be combined (Optuna)")
+        if self.type is None:
+            self.type = "int" if isinstance(self.low, int) and isinstance(self.high, int) else "float"
+        return self
+
+
+class SweepCfg(_Strict):
+    """The `sweep:` block of sweeps/<name>.yaml: where to search and how (see harness/study.py)."""
+    name: str | None = None        # filled in by load(): the sweep group option
+    file: str | None = None        # filled in by load(): the YAML it came from (named in errors)
+    space: dict[str, ParamCfg]     # dotted config names -> axis; `lora.alpha_over_r` sets alpha = r x value
+    objectives: dict[str, Literal["maximize", "minimize"]] = {"accuracy": "maximize"}
+    sampler: Literal["tpe", "random", "grid", "nsga2", "motpe"] = "tpe"
+    sampler_args: dict[str, Any] = {}
+    sampler_seed: int = 0
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    pruner_args: dict[str, Any] = {}
+    n_trials: int | None = Field(default=None, ge=1)   # trials (seed repeats count); grid: all points
+    timeout: float | None = Field(default=None, gt=0)  # seconds for this invocation of the driver
+    seeds: list[int] = [0]          # each configuration runs once per seed, one trial each
+    enqueue: list[dict[str, Scalar]] = []   # configurations to run first (e.g. the reference)
+    parallel: int = Field(default=1, ge=1)  # trials at once from one driver
+    heartbeat_interval: int = Field(default=10, ge=1)  # seconds; RDB storages
+    grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
+    max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died
+
+    @field_validator("space")
+    @classmethod
+    def _non_empty(cls, v):
+        if not v:
+            raise ValueError("the search space is empty: add `sweep.space.<dotted.config.key>: {choices: [...]}`")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.sampler == "grid":
+            ranges = [k for k, p in self.space.items() if p.choices is None and (p.type != "int" and p.step is None)]
+            if ranges:
+                raise ValueError(f"sampler=grid needs choices (or an int/stepped range) for {', '.join(ranges)}")
+        multi = len(self.objectives) > 1
+        if multi and self.pruner != "none":
+            raise ValueError(f"pruner={self.pruner} needs one objective; Optuna cannot prune multi-objective studies")
+        if not self.objectives:
+            raise ValueError("objectives is empty: e.g. {accuracy: maximize}")
+        if self.sampler != "grid" and self.n_trials is None and self.timeout is None:
+            raise ValueError(f"sampler={self.sampler} needs a budget: set sweep.n_trials and/or sweep.timeout (seconds)")
+        return self
+
+
 class ExperimentCfg(_Strict):
     task: TaskCfg
     model: ModelCfg
@@ -135,7 +220,7 @@ class ExperimentCfg(_Strict):
     hardware: HardwareCfg
     tracking: TrackingCfg
     storage: StorageCfg
-    sweep: dict[str, Any] | None = None
+    sweep: SweepCfg | None = None
     seed: int
     study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     out_dir: str
@@ -151,13 +236,15 @@ class ExperimentCfg(_Strict):
         return self
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def _format_validation_error(err: ValidationError, data: dict | None = None) -> str:
     lines = []
+    sweep_file = ((data or {}).get("sweep") or {}).get("file") if isinstance(data, dict) else None
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         got = e.get("input")
         got = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {key or '<config>'}: {e['msg']}{got}")
+        where = f"{sweep_file}: " if sweep_file and key.startswith("sweep") else ""
+        lines.append(f"  {where}{key or '<config>'}: {e['msg']}{got}")
     return "invalid config:\n" + "\n".join(lines)
 
 
@@ -170,7 +257,7 @@ def validate(cfg: DictConfig | dict) -> ExperimentCfg:
     try:
         return ExperimentCfg.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e)) from None
+        raise ConfigError(_format_validation_error(e, data)) from None
 
 
 def complete(cfg: DictConfig | dict) -> DictConfig:
@@ -180,15 +267,32 @@ def complete(cfg: DictConfig | dict) -> DictConfig:
 
 def load(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
     """Compose conf/config.yaml with Hydra overrides (`model=smollm2_135m lora.r=16 ...`)."""
+    return load_with_choices(overrides, conf_dir)[0]
+
+
+def load_with_choices(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR
+                      ) -> tuple[DictConfig, dict[str, str | None]]:
+    """load(), plus the option chosen in each config group ({"model": "minilm", "sweep": None, ...})."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
         raise ConfigError(_hydra_hint(str(e))) from None
     finally:
         GlobalHydra.instance().clear()
-    return cfg
+    runtime = cfg.hydra.runtime
+    choices = {g: c for g, c in runtime.choices.items() if not g.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+        name = choices.get("sweep")
+        if name and isinstance(cfg.get("sweep"), DictConfig):
+            # name the sweep's file in its errors; `hydra.searchpath=[file://DIR]` can add DIR/sweep/
+            files = [Path(s.path) / "sweep" / f"{name}.yaml" for s in runtime.config_sources if s.schema == "file"]
+            found = next((f.resolve() for f in files if f.is_file()), None)
+            cfg.sweep.name = name
+            cfg.sweep.file = str(found.relative_to(ROOT) if found and found.is_relative_to(ROOT) else found)
+    return cfg, choices
 
 
 def _hydra_hint(msg: str) -> str:

@@ -64,7 +64,9 @@ class Run:
         lora = cfg.lora
         tags = [f"trial:{cfg.trial}", f"model:{cfg.model.name}", f"data:{cfg.data.name}", f"r:{lora.r}",
                 f"alpha:{lora.alpha:g}", f"targets:{lora.targets if isinstance(lora.targets, str) else 'custom'}",
-                f"n:{cfg.data.train_size}", f"quant:{cfg.quant.mode}"]
+                f"n:{cfg.data.train_size}", f"quant:{cfg.quant.mode}", f"lr:{cfg.train.lr:g}", f"seed:{cfg.seed}"]
+        if cfg.get("sweep"):  # the searched axes above, plus which sweep file made the trial
+            tags.append(f"sweep:{cfg.sweep.name}")
         self.run = wandb.init(
             project=cfg.tracking.project, entity=cfg.tracking.entity, mode=cfg.tracking.mode,
             group=cfg.study, job_type="trial", name=f"{cfg.study}-{cfg.trial}", tags=tags,

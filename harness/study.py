@@ -1,0 +1,629 @@
+"""The study driver: `python -m harness sweep=NAME` runs an Optuna study of isolated trial processes.
+
+Per trial: ask -> params (space.py) -> compose base overrides + params with Hydra, validate ->
+runs/<study>/trials/<n>/config.yaml -> `python -m harness.train` in its own process (log.txt) ->
+result.json -> tell. Exit code 3 is PRUNED; any other failure (exception, NaN, killed process,
+missing result) is FAIL with `fail_reason` in the trial's user_attrs, and the study goes on.
+
+Resume is the same command: the study is loaded by name from `storage.url`. A trial left RUNNING by a
+dead driver is failed and retried (same params, same seed): at once when that driver ran on this
+host and its pid is gone, otherwise after `sweep.grace_period` seconds without a heartbeat (RDB
+storages; Optuna's heartbeat + RetryHeartbeatStaleTrialCallback). Grid points are enqueued one at a
+time and identified by a `point` user_attr, so none is lost or run twice across restarts.
+
+Seeds: each configuration runs once per `sweep.seeds` entry, one trial per seed (user_attr `seed`,
+also in the config). A grid enumerates (point, seed); other samplers enqueue the other seeds of a
+freshly sampled configuration right after it. `n_trials` counts trials, seed repeats included.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness import space as space_mod
+from harness.config import ConfigError, complete, load_with_choices
+
+# result.json keys that can be objectives; those measured at intermediate evals can feed a pruner.
+METRICS = ("accuracy", "eval_loss", "best_intermediate_accuracy", "train_loss", "flops", "train_flops",
+           "device_seconds", "wall_seconds", "tokens", "peak_memory_bytes", "trainable_params", "cost_usd")
+INTERMEDIATE = {"accuracy": "accuracy", "eval_loss": "loss"}  # objective -> key of the eval dict
+ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "peak_memory_bytes",
+                "trainable_params", "cost_usd")
+PRUNED_EXIT = 3  # harness.train's exit code for a pruned trial
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats, stale-trial retry and fail_stale_trials are "experimental" since Optuna 2.8; the
+    # ask/tell loop records heartbeats itself, which Optuna warns is meant for Study.optimize
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def _where(cfg) -> str:
+    return cfg.sweep.file or f"sweep {cfg.sweep.name}"
+
+
+# ---------------------------------------------------------------------------- Optuna parts
+
+
+def make_storage(cfg, heartbeat: bool = False):
+    """Optuna storage for `storage.url`; the driver's RDB storage records heartbeats."""
+    import optuna
+
+    url, sw = cfg.storage.url, cfg.sweep
+    if url.startswith("journal://"):
+        path = Path(url.removeprefix("journal://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    kwargs = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # trials report while the driver writes
+    if heartbeat:
+        kwargs.update(heartbeat_interval=sw.heartbeat_interval, grace_period=sw.grace_period,
+                      heartbeat_stale_trial_callback=retry_callback(sw))
+    return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def retry_callback(sw):
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return RetryHeartbeatStaleTrialCallback(max_retry=sw.max_retry)
+
+
+def _build(kind: str, name: str, cls, args: dict, where: str):
+    try:
+        return cls(**args)
+    except TypeError as e:
+        raise ConfigError(f"{where}: sweep.{kind}_args do not fit {kind}={name}: {e}") from None
+
+
+def make_sampler(cfg):
+    import optuna
+
+    sw = cfg.sweep
+    args = {"seed": sw.sampler_seed, **OmegaConf.to_container(sw.sampler_args)}
+    cls = {"tpe": optuna.samplers.TPESampler, "motpe": optuna.samplers.TPESampler,  # TPE is multi-objective
+           "random": optuna.samplers.RandomSampler, "nsga2": optuna.samplers.NSGAIISampler,
+           # grid: the driver enqueues every point itself (fixed params), the sampler is never consulted
+           "grid": optuna.samplers.RandomSampler}[sw.sampler]
+    return _build("sampler", sw.sampler, cls, args, _where(cfg))
+
+
+def make_pruner(cfg):
+    import optuna
+
+    sw = cfg.sweep
+    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+           "hyperband": optuna.pruners.HyperbandPruner}[sw.pruner]
+    return _build("pruner", sw.pruner, cls, OmegaConf.to_container(sw.pruner_args), _where(cfg))
+
+
+def directions(sw) -> list[str]:
+    return list(sw.objectives.values())
+
+
+def trial_reporter(cfg):
+    """For the trial process: reporter(step, eval_metrics) -> prune? through the study's storage.
+
+    None where nothing can prune (no pruner, or several objectives: Optuna cannot prune those)."""
+    import optuna
+
+    sw = cfg.sweep
+    if sw.pruner == "none" or len(sw.objectives) != 1:
+        return None
+    _quiet_optuna()
+    storage = make_storage(cfg)
+    # load_study does not restore the pruner: pass the configured one
+    study = optuna.load_study(study_name=cfg.study, storage=storage, pruner=make_pruner(cfg))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(cfg.study), cfg.trial)
+    trial = optuna.Trial(study, trial_id)
+    key = INTERMEDIATE[next(iter(sw.objectives))]
+
+    def report(step: int, metrics: dict) -> bool:
+        trial.report(float(metrics[key]), step)
+        return trial.should_prune()
+
+    return report
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def check(cfg: DictConfig, base: list[str]) -> None:
+    """Everything about the sweep that can be wrong, before any trial runs."""
+    sw, where = cfg.sweep, _where(cfg)
+    for key in sw.space:
+        target = space_mod.VIRTUAL.get(key, key)
+        if OmegaConf.select(cfg, target, default="<absent>") == "<absent>" or target.split(".")[0] in ("sweep", "trial"):
+            close = difflib.get_close_matches(target, space_mod.flat(OmegaConf.to_container(cfg)), n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            raise ConfigError(f"{where}: sweep.space.{key}: no such config key `{target}`; {hint}search spaces use "
+                              f"the config's dotted names (see `python -m harness --cfg`)")
+        if target in sw.space and target != key:
+            raise ConfigError(f"{where}: sweep.space has both {key} and {target}; keep one")
+        if any(o.split("=", 1)[0].lstrip("+~") == target for o in base):
+            raise ConfigError(f"{where}: sweep.space.{key} is searched, but the command line also sets {target}; "
+                              "drop it from the command line (or copy the sweep file and change its space)")
+    if "seed" in sw.space:
+        raise ConfigError(f"{where}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
+    for metric in sw.objectives:
+        if metric not in METRICS:
+            raise ConfigError(f"{where}: sweep.objectives.{metric}: unknown metric; choose from {', '.join(METRICS)}")
+    if sw.pruner != "none":
+        metric = next(iter(sw.objectives))
+        if metric not in INTERMEDIATE:
+            raise ConfigError(f"{where}: sweep.pruner={sw.pruner} needs an objective measured at intermediate evals "
+                              f"({', '.join(INTERMEDIATE)}), not {metric}")
+        if not cfg.train.eval_every:
+            raise ConfigError(f"{where}: sweep.pruner={sw.pruner} needs intermediate evals: set train.eval_every > 0")
+    make_sampler(cfg), make_pruner(cfg)
+    # every value an axis can take must give a valid config (a typo'd preset fails now, not in trial 7)
+    for key, p in sw.space.items():
+        vals = space_mod.values_of(p) if (p.choices is not None or sw.sampler == "grid") else [p.low, p.high]
+        for v in vals:
+            try:
+                complete(load_with_choices([*base, *space_mod.to_overrides({key: v}, cfg)])[0])
+            except ConfigError as e:
+                raise ConfigError(f"{where}: sweep.space.{key} value {v!r} gives an invalid config:\n{e}") from None
+    for i, ref in enumerate(sw.enqueue):
+        if set(ref) != set(sw.space):
+            raise ConfigError(f"{where}: sweep.enqueue[{i}] must give every axis of the space "
+                              f"({', '.join(sw.space)}); got {', '.join(ref) or 'nothing'}")
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+
+
+def tally(trials) -> dict:
+    """done counts toward the budget; a FAIL that was retried does not (its retry does)."""
+    from optuna.trial import TrialState as S
+
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    c = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "retried": 0}
+    for t in trials:
+        if t.state == S.COMPLETE:
+            c["complete"] += 1
+        elif t.state == S.PRUNED:
+            c["pruned"] += 1
+        elif t.state == S.FAIL:
+            c["retried" if t.number in retried else "failed"] += 1
+        elif t.state == S.RUNNING:
+            c["running"] += 1
+        elif t.state == S.WAITING:
+            c["waiting"] += 1
+    c["done"] = c["complete"] + c["pruned"] + c["failed"]
+    return c
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(ln.strip()[:300] for ln in lines[-n:])
+
+
+def _set_pdeathsig() -> None:
+    # Linux: the trial dies with its driver (kill -9 included), so no orphan keeps writing.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
+    """`python -m harness ...` that reproduces this trial's config as a single run (study <study>-rerun):
+    the trial's group choices (model=..., data=... from the command line or the sweep file), then
+    every value that differs from what those groups give."""
+    _, choices = load_with_choices(overrides)
+    default, defaults = load_with_choices([])
+    groups = [f"{g}={c}" for g, c in choices.items() if g != "sweep" and c != defaults.get(g)]
+    where = [f"out_dir={space_mod.format_value(tcfg.out_dir)}"] if tcfg.out_dir != default.out_dir else []
+    # same study and out_dir as the trial, so interpolated paths (storage.url) compare equal
+    base = complete(load_with_choices([*groups, f"study={tcfg.study}", f"out_dir={tcfg.out_dir}"])[0])
+    diff = space_mod.diff_overrides(tcfg, base, skip=("sweep", "study", "trial", "out_dir"))
+    return " ".join(["python -m harness", *groups, *diff, *where, f"study={tcfg.study}-rerun"])
+
+
+# ---------------------------------------------------------------------------- the driver
+
+
+def base_overrides(overrides: list[str]) -> list[str]:
+    """The command line every trial starts from (the driver adds params, seed and trial number)."""
+    return [o for o in overrides if o.split("=", 1)[0] not in ("trial", "--cfg")]
+
+
+class Driver:
+    def __init__(self, cfg: DictConfig, overrides: list[str]):
+        import optuna
+
+        _quiet_optuna()
+        self.cfg, self.sw = cfg, cfg.sweep
+        self.base = base_overrides(overrides)
+        self.root = Path(cfg.out_dir) / cfg.study
+        self.me = f"{socket.gethostname()}:{os.getpid()}"
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.storage = make_storage(cfg, heartbeat=True)
+        self.heartbeat = hasattr(self.storage, "record_heartbeat")
+        self.points = None
+        if self.sw.sampler == "grid":
+            self.points = [(p, s) for p in space_mod.grid(self.sw.space) for s in self.sw.seeds]
+        n = self.sw.n_trials
+        self.budget = n if self.points is None else min(n or len(self.points), len(self.points))
+        self.slots = list(range(self._parallel()))
+
+    def _parallel(self) -> int:
+        p = self.sw.parallel
+        if self.cfg.hardware.device == "cuda":
+            import torch
+
+            gpus = torch.cuda.device_count()
+            if p * self.cfg.hardware.processes > gpus:
+                raise ConfigError(f"{_where(self.cfg)}: sweep.parallel={p} x hardware.processes="
+                                  f"{self.cfg.hardware.processes} needs {p * self.cfg.hardware.processes} GPUs; "
+                                  f"{gpus} visible")
+        return p
+
+    # -- study
+    def open(self):
+        import optuna
+
+        space_spec = json.dumps(OmegaConf.to_container(self.sw.space), sort_keys=True)
+        new = self.cfg.study not in optuna.get_all_study_names(self.storage)
+        trials_dir = self.root / "trials"
+        if new and trials_dir.is_dir() and any(trials_dir.iterdir()):
+            raise ConfigError(f"{trials_dir} holds trials of an earlier study that {self.cfg.storage.url} does not "
+                              f"know; delete {self.root} or set study=<new name>")
+        self.study = optuna.create_study(study_name=self.cfg.study, storage=self.storage, load_if_exists=True,
+                                         directions=directions(self.sw), sampler=make_sampler(self.cfg),
+                                         pruner=make_pruner(self.cfg))
+        self.study_id = self.storage.get_study_id_from_name(self.cfg.study)
+        if new:
+            self.study.set_user_attr("space", space_spec)
+            self.study.set_user_attr("sweep_file", self.sw.file)
+            self.study.set_user_attr("overrides", self.base)
+            self.study.set_user_attr("objectives", list(self.sw.objectives))
+            for ref in self.sw.enqueue:
+                for s in self.sw.seeds:
+                    self.study.enqueue_trial(dict(ref), user_attrs={"seed": s, "point": space_mod.point_key(dict(ref), s)},
+                                             skip_if_exists=True)
+        else:
+            old = self.study.user_attrs.get("space")
+            if [d.name.lower() for d in self.study.directions] != directions(self.sw):
+                raise ConfigError(f"study {self.cfg.study} exists with directions "
+                                  f"{[d.name.lower() for d in self.study.directions]}, the sweep asks for "
+                                  f"{directions(self.sw)}; set study=<new name>")
+            if old is not None and old != space_spec:
+                raise ConfigError(f"study {self.cfg.study} exists with another search space ({old}); resuming it with "
+                                  f"{_where(self.cfg)}'s space would mix two studies: set study=<new name>")
+        return new
+
+    def reap_stale(self) -> None:
+        """Fail (and retry) RUNNING trials whose driver is dead: same host + gone pid, or a stale heartbeat."""
+        import optuna
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            host, _, pid = str(t.user_attrs.get("driver", "")).rpartition(":")
+            if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                try:
+                    self.storage.set_trial_user_attr(self._tid(t.number), "fail_reason", f"driver {pid} died")
+                    self.study.tell(t.number, state=TrialState.FAIL)
+                except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+                    continue
+                retry_callback(self.sw)(self.study, self._frozen(t.number))
+        optuna.storages.fail_stale_trials(self.study)
+
+    def _tid(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def _frozen(self, number: int):
+        return next(t for t in self.study.get_trials(deepcopy=True) if t.number == number)
+
+    def next_trial(self, t0: float):
+        """Ask for the next trial within the budget, or None. Called under the lock."""
+        if self.stopping.is_set() or (self.sw.timeout and time.time() - t0 > self.sw.timeout):
+            return None
+        self.reap_stale()
+        trials = self.study.get_trials(deepcopy=False)
+        c = tally(trials)
+        if self.budget is not None and c["done"] + c["running"] >= self.budget:
+            return None
+        if self.points is not None and not c["waiting"]:
+            claimed = {t.user_attrs.get("point") for t in trials}
+            missing = [(p, s) for p, s in self.points[: self.budget] if space_mod.point_key(p, s) not in claimed]
+            if not missing:
+                return None
+            p, s = missing[0]
+            self.study.enqueue_trial(p, user_attrs={"seed": s, "point": space_mod.point_key(p, s)})
+        trial = self.study.ask()
+        trial.set_user_attr("driver", self.me)  # lets a later driver on this host see it died
+        if self.heartbeat:
+            self.storage.record_heartbeat(self._tid(trial.number))
+        params = space_mod.suggest(trial, self.sw.space)
+        fresh = "seed" not in trial.user_attrs
+        seed = trial.user_attrs.get("seed", self.sw.seeds[0])
+        if fresh:
+            trial.set_user_attr("seed", seed)
+            trial.set_user_attr("point", space_mod.point_key(params, seed))
+            for s in self.sw.seeds[1:]:  # the same configuration, once per further seed
+                self.study.enqueue_trial(params, user_attrs={"seed": s, "point": space_mod.point_key(params, s)})
+        return trial, params, seed
+
+    # -- one trial
+    def run_trial(self, trial, params: dict, seed: int, slot: int) -> tuple[str, dict]:
+        from optuna.trial import TrialState
+
+        n = trial.number
+        run_dir = self.root / "trials" / str(n)
+        overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), f"seed={seed}", f"trial={n}"]
+        attrs = {"overrides": overrides, "run_dir": str(run_dir), "seed": seed, "params": params}
+        rec, reason = None, None
+        try:
+            tcfg = complete(load_with_choices(overrides)[0])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in ("result.json", "log.txt"):
+                (run_dir / stale).unlink(missing_ok=True)
+            from harness.launch import command, write_config
+
+            path = write_config(tcfg, run_dir)
+            cmd, env = command(tcfg, path)
+            env["HARNESS_QUIET"] = "1"  # the driver's bar is the progress display; logs stay readable
+            if tcfg.hardware.device == "cpu":
+                env["HARNESS_CONCURRENT_PROCS"] = str(len(self.slots) * tcfg.hardware.processes)
+            else:
+                # slot i owns devices [i*k, (i+1)*k) of those visible to the driver
+                k = tcfg.hardware.processes
+                visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+                ids = visible.split(",") if visible else [str(i) for i in range(len(self.slots) * k)]
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * k:(slot + 1) * k])
+            log = open(run_dir / "log.txt", "ab")
+            with log:
+                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=_set_pdeathsig)
+                self.procs[n] = proc
+                trial_id = self._tid(n)
+                self.storage.set_trial_user_attr(trial_id, "pid", proc.pid)
+                while True:
+                    try:
+                        rc = proc.wait(timeout=self.sw.heartbeat_interval)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if self.heartbeat:
+                            self.storage.record_heartbeat(trial_id)
+            self.procs.pop(n, None)
+            result = run_dir / "result.json"
+            if result.is_file():
+                rec = json.loads(result.read_text())
+            state, values, reason = self._outcome(rc, rec, run_dir / "log.txt")
+        except ConfigError as e:
+            state, values, reason = TrialState.FAIL, None, f"config: {e}"
+        except Exception as e:  # noqa: BLE001 - one broken trial never stops the study
+            state, values, reason = TrialState.FAIL, None, f"driver: {type(e).__name__}: {e}"
+        interrupted = self.stopping.is_set() and state == TrialState.FAIL
+        if interrupted:
+            reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
+        if rec:
+            attrs.update({k: rec.get(k) for k in ATTR_METRICS})
+        # always both keys: a retry inherits the user_attrs of the attempt it repeats
+        attrs["fail_reason"] = reason if state == TrialState.FAIL else None
+        attrs["prune_reason"] = reason if state == TrialState.PRUNED else None
+        with self.lock:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            if state == TrialState.COMPLETE:
+                self.study.tell(trial, values)
+            else:
+                self.study.tell(trial, state=state)
+            if interrupted:
+                retry_callback(self.sw)(self.study, self._frozen(n))
+        return state.name, {**attrs, "number": n, "values": values}
+
+    def _outcome(self, rc: int, rec: dict | None, log: Path):
+        from optuna.trial import TrialState
+
+        if rc == PRUNED_EXIT:
+            return TrialState.PRUNED, None, (rec or {}).get("reason") or "pruned"
+        if rc < 0:
+            sig = signal.Signals(-rc).name
+            hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if sig == "SIGKILL" else ""
+            return TrialState.FAIL, None, f"trial process killed by {sig}{hint}; log: {_tail(log)}"
+        if rc != 0:
+            if rec and rec.get("status") == "failed" and rec.get("reason"):
+                return TrialState.FAIL, None, rec["reason"]
+            return TrialState.FAIL, None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})"
+        if not rec:
+            return TrialState.FAIL, None, f"exit code 0 but no result.json; log: {_tail(log)}"
+        values = [rec.get(k) for k in self.sw.objectives]
+        bad = [k for k, v in zip(self.sw.objectives, values) if v is None or not math.isfinite(v)]
+        if bad:
+            return TrialState.FAIL, None, f"objective {', '.join(bad)} is {rec.get(bad[0])}"
+        return TrialState.COMPLETE, values, None
+
+    # -- the loop
+    def run(self) -> int:
+        from tqdm.auto import tqdm
+
+        new = self.open()
+        c = tally(self.study.get_trials(deepcopy=False))
+        budget = "until the timeout" if self.budget is None else f"{max(self.budget - c['done'], 0)} to go"
+        if new:
+            print(f"new study {self.cfg.study}: {budget} ({self.sw.sampler}, "
+                  f"{', '.join(f'{k} {d}' for k, d in self.sw.objectives.items())}); storage {self.cfg.storage.url}",
+                  file=sys.stderr)
+        else:
+            print(f"resuming study {self.cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} "
+                  f"failed, {budget}", file=sys.stderr)
+        print(f"  watch: optuna-dashboard {self.cfg.storage.url}", file=sys.stderr)
+        bar = tqdm(total=self.budget, initial=min(c["done"], self.budget or c["done"]), unit="trial",
+                   desc=self.cfg.study, dynamic_ncols=True, file=sys.stderr)
+        self._postfix(bar)
+        t0 = time.time()
+        free = list(self.slots)
+        running = {}
+        pool = ThreadPoolExecutor(max_workers=len(self.slots))
+        try:
+            while True:
+                while free:
+                    with self.lock:
+                        job = self.next_trial(t0)
+                    if job is None:
+                        break
+                    slot = free.pop(0)
+                    running[pool.submit(self.run_trial, *job, slot)] = slot
+                if not running:
+                    if self.stopping.is_set() or (self.sw.timeout and time.time() - t0 > self.sw.timeout):
+                        break
+                    c = tally(self.study.get_trials(deepcopy=False))
+                    if c["running"] and (self.budget is None or c["done"] < self.budget):
+                        # trials of another (or a dead) driver: wait for them to finish or go stale
+                        bar.set_description(f"{self.cfg.study} (waiting on {c['running']} running elsewhere)")
+                        time.sleep(min(self.sw.heartbeat_interval, 5))
+                        continue
+                    break
+                finished, _ = wait(running, timeout=self.sw.heartbeat_interval, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    free.append(running.pop(f))
+                    state, info = f.result()
+                    bar.write(self._line(state, info))
+                    if state != "FAIL" or "interrupted" not in info.get("fail_reason", ""):
+                        bar.update(1)
+                self._postfix(bar)
+        except KeyboardInterrupt:
+            self.stopping.set()
+            print("\ninterrupted: stopping running trials (they will be retried on resume)...", file=sys.stderr)
+            for proc in list(self.procs.values()):
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            for f in list(running):
+                state, info = f.result()
+            bar.close()
+            pool.shutdown()
+            self.summary()
+            return 130
+        bar.close()
+        pool.shutdown()
+        return self.summary()
+
+    def _postfix(self, bar) -> None:
+        c = tally(self.study.get_trials(deepcopy=False))
+        post = {"ok": c["complete"], "pruned": c["pruned"], "failed": c["failed"]}
+        best = self._best_value()
+        if best is not None:
+            post["best"] = best
+        bar.set_postfix(post, refresh=True)
+
+    def _best_value(self):
+        if len(self.sw.objectives) != 1:
+            return None
+        try:
+            return f"{self.study.best_value:.4g}"
+        except ValueError:
+            return None
+
+    def _line(self, state: str, info: dict) -> str:
+        params = " ".join(f"{k}={space_mod.format_value(v)}" for k, v in info["params"].items())
+        head = f"trial {info['number']:>3} {state:<8} {params} seed={info['seed']}"
+        if state == "COMPLETE":
+            return f"{head}  accuracy={_num(info.get('accuracy'))} flops={_num(info.get('flops'))} " \
+                   f"device-s={_num(info.get('device_seconds'))}"
+        return f"{head}  {info.get('fail_reason') or info.get('prune_reason') or ''}"
+
+    # -- the end
+    def summary(self) -> int:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        c = tally(trials)
+        print(f"\nstudy {self.cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
+              + (f", {c['retried']} retried" if c["retried"] else "") + f"  (storage {self.cfg.storage.url})")
+        if not c["complete"]:
+            fails = [t for t in trials if t.state == TrialState.FAIL][-3:]
+            for t in fails:
+                print(f"  trial {t.number}: {t.user_attrs.get('fail_reason')}")
+            return 1
+        if len(self.sw.objectives) == 1:
+            (metric, direction), = self.sw.objectives.items()
+            rows = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
+                          reverse=direction == "maximize")[:10]
+            title = f"complete trials by {metric}, best first" + (" (top 10)" if c["complete"] > 10 else "")
+        else:
+            rows = sorted(self.study.best_trials, key=lambda t: t.values[1:] + t.values[:1])
+            title = f"Pareto set ({len(rows)} trials)"
+        print(f"{title}:")
+        print(table(rows, list(self.sw.space), self.sw.objectives))
+        best = rows[0]
+        try:
+            tcfg = OmegaConf.load(Path(best.user_attrs["run_dir"]) / "config.yaml")
+            print(f"\nrerun trial {best.number} as a single run:\n  {rerun_command(tcfg, best.user_attrs['overrides'])}")
+        except (OSError, KeyError, ConfigError) as e:
+            print(f"(no rerun command for trial {best.number}: {e})")
+        print(f"trials: {self.root}/trials/<n>/{{config.yaml,log.txt,result.json}}; "
+              f"dashboard: optuna-dashboard {self.cfg.storage.url}")
+        return 0
+
+
+def _num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and (abs(v) >= 1e5 or (v and abs(v) < 1e-3)):
+        return f"{v:.3g}"
+    return f"{v:.4g}" if isinstance(v, float) else f"{v:,}"
+
+
+def table(trials, axes: list[str], objectives) -> str:
+    cols = ["trial", *axes, "seed", "accuracy", "flops", "device-s", "state"]
+    extra = [k for k in objectives if k not in ("accuracy", "flops")]
+    cols[-1:-1] = extra
+    rows = []
+    for t in trials:
+        u = t.user_attrs
+        vals = [str(t.number), *(space_mod.format_value(t.params.get(a)) for a in axes), str(u.get("seed", "-")),
+                _num(u.get("accuracy")), _num(u.get("flops")), _num(u.get("device_seconds")),
+                *(_num(u.get(k)) for k in extra), t.state.name]
+        rows.append(vals)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def run_study(cfg: DictConfig, overrides: list[str]) -> int:
+    """`python -m harness sweep=NAME ...`: validate everything, then run or resume the study."""
+    check(cfg, base_overrides(overrides))  # before the storage exists: a bad sweep leaves nothing behind
+    return Driver(cfg, overrides).run()
