@@ -1,7 +1,7 @@
 """Search efficiency: device-time to reach the exhaustive grid's best accuracy (within 1 point)
 for grid vs random vs TPE vs TPE + median pruning, 3 sampler seeds each.
 
-    python -m bench.search            # MiniLM + rt_polarity, 12-point grid x 40 steps (~20-30 min, cached)
+    python -m bench.search            # MiniLM + rt_polarity, 8-point grid x 20 steps (~20 min, cached)
     python -m bench.search --quick    # tiny model, 4-point grid (smoke test)
 
 Method (replay over a cached grid). Every grid point is trained once, in full, with its
@@ -26,10 +26,11 @@ import time
 
 from bench.common import QUICK, RESULTS, compose, median, save, table
 
-SPACE = {"train.lr": [1e-3, 3e-3, 1e-2], "lora.r": [4, 16], "lora.targets": ["attn_qv", "all_linear"]}
-# Half the default 80 steps, evals every 10: 12 points fit ~20-30 min on the shared 2-core box.
-# One torch thread: with the box oversubscribed, 2 threads per process ran 10-80x slower (BENCHMARKS.md).
-STEPS = ["train.max_steps=40", "train.eval_every=10", "hardware.threads=1"]
+SPACE = {"train.lr": [1e-3, 3e-3, 1e-2, 3e-2], "lora.targets": ["attn_qv", "all_linear"]}
+# 20 steps (a quarter of the default 80), evals every 5 on 200 held-out examples, r=8: with the
+# shared box at load 10-13 a step took ~4.5 s, so the 8 points fit ~20 min. One torch thread: with
+# the box oversubscribed, 2 threads per process ran ~8x slower (BENCHMARKS.md).
+STEPS = ["train.max_steps=20", "train.eval_every=5", "eval.max_examples=200", "hardware.threads=1"]
 QUICK_SPACE = {"train.lr": [1e-3, 3e-2], "lora.r": [4, 8]}
 STRATEGIES = ["grid", "random", "tpe", "tpe+pruning"]
 
