@@ -43,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     except (TrialFailed, TrialPruned) as e:
         print(f"trial did not complete: {e}", file=sys.stderr)
         return 1
-    print(f"\naccuracy {_fmt(rec['accuracy'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
-          f"majority class {_fmt(rec['majority_accuracy'])})")
+    if "exact_match" in rec:  # task=sft: accuracy is the exact match
+        print(f"\nexact match {_fmt(rec['exact_match'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
+              f"most common answer {_fmt(rec['majority_accuracy'])})")
+        print("         " + ", ".join(f"{k} {_fmt(rec[k])} (zero-shot {_fmt(rec.get('baseline_' + k))})"
+                                      for k in ("rouge_l", "bleu", "perplexity")))
+    else:
+        print(f"\naccuracy {_fmt(rec['accuracy'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
+              f"majority class {_fmt(rec['majority_accuracy'])})")
     print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
           f"(${rec['cost_usd']:.5f}), peak memory {rec['peak_memory_bytes'] / 2**20:.0f} MiB, "
           f"{rec['trainable_params']:,} trainable params")

@@ -6,7 +6,7 @@ it, and it reproduces a figure. Everything a trial needs is in it; nothing is re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from hydra import compose, initialize_config_dir
@@ -29,8 +29,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TaskCfg(_Strict):
+class ClassificationTask(_Strict):
     type: Literal["classification"]
+
+
+class SftTask(_Strict):
+    """Supervised fine-tuning on prompt -> target pairs (harness/sft.py)."""
+    type: Literal["sft"]
+    chat_template: bool = True          # use the tokenizer's chat template when it has one
+    template: str = "{prompt}"          # plain template otherwise; fields {prompt} and {system}
+    max_target_tokens: int = Field(default=24, ge=1)
+    prompt_truncation: Literal["left", "right"] = "left"
+    max_new_tokens: int = Field(default=5, ge=1)
+    samples: int = Field(default=8, ge=0)
+
+    @field_validator("template")
+    @classmethod
+    def _has_prompt(cls, v):
+        if "{prompt}" not in v:
+            raise ValueError("task.template must contain {prompt} (and may contain {system})")
+        try:
+            v.format(prompt="", system="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"task.template may only use the fields {{prompt}} and {{system}} ({e!r}); "
+                             "write a literal brace as {{ or }}") from None
+        return v
+
+
+TaskCfg = Annotated[ClassificationTask | SftTask, Field(discriminator="type")]
 
 
 class ModelCfg(_Strict):
@@ -58,6 +84,12 @@ class DataCfg(_Strict):
     split: str | None = None
     text_field: str | None = None
     label_field: str | None = None
+    # sft: column names of prompt / optional input appended to it / target / per-row system message
+    prompt_field: str | None = None
+    input_field: str | None = None
+    target_field: str | None = None
+    system_field: str | None = None
+    system: str | None = None          # sft: system message for rows without their own
     train_size: int = Field(ge=1)
     test_size: int = Field(ge=1)
     split_seed: int = 0
@@ -231,6 +263,13 @@ class ExperimentCfg(_Strict):
         from harness.models import check_targets  # static preset table; no model is loaded
 
         check_targets(self.model.family, self.lora.targets)
+        if self.task.type == "sft":
+            if self.model.family != "llama":
+                raise ValueError(f"task=sft needs a decoder model (family llama); model={self.model.name} is "
+                                 f"{self.model.family}: use model=smollm2_135m, tiny_llama or a hub decoder")
+            if self.task.max_target_tokens >= self.model.max_length:
+                raise ValueError(f"task.max_target_tokens={self.task.max_target_tokens} leaves no room for the prompt "
+                                 f"in model.max_length={self.model.max_length}; lower it or raise model.max_length")
         if self.quant.mode != "none" and self.hardware.device == "cpu" and self.quant.compute_dtype == "float16":
             raise ValueError("quant.compute_dtype=float16 is not supported on CPU; use bfloat16 or float32")
         return self

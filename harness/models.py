@@ -36,8 +36,13 @@ _LLAMA = {
 PRESETS = {
     fam: {**p, "all_linear": f"({p['attn']})|({p['mlp']})"} for fam, p in {"bert": _BERT, "llama": _LLAMA}.items()
 }
-# The classification head is new and trained in full: keep it out of quantization.
+# The classification head is new and trained in full: keep it out of quantization. A causal LM
+# keeps its pretrained output layer; transformers' own default already leaves lm_head unquantized.
 HEADS = {"bert": ["classifier"], "llama": ["score"]}
+
+
+def heads(cfg) -> list[str] | None:
+    return HEADS[cfg.model.family] if cfg.task.type == "classification" else None
 
 
 class ModelError(ValueError):
@@ -125,6 +130,11 @@ def _gguf_dir(mcfg) -> Path:
     print(f"[harness] converting {gguf.name} to safetensors in {out} (once, ~15 s)", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized fp32 now, but transformers still marks the model as GGUF-quantized
+    # and refuses to save it; drop the marker so the copy loads as a plain checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -155,7 +165,7 @@ def quantization_config(cfg):
     from transformers import BitsAndBytesConfig
 
     q = cfg.quant
-    skip = HEADS[cfg.model.family]
+    skip = heads(cfg)  # None: transformers' default (lm_head and tied embeddings stay unquantized)
     if q.mode in ("nf4", "fp4"):
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.mode,
                                   bnb_4bit_use_double_quant=q.double_quant,
@@ -217,25 +227,30 @@ def _quantized_dir(cfg, num_labels: int, device) -> Path:
 
 
 def load_base(cfg, num_labels: int, device: str | int, tokenizer):
-    """The quantized base model with a classification head, ready for adapters."""
-    from transformers import AutoModelForSequenceClassification
+    """The quantized base model, ready for adapters: with a new classification head of num_labels
+    (task=classification), or the causal LM with its own output layer (task=sft; num_labels unused)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     m = cfg.model
     qconf = quantization_config(cfg)
     dtype = torch.float32 if qconf is not None else _DTYPES[cfg.quant.compute_dtype]
+    if cfg.task.type == "classification":
+        auto, extra = AutoModelForSequenceClassification, {"num_labels": num_labels}
+    else:
+        auto, extra = AutoModelForCausalLM, {}
     src = {"pretrained_model_name_or_path": weights_path(m), "revision": m.revision, "quantization_config": qconf}
-    if qconf is not None and cfg.hardware.device == "cpu":
+    if qconf is not None and cfg.hardware.device == "cpu" and cfg.task.type == "classification":
         # no quantization_config argument at all (even None would override the one saved with the copy)
         src = {"pretrained_model_name_or_path": str(_quantized_dir(cfg, num_labels, device))}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        **src, num_labels=num_labels, trust_remote_code=m.trust_remote_code, dtype=dtype, device_map={"": device})
+    model = auto.from_pretrained(**src, trust_remote_code=m.trust_remote_code, dtype=dtype, device_map={"": device},
+                                 **extra)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_avx512bf16_repack(model)
     return model
 
 
 def add_adapters(model, cfg):
-    """k-bit preparation, then LoRA on the resolved targets; the head trains in full."""
+    """k-bit preparation, then LoRA on the resolved targets; a classification head trains in full."""
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
@@ -248,7 +263,8 @@ def add_adapters(model, cfg):
     targets = resolve_targets(model, cfg.model.family, cfg.lora.targets)
     set_seed(cfg.seed)  # LoRA A init and the new head are otherwise unseeded
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=targets, bias=cfg.lora.bias, task_type=TaskType.SEQ_CLS,
-                      modules_to_save=HEADS[cfg.model.family])
+                      target_modules=targets, bias=cfg.lora.bias,
+                      task_type=TaskType.SEQ_CLS if cfg.task.type == "classification" else TaskType.CAUSAL_LM,
+                      modules_to_save=heads(cfg))
     model = get_peft_model(model, lcfg)
     return model, targets

@@ -77,6 +77,15 @@ class Run:
         if self.run is not None:
             self.run.log(data, step=step)
 
+    def table(self, key: str, rows: list[dict]) -> None:
+        """Log rows of equal keys (e.g. prompt/generation/target samples) as a W&B Table."""
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        cols = list(rows[0])
+        self.run.log({key: wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])})
+
     def info(self) -> dict:
         if self.run is None:
             return {}

@@ -4,7 +4,8 @@
     accelerate launch --multi_gpu --num_processes 2 -m harness.train <config>  (N processes)
 
 Stages, top to bottom: config -> data -> tokenizer -> model + adapters -> baseline eval -> train
-(with intermediate evals for the pruner) -> final eval -> cost -> record + W&B. Rank 0 alone writes
+(with intermediate evals for the pruner) -> final eval -> cost -> record + W&B. What differs per
+task (cfg.task.type: classification, sft) comes from its module in TASKS. Rank 0 alone writes
 the record, logs to W&B and talks to Optuna; the other ranks follow its prune decision.
 """
 from __future__ import annotations
@@ -20,8 +21,11 @@ import torch
 
 from harness import config as config_mod
 from harness.cost import Clock, eval_flops, param_counts, peak_memory_bytes, train_flops
-from harness.data import load_splits
 from harness.tracking import Run, provenance, write_json
+
+# The task-specific parts (data, items, collate, evaluate) live in one module per task; the loop,
+# cost accounting and record below are shared. See harness/classify.py for the interface.
+TASKS = {"classification": "harness.classify", "sft": "harness.sft"}
 
 
 class TrialFailed(RuntimeError):
@@ -36,12 +40,12 @@ def run_dir_of(cfg) -> Path:
     return Path(cfg.out_dir) / cfg.study / "trials" / str(cfg.trial)
 
 
+def _eval_log(ev: dict) -> dict:
+    return {"eval/accuracy": ev["accuracy"], "eval/loss": ev["loss"],
+            **{f"eval/{k}": v for k, v in ev.get("metrics", {}).items()}}
+
+
 # ---------------------------------------------------------------------------- batching
-
-
-def tokenize(tokenizer, examples, max_length: int) -> list[dict]:
-    enc = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
-    return [{"input_ids": ids, "label": e.label} for ids, e in zip(enc["input_ids"], examples)]
 
 
 def train_batches(items: list[dict], global_batch: int, seed: int, group_by_length: bool):
@@ -65,39 +69,6 @@ def train_batches(items: list[dict], global_batch: int, seed: int, group_by_leng
         epoch += 1
 
 
-def collate(items: list[dict], pad_id: int, device) -> dict:
-    width = max(len(x["input_ids"]) for x in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, x in enumerate(items):
-        n = len(x["input_ids"])
-        ids[row, :n] = torch.tensor(x["input_ids"])
-        mask[row, :n] = 1
-    labels = torch.tensor([x["label"] for x in items])
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
-@torch.no_grad()
-def evaluate(model, items, batch_size, pad_id, accelerator) -> dict:
-    """Accuracy and loss on this rank's shard of the held-out split, summed over ranks."""
-    model.eval()
-    order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))  # less padding
-    shard = order[accelerator.process_index::accelerator.num_processes]
-    correct = loss_sum = tokens = 0.0
-    for b in range(0, len(shard), batch_size):
-        batch = collate([items[i] for i in shard[b:b + batch_size]], pad_id, accelerator.device)
-        with accelerator.autocast():
-            out = model(**batch)
-        correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
-        loss_sum += out.loss.float().item() * len(batch["labels"])
-        tokens += batch["attention_mask"].sum().item()
-    totals = accelerator.reduce(torch.tensor([correct, loss_sum, tokens, len(shard)], dtype=torch.float64,
-                                             device=accelerator.device), reduction="sum").tolist()
-    model.train()
-    n = totals[3]
-    return {"accuracy": totals[0] / n, "loss": totals[1] / n, "tokens": int(totals[2]), "n": int(n)}
-
-
 # ---------------------------------------------------------------------------- the trial
 
 
@@ -114,7 +85,10 @@ def run(cfg, reporter=None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
 
+    import importlib
+
     cfg = config_mod.complete(cfg)
+    task = importlib.import_module(TASKS[cfg.task.type])
     clock = Clock()
     on_cpu = cfg.hardware.device == "cpu"
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=cfg.hardware.mixed_precision)
@@ -142,7 +116,7 @@ def run(cfg, reporter=None) -> dict:
 
     # --- data (first: a size error costs nothing)
     with clock.phase("data"):
-        splits = load_splits(cfg.data)
+        splits = task.load_splits(cfg.data)
     # --- tokenizer + model + adapters
     import transformers
 
@@ -159,22 +133,23 @@ def run(cfg, reporter=None) -> dict:
         device = accelerator.device if not on_cpu else "cpu"
         model = load_base(cfg, len(splits.labels), accelerator.local_process_index if not on_cpu else "cpu", tokenizer)
     with clock.phase("tokenize"):
-        train_items = tokenize(tokenizer, splits.train, cfg.model.max_length)
-        test_items = tokenize(tokenizer, splits.test, cfg.model.max_length)
+        train_items = task.items(tokenizer, splits.train, cfg)
+        test_items = task.items(tokenizer, splits.test, cfg)
         if cfg.eval.max_examples:
             test_items = test_items[: cfg.eval.max_examples]
     pad_id = tokenizer.pad_token_id
 
     tracker = Run(cfg, resolved, run_dir, enabled=main)
-    baseline = None
+    baseline, eval_tok = None, 0
     if cfg.eval.baseline:
         with clock.phase("baseline"):
             # the base model with its untrained head: what the adapters have to beat
-            baseline = evaluate(model, test_items, cfg.eval.batch_size, pad_id, accelerator)
+            baseline = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
+            eval_tok += baseline["tokens"]
     with clock.phase("load"):
         model, targets = add_adapters(model, cfg)
         params = param_counts(model)
-    majority = max(sum(x["label"] == y for x in test_items) for y in range(len(splits.labels))) / len(test_items)
+    majority = task.reference_accuracy(test_items)
 
     if main:
         print(f"[harness] trial {cfg.study}/{cfg.trial}: {cfg.model.name} {cfg.quant.mode} on {cfg.data.name} "
@@ -206,7 +181,7 @@ def run(cfg, reporter=None) -> dict:
             for micro in range(t.grad_accum):
                 gbatch = next(stream)
                 mine = gbatch[accelerator.process_index::world]
-                batch = collate([train_items[i] for i in mine], pad_id, accelerator.device)
+                batch = task.collate([train_items[i] for i in mine], pad_id, accelerator.device)
                 sync = micro == t.grad_accum - 1
                 ctx = accelerator.no_sync(model) if (world > 1 and not sync) else nullcontext()
                 with ctx:
@@ -235,9 +210,10 @@ def run(cfg, reporter=None) -> dict:
             tracker.log(rec, step=step)
         if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
             with clock.phase("eval"):
-                ev = evaluate(model, test_items, cfg.eval.batch_size, pad_id, accelerator)
-            evals.append({"step": step, "accuracy": ev["accuracy"], "loss": ev["loss"]})
-            tracker.log({"eval/accuracy": ev["accuracy"], "eval/loss": ev["loss"]}, step=step)
+                ev = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
+            eval_tok += ev["tokens"]
+            evals.append({"step": step, "accuracy": ev["accuracy"], "loss": ev["loss"], **ev.get("metrics", {})})
+            tracker.log(_eval_log(ev), step=step)
             decision = [bool(reporter(step, ev)) if (main and reporter) else False]
             if world > 1:
                 broadcast_object_list(decision, from_process=0)  # every rank follows rank 0
@@ -250,18 +226,16 @@ def run(cfg, reporter=None) -> dict:
     final = None
     if status == "complete":
         with clock.phase("eval"):
-            final = evaluate(model, test_items, cfg.eval.batch_size, pad_id, accelerator)
-        evals.append({"step": step, "accuracy": final["accuracy"], "loss": final["loss"]})
-        tracker.log({"eval/accuracy": final["accuracy"], "eval/loss": final["loss"]}, step=step)
+            final = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
+        eval_tok += final["tokens"]
+        evals.append({"step": step, "accuracy": final["accuracy"], "loss": final["loss"], **final.get("metrics", {})})
+        tracker.log(_eval_log(final), step=step)
 
     # --- cost
     if world > 1:
         tokens_seen, padded_seen = (int(v) for v in accelerator.reduce(
             torch.tensor([tokens_seen, padded_seen], device=accelerator.device), reduction="sum").tolist())
     compute_s = sum(clock.phases.get(k, 0.0) for k in ("baseline", "train", "eval"))
-    eval_tok = sum(1 for _ in evals) * sum(len(x["input_ids"]) for x in test_items)
-    if baseline:
-        eval_tok += baseline["tokens"]
     n_ne, n_tr = params["non_embedding_params"], params["trainable_params"]
     tflops = train_flops(n_ne, n_tr, tokens_seen, t.gradient_checkpointing)
     eflops = eval_flops(n_ne, eval_tok)
@@ -289,6 +263,15 @@ def run(cfg, reporter=None) -> dict:
         "data": splits.provenance, "evals": evals,
         "provenance": provenance(accelerator.device) if main else {},
     }
+    # task metrics beyond accuracy/loss (sft: exact_match, rouge_l, bleu, ...), final and zero-shot
+    record.update((final or {}).get("metrics", {}))
+    record.update({f"baseline_{k}": v for k, v in (baseline or {}).get("metrics", {}).items()})
+    record.update((final or baseline or {}).get("notes", {}))  # how the metrics were computed (BLEU signature)
+    samples = {k: ev["samples"] for k, ev in (("baseline", baseline), ("final", final)) if ev and "samples" in ev}
+    if samples:
+        record["samples"] = samples
+        for k, rows in samples.items():
+            tracker.table(f"samples/{k}", rows)
     if main:
         record["wandb"] = tracker.info()
         write_json(run_dir / "result.json", {**record, "config": resolved, "history": history})

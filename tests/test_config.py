@@ -9,7 +9,7 @@ from harness.config import CONF_DIR, ConfigError, complete, load
 
 # Options whose `???` values a user must fill in, and what a test fills in.
 REQUIRED = {("model", "hub"): ["model.path=org/model"], ("data", "hub"): ["data.path=org/ds"],
-            ("data", "local"): ["data.path=x.jsonl"]}
+            ("data", "local"): ["data.path=x.jsonl"], ("data", "jsonl"): ["data.path=x.jsonl"]}
 GROUPS = ["task", "model", "data", "lora", "quant", "train", "eval", "hardware", "tracking", "storage"]
 
 

@@ -70,3 +70,8 @@ def test_local_csv_loads_and_splits(tmp_path):
     f.write_text("text,label\n" + "".join(f"row {i},{'pos' if i % 2 else 'neg'}\n" for i in range(60)))
     s = load_splits(_data(name="local", path=str(f), text_field="text", label_field="label", train_size=30, test_size=20))
     assert s.labels == ["neg", "pos"] and len(s.train) == 30 and len(s.test) == 20
+
+
+def test_a_prefix_of_the_test_split_is_stratified():
+    s = load_splits(_data(test_size=40))
+    assert Counter(e.label for e in s.test[:10]) == {0: 5, 1: 5}
