@@ -107,8 +107,9 @@ def _tiny_dir(mcfg) -> Path:
                                    cls_token="[CLS]", sep_token="[SEP]")
     model_type = spec.pop("model_type")
     config = AutoConfig.for_model(model_type, vocab_size=len(vocab), pad_token_id=0, **spec)
-    torch.manual_seed(0)
-    model = AutoModel.from_config(config)
+    with torch.random.fork_rng(devices=[]):  # building the cache must not reset the trial's seeded RNG
+        torch.manual_seed(0)
+        model = AutoModel.from_config(config)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     fast.save_pretrained(tmp)
