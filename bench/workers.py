@@ -33,10 +33,11 @@ def main(argv=None) -> int:
     runs = []
     for rep in range(args.repeats):
         for workers in (1, 2):
-            out = run_sweep([*base, f"sweep.parallel={workers}"], Path(tempfile.mkdtemp(prefix="bench-workers-")),
-                            f"bench_workers_{workers}")
+            out_dir = Path(tempfile.mkdtemp(prefix="bench-workers-"))
+            out = run_sweep([*base, f"sweep.parallel={workers}"], out_dir, f"bench_workers_{workers}")
             done = [t for t in out["trials"] if t["state"] == "COMPLETE"]
-            r = {"workers": workers, "repeat": rep, "trials": len(done), "wall_seconds": out["wall_seconds"],
+            r = {"workers": workers, "repeat": rep, "study_dir": str(out_dir / f"bench_workers_{workers}"),
+                 "trials": len(done), "wall_seconds": out["wall_seconds"],
                  "trials_per_hour": len(done) / out["wall_seconds"] * 3600,
                  "median_trial_process_seconds": median([t["process_seconds"] for t in done]),
                  "median_train_seconds": median([t["phase_seconds"].get("train") for t in done])}
