@@ -32,7 +32,7 @@ SPACE = {"train.lr": [1e-3, 3e-3, 1e-2, 3e-2], "lora.targets": ["attn_qv", "all_
 # the box oversubscribed, 2 threads per process ran ~8x slower (BENCHMARKS.md).
 STEPS = ["train.max_steps=20", "train.eval_every=5", "eval.max_examples=200", "hardware.threads=1"]
 QUICK_SPACE = {"train.lr": [1e-3, 3e-2], "lora.r": [4, 8]}
-STRATEGIES = ["grid", "random", "tpe", "tpe+pruning"]
+STRATEGIES = ["grid", "random", "tpe", "tpe+pruning", "tpe+pruning(no warmup)"]
 
 
 def key(params: dict) -> str:
@@ -69,17 +69,30 @@ def run_grid(space: dict, base: list[str], cache_path, limit=None) -> dict:
     return {key(p): cache[key(p)] for p in points}
 
 
-def charge(rec: dict, upto_step: int | None) -> float:
-    """Device-seconds a trial costs if stopped right after its eval at upto_step (None: in full)."""
-    if upto_step is None:
+def charge(rec: dict, upto_step: int | None, norm: dict | None = None) -> float:
+    """Device-seconds a trial costs if stopped right after its eval at upto_step (None: in full).
+    With norm, the grid-median phase times replace this record's own (see `normalized`)."""
+    ph = norm or rec["phase_seconds"]
+    if upto_step is None and norm is None:
         return rec["device_seconds"]
-    ph = rec["phase_seconds"]
     n_evals = len(rec["evals"])
-    done = sum(1 for e in rec["evals"] if e["step"] <= upto_step)
-    return ph.get("baseline", 0.0) + ph["train"] * upto_step / rec["steps"] + ph.get("eval", 0.0) * done / n_evals
+    done = n_evals if upto_step is None else sum(1 for e in rec["evals"] if e["step"] <= upto_step)
+    frac = 1.0 if upto_step is None else upto_step / rec["steps"]
+    return ph.get("baseline", 0.0) + ph["train"] * frac + ph.get("eval", 0.0) * done / n_evals
 
 
-def simulate(strategy: str, seed: int, space: dict, grid: dict, target: float, max_trials: int) -> dict:
+def normalized(grid: dict) -> dict:
+    """Median phase seconds over the grid. The shared box's load moved 3x while the grid ran, so a
+    config's measured seconds say more about when it ran than about what it costs; every config here
+    runs the same steps and evals (all_linear adds ~10-20% train time, ignored), so the default
+    charges each one the median."""
+    from statistics import median as med
+
+    return {k: med(r["phase_seconds"].get(k, 0.0) for r in grid.values()) for k in ("baseline", "train", "eval")}
+
+
+def simulate(strategy: str, seed: int, space: dict, grid: dict, target: float, max_trials: int,
+             norm: dict | None) -> dict:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,7 +103,11 @@ def simulate(strategy: str, seed: int, space: dict, grid: dict, target: float, m
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:  # 4 random startup trials: the default 10 would be most of a 16-point space
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, n_grid // 4))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if strategy == "tpe+pruning"
+    steps = next(iter(grid.values()))["steps"]
+    # no pruning decision before a quarter of the steps: at the first eval every config still sits
+    # at chance, and pruning there killed the grid's best configuration (see BENCHMARKS.md)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=steps // 4 + 1 if strategy == "tpe+pruning"
+                                          else 0) if strategy.startswith("tpe+pruning")
               else optuna.pruners.NopPruner())
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     spent, pruned = 0.0, 0
@@ -104,12 +121,15 @@ def simulate(strategy: str, seed: int, space: dict, grid: dict, target: float, m
             if trial.should_prune():
                 stop = e["step"]
                 break
-        spent += charge(rec, stop)
+        spent += charge(rec, stop, norm)
         if stop is not None:
             pruned += 1
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
-        study.tell(trial, rec["accuracy"])
+        try:
+            study.tell(trial, rec["accuracy"])
+        except RuntimeError:  # GridSampler calls study.stop() once every point is done: fine here
+            pass
         if rec["accuracy"] >= target:
             return {"reached": True, "trials": n, "pruned": pruned, "device_seconds": spent}
         if strategy == "grid" and n == n_grid:
@@ -122,6 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny model, 4-point grid (smoke test)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--tolerance", type=float, default=0.01, help="accuracy below the grid best still counted")
+    ap.add_argument("--cost", choices=["median", "measured"], default="median",
+                    help="charge each config the grid-median phase seconds (default) or its own measured ones")
     ap.add_argument("--steps", type=int, default=None, help="train.max_steps of each grid point (default: config)")
     args = ap.parse_args(argv)
     space = QUICK_SPACE if args.quick else SPACE
@@ -133,11 +155,12 @@ def main(argv=None) -> int:
     grid = run_grid(space, base, cache_path)
     best_key = max(grid, key=lambda k: grid[k]["accuracy"])
     best = grid[best_key]["accuracy"]
-    total = sum(r["device_seconds"] for r in grid.values())
     target = best - args.tolerance
+    norm = None if args.cost == "measured" else normalized(grid)
+    total = sum(charge(r, None, norm) for r in grid.values())
     rows, runs = [], []
     for strategy in STRATEGIES:
-        res = [simulate(strategy, s, space, grid, target, max_trials=3 * len(grid)) for s in range(args.seeds)]
+        res = [simulate(strategy, s, space, grid, target, 3 * len(grid), norm) for s in range(args.seeds)]
         runs += [{"strategy": strategy, "seed": s, **r} for s, r in enumerate(res)]
         med = median([r["device_seconds"] for r in res])
         rows.append({"strategy": strategy, "reached": f"{sum(r['reached'] for r in res)}/{len(res)}",
@@ -147,10 +170,10 @@ def main(argv=None) -> int:
                      "share of grid": med / total})
     cols = ["strategy", "reached", "median trials", "median pruned", "median device-s", "max device-s",
             "share of grid"]
-    print(f"grid: {len(grid)} points, {total:.0f} device-s in all; best {best:.4f} ({best_key}); "
+    print(f"grid: {len(grid)} points, {total:.0f} device-s in all ({args.cost} cost per config); best {best:.4f} ({best_key}); "
           f"target accuracy >= {target:.4f}")
     print(table(rows, cols))
-    path = save("search", {"space": space, "base_overrides": base, "grid_device_seconds": total,
+    path = save("search", {"space": space, "base_overrides": base, "grid_device_seconds": total, "cost": args.cost,
                            "grid_best": best, "grid_best_config": best_key, "target": target, "rows": rows,
                            "runs": runs, "grid": grid}, args.quick)
     print(f"wrote {path}")
