@@ -160,6 +160,7 @@ def run_sft(cfg_over, steps: int) -> dict:
     if cfg.model.family != "llama":
         raise SystemExit(f"SFTTrainer trains causal LMs only; {cfg.model.name} is a {cfg.model.family} encoder")
     tok = AutoTokenizer.from_pretrained(path)
+    tok.eos_token = tok.eos_token or tok.sep_token  # the tiny fixtures' word-level tokenizer has no EOS
     tok.pad_token = tok.pad_token or tok.eos_token
     bnb.llm_int8_skip_modules = None  # no classification head here
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=bnb,
