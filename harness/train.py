@@ -10,6 +10,8 @@ the record, logs to W&B and talks to Optuna; the other ranks follow its prune de
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -84,6 +86,18 @@ def adapter_checksum(model) -> str:
 # ---------------------------------------------------------------------------- the trial
 
 
+def _baseline_path(cfg, test_items) -> Path:
+    """Where the baseline eval of this base model + quantization + seed + test split is kept."""
+    from harness.data import cache_dir
+
+    spec = {k: config_mod.OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "quant")}
+    spec.update(seed=cfg.seed, mixed_precision=cfg.hardware.mixed_precision,
+                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline")},
+                items=hashlib.sha256(json.dumps(test_items, sort_keys=True, default=str).encode()).hexdigest())
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_dir() / "baselines" / f"{cfg.model.name}-{key}.json"
+
+
 def _threads(cfg) -> None:
     n = cfg.hardware.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("HARNESS_CONCURRENT_PROCS", cfg.hardware.processes)))
     torch.set_num_threads(n)
@@ -141,6 +155,9 @@ def run(cfg, reporter=None) -> dict:
     transformers.utils.logging.disable_progress_bar()
 
     with clock.phase("load"):
+        # Seed before the base loads: its new classification head is initialised there, so an
+        # unseeded load made two runs of one config differ (and the baseline eval with them).
+        transformers.set_seed(cfg.seed)
         tokenizer = load_tokenizer(cfg)
         device = accelerator.device if not on_cpu else "cpu"
         transformers.set_seed(cfg.seed)  # the new head is initialized inside from_pretrained
@@ -153,12 +170,24 @@ def run(cfg, reporter=None) -> dict:
     pad_id = tokenizer.pad_token_id
 
     tracker = Run(cfg, resolved, run_dir, enabled=main)
-    baseline, eval_tok = None, 0
+    baseline, eval_tok, baseline_cached = None, 0, False
     if cfg.eval.baseline:
         with clock.phase("baseline"):
-            # the base model with its untrained head: what the adapters have to beat
-            baseline = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
-            eval_tok += baseline["tokens"]
+            # the base model with its untrained head: what the adapters have to beat. It is the same
+            # for every trial of a study that shares base, quant, seed and test split, so it is
+            # computed once and read back (saves one full eval per trial).
+            key_path = _baseline_path(cfg, test_items)
+            cached = [json.loads(key_path.read_text()) if main and key_path.is_file() else None]
+            if world > 1:
+                broadcast_object_list(cached, from_process=0)  # all ranks skip, or all join the eval
+            baseline, baseline_cached = cached[0], cached[0] is not None
+            if baseline is None:
+                baseline = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
+                if main:
+                    key_path.parent.mkdir(parents=True, exist_ok=True)
+                    write_json(key_path, baseline)
+            if not baseline_cached:  # a cached baseline cost this trial no FLOPs
+                eval_tok += baseline["tokens"]
     with clock.phase("load"):
         model, targets = add_adapters(model, cfg)
         params = param_counts(model)
@@ -262,7 +291,7 @@ def run(cfg, reporter=None) -> dict:
         "status": status, "reason": reason, "study": cfg.study, "trial": cfg.trial,
         "accuracy": final["accuracy"] if final else None,
         "eval_loss": final["loss"] if final else None,
-        "baseline_accuracy": baseline["accuracy"] if baseline else None,
+        "baseline_accuracy": baseline["accuracy"] if baseline else None, "baseline_cached": baseline_cached,
         "majority_accuracy": majority,
         "best_intermediate_accuracy": max((e["accuracy"] for e in evals), default=None),
         "train_loss": history[-1]["train/loss"] if history else None,

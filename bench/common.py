@@ -1,0 +1,59 @@
+"""Helpers shared by the benchmarks: config composition, interleaved repeats, tables, results."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+# Quiet local runs: no W&B network, no progress bars (the benchmarks time the work, not the UI).
+QUIET_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
+             "WANDB__DISABLE_STATS": "true", "HARNESS_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
+for _k, _v in QUIET_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+QUICK = ["model=tiny_bert", "data=tiny", "hardware.threads=1"]
+
+
+def compose(overrides: list[str]):
+    from harness.config import complete, load
+
+    return complete(load(list(overrides)))
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cuda": torch.cuda.is_available(),
+            "load_avg_1m": os.getloadavg()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda xs: "| " + " | ".join(x.ljust(w) for x, w in zip(xs, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def save(name: str, payload: dict, quick: bool) -> Path:
+    """bench/results/<name>.json (quick runs go to <name>.quick.json so they never replace real numbers)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}{'.quick' if quick else ''}.json"
+    path.write_text(json.dumps({"benchmark": name, "quick": quick, "machine": machine(), **payload}, indent=1,
+                               default=str))
+    return path

@@ -1,0 +1,40 @@
+"""Run a real sweep (`python -m harness sweep=...`) as a subprocess and read back what it did:
+the sweep's wall time, each trial's process time (from the Optuna storage) and result.json phases."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_sweep(overrides: list[str], out_dir: Path, study: str) -> dict:
+    cmd = [sys.executable, "-m", "harness", *overrides, f"out_dir={out_dir}", f"study={study}",
+           f"storage.url=sqlite:///{out_dir}/{study}/study.db"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):  # 1: some trials failed, still a sweep
+        raise RuntimeError(f"sweep failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return {"wall_seconds": wall, "exit_code": proc.returncode, "trials": read_trials(out_dir / study, study)}
+
+
+def read_trials(study_dir: Path, study: str) -> list[dict]:
+    """One row per finished trial: Optuna start/complete (the trial process) + its result.json."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.load_study(study_name=study, storage=f"sqlite:///{study_dir}/study.db")
+    rows = []
+    for t in st.trials:
+        if t.datetime_complete is None:
+            continue
+        res = study_dir / "trials" / str(t.number) / "result.json"
+        rec = json.loads(res.read_text()) if res.is_file() else {}
+        rows.append({"number": t.number, "state": t.state.name,
+                     "process_seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
+                     "start": t.datetime_start.timestamp(), "end": t.datetime_complete.timestamp(),
+                     "trial_wall_seconds": rec.get("wall_seconds"), "phase_seconds": rec.get("phase_seconds", {}),
+                     "accuracy": rec.get("accuracy")})
+    return rows
