@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -87,6 +88,19 @@ def resolve_targets(model, family: str, targets) -> list[str]:
 # ---------------------------------------------------------------------------- weights on disk
 
 
+def _save_once(out: Path, *parts) -> Path:
+    """save_pretrained each part into a private directory, then rename it into place: concurrent
+    trials never load a half-written cache, and the loser of a race drops its copy."""
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    for part in parts:
+        part.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _tiny_dir(mcfg) -> Path:
     """Random-weight model + word-level tokenizer built from config, saved once (keyed by config)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -110,11 +124,7 @@ def _tiny_dir(mcfg) -> Path:
     with torch.random.fork_rng(devices=[]):  # building the cache must not reset the trial's seeded RNG
         torch.manual_seed(0)
         model = AutoModel.from_config(config)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    fast.save_pretrained(tmp)
-    tmp.rename(out) if not out.exists() else None
-    return out
+    return _save_once(out, model, fast)
 
 
 def _gguf_dir(mcfg) -> Path:
@@ -136,11 +146,7 @@ def _gguf_dir(mcfg) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out) if not out.exists() else None
-    return out
+    return _save_once(out, model, tok)
 
 
 def weights_path(mcfg) -> str:
@@ -225,9 +231,7 @@ def _quantized_dir(cfg, num_labels: int, device) -> Path:
         model = AutoModelForSequenceClassification.from_pretrained(
             src, num_labels=num_labels, revision=m.revision, trust_remote_code=m.trust_remote_code,
             quantization_config=quantization_config(cfg), dtype=torch.float32, device_map={"": device})
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    getattr(model, model.base_model_prefix).save_pretrained(tmp)
-    tmp.rename(out) if not out.exists() else None
+    _save_once(out, getattr(model, model.base_model_prefix))
     return out
 
 
