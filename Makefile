@@ -11,7 +11,7 @@ setup: $(VENV)/.setup-done
 # torch==2.13.0 is pinned in pyproject.toml: this installs the CPU wheel; a loose pin pulls CUDA.
 $(VENV)/.setup-done: pyproject.toml requirements-embedded.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,dashboard]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,dashboard,slurm]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-embedded.txt
 	$(PY) -m harness.data fetch
 	touch $@
