@@ -152,7 +152,6 @@ def run_trainer(cfg_over, steps: int) -> dict:
 def run_sft(cfg_over, steps: int) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 

@@ -11,7 +11,6 @@ import csv
 import difflib
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import random

@@ -267,7 +267,6 @@ def base_overrides(overrides: list[str]) -> list[str]:
 
 class Driver:
     def __init__(self, cfg: DictConfig, overrides: list[str]):
-        import optuna
 
         _quiet_optuna()
         self.cfg, self.sw = cfg, cfg.sweep

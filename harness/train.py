@@ -159,7 +159,6 @@ def run(cfg, reporter=None) -> dict:
         # unseeded load made two runs of one config differ (and the baseline eval with them).
         transformers.set_seed(cfg.seed)
         tokenizer = load_tokenizer(cfg)
-        device = accelerator.device if not on_cpu else "cpu"
         transformers.set_seed(cfg.seed)  # the new head is initialized inside from_pretrained
         model = load_base(cfg, len(splits.labels), accelerator.local_process_index if not on_cpu else "cpu", tokenizer)
     with clock.phase("tokenize"):

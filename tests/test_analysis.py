@@ -203,7 +203,7 @@ def test_importance_ranks_the_parameter_that_drives_accuracy(loaded):
 
 def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
     from analysis.__main__ import main
-    from analysis.figures import FIGURES, WIDTHS
+    from analysis.figures import FIGURES
 
     out = tmp_path / "report"
     assert main([f"study=tiny_study", f"out_dir={study_dir.parent}", "--out", str(out)]) == 0

@@ -12,7 +12,7 @@ import pytest
 
 from harness import train
 from harness.data import DataError
-from harness.launch import allocate_trial, write_config
+from harness.launch import allocate_trial
 
 RECORD_KEYS = {"accuracy", "baseline_accuracy", "flops", "tokens", "peak_memory_bytes", "device_seconds",
                "world_size", "trainable_params", "total_params", "wall_seconds", "cost_usd", "provenance",
