@@ -5,6 +5,7 @@ it, and it reproduces a figure. Everything a trial needs is in it; nothing is re
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -225,6 +226,7 @@ class SweepCfg(_Strict):
     heartbeat_interval: int = Field(default=10, ge=1)  # seconds; RDB storages
     grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
     max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died
+    allow_changes: list[str] = []   # config keys a resume may change (you vouch they cannot affect results)
 
     @field_validator("space")
     @classmethod
@@ -270,9 +272,18 @@ class ExperimentCfg(_Strict):
     launcher: LauncherCfg = LauncherCfg()
     sweep: SweepCfg | None = None
     seed: int
-    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    study: str
     out_dir: str
     trial: int | None = None      # set by the driver / launcher, names trials/<n>/
+
+    @field_validator("study")
+    @classmethod
+    def _study_name(cls, v):
+        # it names the directory out_dir/<study>/: `study=dd/..` must not write outside it
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", v):
+            raise ValueError(f"{v!r} is not a study name: use letters, digits, _ . - (not starting with '.'), "
+                             "e.g. study=rank_sweep_v2")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -4,6 +4,7 @@ ranks and workers cannot collide.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -38,6 +39,14 @@ def allocate_trial(cfg: DictConfig) -> Path:
 
 
 def write_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """config.yaml, the trial's contract, without the storage password (command() passes it in the
+    trial's environment), so neither the file, the record nor the W&B config holds a secret."""
+    from harness.optuna_parts import strip_password
+
+    url, _ = strip_password(cfg.storage.url)
+    if url != cfg.storage.url:
+        cfg = copy.deepcopy(cfg)
+        cfg.storage.url = url
     path = run_dir / "config.yaml"
     path.write_text(to_yaml(cfg))
     return path
@@ -85,8 +94,14 @@ def command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
     the trial's: 0 complete, 3 pruned, other failed. N > 1 processes go through `python -m
     harness.launch`, which runs `accelerate launch` and keeps that contract (torchrun turns any
     rank's non-zero exit into 1)."""
+    from harness.optuna_parts import PASSWORD_ENV, strip_password
+
     module = "harness.train" if cfg.hardware.processes == 1 else "harness.launch"
-    return [sys.executable, "-m", module, str(config_path)], dict(os.environ)
+    env = dict(os.environ)
+    _, password = strip_password(cfg.storage.url)
+    if password:
+        env[PASSWORD_ENV] = password
+    return [sys.executable, "-m", module, str(config_path)], env
 
 
 def accelerate_command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
@@ -127,7 +142,7 @@ def run_single(cfg: DictConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """python -m harness.launch trials/<n>/config.yaml: an N-process trial, exit code 0/3/other."""
     from harness.config import read
-    from harness.study import PRUNED_EXIT
+    from harness.optuna_parts import PRUNED_EXIT
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

@@ -121,7 +121,7 @@ def test_every_rank_follows_rank_0s_prune_decision(tiny_cfg):
     in the next collective forever) and the launch must end with the pruned exit code."""
     import optuna
 
-    from harness.study import PRUNED_EXIT
+    from harness.optuna_parts import PRUNED_EXIT
 
     cfg = tiny_cfg("hardware=cpu2", "tracking.mode=disabled", "sweep=lora_rank", "sweep.pruner=median",
                    "+sweep.pruner_args.n_startup_trials=0", "train.max_steps=8", "train.eval_every=2",
