@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
-from harness.optuna_parts import (ATTR_METRICS, INTERMEDIATE, METRICS, PRUNED_EXIT, directions, make_pruner,
+from harness.launch import Outcome, ProcessRunner
+from harness.optuna_parts import (ATTR_METRICS, INTERMEDIATE, METRICS, directions, make_pruner,
                                   make_sampler, make_storage, mask_url, pop_waiting_trial, quiet_optuna,
                                   retry_callback, strip_password, tally, trial_handle, where)
 
@@ -96,24 +95,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _tail(path: Path, n: int = 3) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return " | ".join(ln.strip()[:300] for ln in lines[-n:])
-
-
-def _set_pdeathsig() -> None:
-    # Linux: the trial dies with its driver (kill -9 included), so no orphan keeps writing.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
     """`python -m harness ...` that reproduces this trial's config as a single run (study <study>-rerun):
     the trial's group choices (model=..., data=... from the command line or the sweep file), then
@@ -163,7 +144,10 @@ def base_overrides(overrides: list[str]) -> list[str]:
 
 
 class Driver:
-    def __init__(self, cfg: DictConfig, overrides: list[str]):
+    """open() the study, then while there is a next trial within the budget: submit it to the runner
+    (a ProcessRunner by default; tests inject an in-process one) and record its outcome."""
+
+    def __init__(self, cfg: DictConfig, overrides: list[str], runner=None):
 
         quiet_optuna()
         self.cfg, self.sw = cfg, cfg.sweep
@@ -173,7 +157,6 @@ class Driver:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.signal = 0  # the signal that stopped the driver, if any
-        self.procs: dict[int, subprocess.Popen] = {}
         self.url = mask_url(cfg.storage.url)  # what is printed and recorded: never the password
         self.storage = make_storage(cfg, heartbeat=True)
         self.heartbeat = hasattr(self.storage, "record_heartbeat")
@@ -183,6 +166,7 @@ class Driver:
         n = self.sw.n_trials
         self.budget = n if self.points is None else min(n or len(self.points), len(self.points))
         self.slots = list(range(self._parallel()))
+        self.runner = runner or ProcessRunner(len(self.slots))
 
     def _parallel(self) -> int:
         p = self.sw.parallel
@@ -320,6 +304,7 @@ class Driver:
 
     # -- one trial
     def run_trial(self, trial, params: dict, seed: int, slot: int) -> tuple[str, dict]:
+        """Compose the trial's config, hand it to the runner, record how it ended in the study."""
         from optuna.trial import TrialState
 
         n = trial.number
@@ -327,89 +312,35 @@ class Driver:
         overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), f"seed={seed}", f"trial={n}"]
         attrs = {"overrides": [mask_override(o) for o in overrides], "run_dir": str(run_dir), "seed": seed,
                  "params": params}
-        rec, reason = None, None
+        trial_id = self._tid(n)
+        beat = (lambda: self.storage.record_heartbeat(trial_id)) if self.heartbeat else (lambda: None)
         try:
             tcfg = complete(load_with_choices(overrides)[0])
             run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ("result.json", "log.txt"):
-                (run_dir / stale).unlink(missing_ok=True)
-            from harness.launch import command, write_config
-
-            path = write_config(tcfg, run_dir)
-            cmd, env = command(tcfg, path)
-            env["HARNESS_QUIET"] = "1"  # the driver's bar is the progress display; logs stay readable
-            if tcfg.hardware.device == "cpu":
-                env["HARNESS_CONCURRENT_PROCS"] = str(len(self.slots) * tcfg.hardware.processes)
-            else:
-                # slot i owns devices [i*k, (i+1)*k) of those visible to the driver
-                k = tcfg.hardware.processes
-                visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-                ids = visible.split(",") if visible else [str(i) for i in range(len(self.slots) * k)]
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * k:(slot + 1) * k])
-            log = open(run_dir / "log.txt", "ab")
-            with log:
-                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=_set_pdeathsig)
-                self.procs[n] = proc
-                if self.stopping.is_set():  # a signal came while this trial was starting
-                    os.killpg(proc.pid, signal.SIGTERM)
-                trial_id = self._tid(n)
-                self.storage.set_trial_user_attr(trial_id, "pid", proc.pid)
-                while True:
-                    try:
-                        rc = proc.wait(timeout=self.sw.heartbeat_interval)
-                        break
-                    except subprocess.TimeoutExpired:
-                        if self.heartbeat:
-                            self.storage.record_heartbeat(trial_id)
-            self.procs.pop(n, None)
-            result = run_dir / "result.json"
-            if result.is_file():
-                rec = json.loads(result.read_text())
-            state, values, reason = self._outcome(rc, rec, run_dir / "log.txt")
+            out = self.runner.run(tcfg, run_dir, slot, lambda pid: self.storage.set_trial_user_attr(trial_id, "pid", pid),
+                                  beat, self.sw.heartbeat_interval, list(self.sw.objectives))
         except ConfigError as e:
-            state, values, reason = TrialState.FAIL, None, f"config: {e}"
+            out = Outcome("FAIL", reason=f"config: {e}")
         except Exception as e:  # noqa: BLE001 - one broken trial never stops the study
-            state, values, reason = TrialState.FAIL, None, f"driver: {type(e).__name__}: {e}"
-        interrupted = self.stopping.is_set() and state == TrialState.FAIL
+            out = Outcome("FAIL", reason=f"driver: {type(e).__name__}: {e}")
+        interrupted = self.stopping.is_set() and out.state == "FAIL"
         if interrupted:
-            reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
-        if rec:
-            attrs.update({k: rec.get(k) for k in ATTR_METRICS})
+            out.reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
+        if out.record:
+            attrs.update({k: out.record.get(k) for k in ATTR_METRICS})
         # always both keys: a retry inherits the user_attrs of the attempt it repeats
-        attrs["fail_reason"] = reason if state == TrialState.FAIL else None
-        attrs["prune_reason"] = reason if state == TrialState.PRUNED else None
+        attrs["fail_reason"] = out.reason if out.state == "FAIL" else None
+        attrs["prune_reason"] = out.reason if out.state == "PRUNED" else None
         with self.lock:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
-            if state == TrialState.COMPLETE:
-                self.study.tell(trial, values)
+            if out.state == "COMPLETE":
+                self.study.tell(trial, out.values)
             else:
-                self.study.tell(trial, state=state)
+                self.study.tell(trial, state=TrialState[out.state])
             if interrupted:
                 retry_callback(self.sw)(self.study, self._frozen(n))
-        return state.name, {**attrs, "number": n, "values": values}
-
-    def _outcome(self, rc: int, rec: dict | None, log: Path):
-        from optuna.trial import TrialState
-
-        if rc == PRUNED_EXIT:
-            return TrialState.PRUNED, None, (rec or {}).get("reason") or "pruned"
-        if rc < 0:
-            sig = signal.Signals(-rc).name
-            hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if sig == "SIGKILL" else ""
-            return TrialState.FAIL, None, f"trial process killed by {sig}{hint}; log: {_tail(log)}"
-        if rc != 0:
-            if rec and rec.get("status") == "failed" and rec.get("reason"):
-                return TrialState.FAIL, None, rec["reason"]
-            return TrialState.FAIL, None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})"
-        if not rec:
-            return TrialState.FAIL, None, f"exit code 0 but no result.json; log: {_tail(log)}"
-        values = [rec.get(k) for k in self.sw.objectives]
-        bad = [k for k, v in zip(self.sw.objectives, values) if v is None or not math.isfinite(v)]
-        if bad:
-            return TrialState.FAIL, None, f"objective {', '.join(bad)} is {rec.get(bad[0])}"
-        return TrialState.COMPLETE, values, None
+        return out.state, {**attrs, "number": n, "values": out.values}
 
     # -- the loop
     def run(self) -> int:
@@ -479,24 +410,17 @@ class Driver:
 
         def handle(signum, frame):
             if self.stopping.is_set():
-                self._kill_trials(signal.SIGKILL)
+                self.runner.stop(signal.SIGKILL)
                 print("\ninterrupted again: exiting now", file=sys.stderr)
                 os._exit(128 + signum)
             self.signal = signum
             self.stopping.set()
             print(f"\n{signal.Signals(signum).name}: stopping the running trials (they are retried when you rerun "
                   f"the command; press Ctrl-C again to exit at once)...", file=sys.stderr)
-            self._kill_trials(signal.SIGTERM)
+            self.runner.stop(signal.SIGTERM)
 
         old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(s, h) for s, h in old.items()]
-
-    def _kill_trials(self, sig) -> None:
-        for proc in list(self.procs.values()):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _postfix(self, bar) -> None:
         c = tally(self.study.get_trials(deepcopy=False))
