@@ -1,0 +1,141 @@
+"""What a valid config points at, checked before any compute and before anything is written.
+
+The schema (config.py) checks values; this checks the world they name: the data (read and checked
+in full: a bad file stops here, not after a model has loaded), out_dir, a hub model id, the W&B
+login. Each failure is one line (`python -m harness` exits 2) and leaves nothing behind. Importing
+this module does not import torch, so a bad input costs seconds.
+"""
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import ConfigError
+from harness.data import check_sizes, load_pool
+
+EMBEDDED = "or use an embedded model (model=minilm, model=smollm2_135m)"
+
+
+def check(cfg: DictConfig) -> None:
+    check_out_dir(cfg)
+    check_tracking(cfg)
+    check_hub_model(cfg.model)
+    check_data(cfg)
+
+
+def check_out_dir(cfg: DictConfig) -> None:
+    """<out_dir>/<study> must be (or become) a writable directory."""
+    p = Path(cfg.out_dir) / cfg.study
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"out_dir={cfg.out_dir}: {p} is a file, not a directory; point out_dir at a directory "
+                          "(runs go to <out_dir>/<study>/trials/<n>/)")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir={cfg.out_dir}: {p} is not writable; point out_dir at a directory you can write")
+
+
+def _size_points(cfg: DictConfig) -> list[DictConfig]:
+    """data configs with every data.train_size / data.test_size the sweep can set (the base's if none)."""
+    from harness.space import values_of
+
+    sizes = {"train_size": [cfg.data.train_size], "test_size": [cfg.data.test_size]}
+    sw = cfg.get("sweep")
+    for key in ("train_size", "test_size"):
+        p = sw.space.get(f"data.{key}") if sw else None
+        if p is not None:
+            sizes[key] = values_of(p) if (p.choices is not None or sw.sampler == "grid") else [p.low, p.high]
+    points = []
+    for train in sizes["train_size"]:
+        for test in sizes["test_size"]:
+            d = OmegaConf.create(OmegaConf.to_container(cfg.data))
+            d.train_size, d.test_size = train, test
+            points.append(d)
+    return points
+
+
+def check_data(cfg: DictConfig) -> None:
+    """Read the dataset the way the trial will (every row, label and encoding checked) and check that
+    each train/test size the run can ask for fits."""
+    examples, _, _ = load_pool(cfg.data, cfg.task.type)
+    for d in _size_points(cfg):
+        check_sizes(d, len(examples))
+
+
+def hub_hint(path: str, offline: bool) -> str:
+    """Why a hub id cannot be loaded without the network, and the ways out."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if offline:
+        return (f"model.path={path} is not in the local hub cache ({HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids "
+                f"downloading it: download it once with network access (unset HF_HUB_OFFLINE), set model.path to "
+                f"a local model directory, {EMBEDDED}")
+    return (f"model.path={path}: the Hugging Face hub cannot be reached and the model is not in the local cache "
+            f"({HF_HUB_CACHE}): connect to the internet, set model.path to a local model directory, {EMBEDDED}")
+
+
+def check_hub_model(m: DictConfig) -> None:
+    """model=hub: a local directory with config.json, or a hub id whose config.json can be fetched (from
+    the cache when offline): a typo or a missing download stops here, not in every trial."""
+    if m.source != "hub":
+        return
+    local = Path(m.path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"model.path={m.path} is a directory without config.json: not a saved transformers "
+                              "model (save one with model.save_pretrained(DIR))")
+        return
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HFValidationError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        hf_hub_download(m.path, "config.json", revision=m.revision)  # a few KB, cached as from_pretrained would
+    except HFValidationError:
+        raise ConfigError(f"model.path={m.path} is neither a local directory nor a hub id (ORG/NAME)") from None
+    except LocalEntryNotFoundError:  # offline, or no network, and not in the cache
+        raise ConfigError(hub_hint(m.path, constants.HF_HUB_OFFLINE)) from None
+    except GatedRepoError:
+        raise ConfigError(f"model.path={m.path} is gated on the hub: accept its licence on its page, then log in "
+                          "(`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"model.path={m.path}: no such model on the hub (or it is private: log in with "
+                          "`hf auth login` or HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise ConfigError(f"model.revision={m.revision}: no such revision of {m.path} on the hub") from None
+    except EntryNotFoundError:
+        raise ConfigError(f"model.path={m.path} has no config.json on the hub: not a transformers model") from None
+    except HfHubHTTPError as e:
+        raise ConfigError(f"model.path={m.path}: the hub answered {str(e).splitlines()[0]}") from None
+
+
+def _wandb_key_configured() -> bool:
+    """Where wandb.init looks for credentials (wandb 0.31, wbauth): WANDB_API_KEY or
+    WANDB_IDENTITY_TOKEN_FILE, the .netrc entry `wandb login` writes, or api_key in its settings file."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+    home = Path.home()
+    files = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [home / ".netrc", home / "_netrc"]
+    for f in files:
+        try:
+            if f.is_file() and netrc.netrc(f).authenticators(host):
+                return True
+        except (netrc.NetrcParseError, OSError):
+            pass  # wandb warns and ignores an unreadable netrc too
+    settings = Path(os.environ.get("WANDB_CONFIG_DIR", home / ".config" / "wandb")) / "settings"
+    try:
+        return "api_key" in settings.read_text()
+    except OSError:
+        return False
+
+
+def check_tracking(cfg: DictConfig) -> None:
+    if cfg.tracking.mode == "online" and not _wandb_key_configured():
+        raise ConfigError("tracking=online needs a W&B API key and none is set: export WANDB_API_KEY=... or run "
+                          "`wandb login` once, or use tracking=offline (sync later with `wandb sync`) or "
+                          "tracking=disabled")
