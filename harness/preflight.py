@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError
-from harness.data import check_sizes, load_pool
+from harness.data import DataError, check_sizes, load_pool
 
 EMBEDDED = "or use an embedded model (model=minilm, model=smollm2_135m)"
 
@@ -39,31 +39,29 @@ def check_out_dir(cfg: DictConfig) -> None:
         raise ConfigError(f"out_dir={cfg.out_dir}: {p} is not writable; point out_dir at a directory you can write")
 
 
-def _size_points(cfg: DictConfig) -> list[DictConfig]:
-    """data configs with every data.train_size / data.test_size the sweep can set (the base's if none)."""
+def _sizes(cfg: DictConfig, key: str) -> list[tuple[int, str]]:
+    """(data.<key> value, where it comes from) for the base config and every value a sweep can set."""
     from harness.space import values_of
 
-    sizes = {"train_size": [cfg.data.train_size], "test_size": [cfg.data.test_size]}
     sw = cfg.get("sweep")
-    for key in ("train_size", "test_size"):
-        p = sw.space.get(f"data.{key}") if sw else None
-        if p is not None:
-            sizes[key] = values_of(p) if (p.choices is not None or sw.sampler == "grid") else [p.low, p.high]
-    points = []
-    for train in sizes["train_size"]:
-        for test in sizes["test_size"]:
-            d = OmegaConf.create(OmegaConf.to_container(cfg.data))
-            d.train_size, d.test_size = train, test
-            points.append(d)
-    return points
+    p = sw.space.get(f"data.{key}") if sw else None
+    if p is None:
+        return [(cfg.data[key], "")]
+    vals = values_of(p) if (p.choices is not None or sw.sampler == "grid") else [p.low, p.high]
+    return [(v, f"{sw.file or 'the sweep'}: sweep.space.data.{key} value {v}: ") for v in vals]
 
 
 def check_data(cfg: DictConfig) -> None:
     """Read the dataset the way the trial will (every row, label and encoding checked) and check that
     each train/test size the run can ask for fits."""
     examples, _, _ = load_pool(cfg.data, cfg.task.type)
-    for d in _size_points(cfg):
-        check_sizes(d, len(examples))
+    for train, where_train in _sizes(cfg, "train_size"):
+        for test, where_test in _sizes(cfg, "test_size"):
+            d = OmegaConf.merge(cfg.data, {"train_size": train, "test_size": test})
+            try:
+                check_sizes(d, len(examples))
+            except DataError as e:
+                raise DataError(f"{where_train or where_test}{e}") from None
 
 
 def hub_hint(path: str, offline: bool) -> str:

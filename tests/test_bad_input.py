@@ -125,6 +125,8 @@ CASES: list[tuple[str, list[str], Setup | None, str]] = [
     ("parquet_corrupt", LOCAL, parquet("d.parquet"), "not a readable Parquet file"),
     ("train_size_larger_than_file", LOCAL + ["data.train_size=500"], text("d.csv", GOOD_CSV),
      "data.train_size=500 is larger than the 50 training examples"),
+    ("sweep_size_larger_than_file", LOCAL + ["sweep=dataset_size"], text("d.csv", GOOD_CSV),
+     "sweeps/dataset_size.yaml: sweep.space.data.train_size value 200: data.train_size=200 is larger"),
     # --- sft files (data=jsonl)
     ("sft_latin1_jsonl", SFT, text("p.jsonl", '{"prompt": "café", "target": "x"}\n', "latin-1"), "data.encoding=latin-1"),
     ("sft_headerless_csv", SFT, text("p.csv", PAIRS.split("\n", 1)[1]), "naming the columns 'prompt', 'target'"),
