@@ -1,7 +1,9 @@
-"""Datasets: load (embedded, fetched-and-cached, local file, hub), split, nested stratified subsets.
+"""Datasets of both tasks: load (embedded, fetched-and-cached, local file, hub), split, nested subsets.
 
-Every loader returns the whole labelled pool; `load_splits` then cuts a fixed stratified test split
-(data.split_seed) and orders the rest so that any prefix is a stratified subset: for one
+Every loader returns the whole pool (labelled texts for classification, prompt -> target pairs for
+sft); local files go through harness/records.py, hub datasets through one `_hub_rows`. `load_splits`
+then cuts a fixed test split (data.split_seed; stratified by label for classification) and orders
+the rest so that any prefix is a training set (stratified for classification): for one
 data.subset_seed the 500-example training set is inside the 1,000-example one, which is what a
 data-scaling curve needs (the curve moves because of size, not because of a different draw).
 """
@@ -11,7 +13,6 @@ import csv
 import difflib
 import hashlib
 import importlib.util
-import json
 import os
 import random
 import subprocess
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.records import DataError, read_records  # noqa: F401  (DataError: raised by every loader)
+from harness.records import DataError, read_records
 
 
 @dataclass(frozen=True)
@@ -203,10 +204,13 @@ def _hub_rows(cfg, fields: list[str | None]) -> tuple[list[dict], dict]:
     try:
         ds = datasets.load_dataset(cfg.path, split=cfg.split or "train")
     except (OSError, ValueError) as e:  # not found, offline, no such split
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"hub dataset {cfg.path} (split {cfg.split or 'train'}) could not be loaded: {first}. "
-                        "Offline? Set HF_DATASETS_OFFLINE=1 with a filled cache, or use a local file "
-                        "(data=local / data=jsonl data.path=FILE)") from None
+        fix = ("offline mode is on (HF_HUB_OFFLINE): load it once with network access" if HF_HUB_OFFLINE else
+               "check data.path and data.split, and the network")
+        raise DataError(f"hub dataset {cfg.path} (split {cfg.split or 'train'}) could not be loaded: {first}; {fix}, "
+                        "or use a local file (data=local / data=jsonl data.path=FILE)") from None
     keep = [k for k in fields if k]
     for key in keep:
         if key not in ds.column_names:

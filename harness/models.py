@@ -25,7 +25,7 @@ from harness.data import _package_dir, cache_dir, tiny_vocab
 
 # The target presets, the head names and ModelError live in harness/presets.py (no torch): the
 # config schema checks a preset name without importing torch.
-from harness.presets import HEADS, PRESETS, ModelError, check_targets, heads  # noqa: F401
+from harness.presets import HEADS, PRESETS, ModelError, check_targets, heads
 
 
 def _linear_names(model) -> list[str]:

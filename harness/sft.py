@@ -23,7 +23,7 @@ from collections import Counter
 import torch
 
 from harness import data, metrics
-from harness.data import Pair, Splits  # noqa: F401  (Pair: the sft example type, used by callers)
+from harness.data import Pair, Splits
 from harness.models import ModelError
 
 

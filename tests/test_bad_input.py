@@ -4,8 +4,9 @@ is created under out_dir and nothing already recorded there changes.
 
 Each case is one line of CASES: (id, overrides, setup, phrase). setup(tmp_dir) writes the files the
 case needs and returns more overrides (e.g. data.path=...); phrase must appear in the error line.
-Each case is a real `python -m harness` process, so the test sees what a user sees; none imports
-torch (preflight fails first), so a case takes ~2 s.
+The cases in AS_A_PROCESS run as real `python -m harness` processes, so the test sees what a user
+sees (stderr, exit code, any warning or traceback); the others call harness.__main__.main in this
+process (~0.2 s each instead of ~1-2 s). None imports torch: the checks fail first.
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ CASES: list[tuple[str, list[str], Setup | None, str]] = [
     ("hub_model_offline_not_cached", ["model=hub", "model.path=nobody/not-cached"], None, "HF_HUB_OFFLINE=1 forbids"),
     ("hub_model_bad_id", ["model=hub", "model.path=a/b/c"], None, "neither a local directory nor a hub id"),
     ("hub_model_dir_without_config", ["model=hub"], path("m", "model.path", make="m/"), "without config.json"),
+    ("hub_dataset_offline_not_cached", ["data=hub", "data.path=nobody/not-cached"], None, "offline mode is on"),
     ("tracking_online_without_key", ["tracking.mode=online"], None, "WANDB_API_KEY"),
     # --- classification files (data=local)
     ("latin1_csv", LOCAL, text("d.csv", "text,label\ncafé crème,pos\n" + rows(), "latin-1"),
@@ -150,8 +152,37 @@ def _merge(base: list[str], extra: list[str]) -> list[str]:
     return [o for o in base if key(o) not in keys] + extra
 
 
-@pytest.mark.parametrize("overrides,setup,phrase", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_stops_with_one_line_and_leaves_nothing_behind(tmp_path, overrides, setup, phrase):
+# Env-dependent cases (the hub client reads HF_HUB_OFFLINE when imported), and a sample of each kind
+AS_A_PROCESS = {"hub_model_offline_not_cached", "hub_dataset_offline_not_cached", "tracking_online_without_key",
+                "data_local_without_path", "seed_negative", "unknown_model_option", "out_dir_is_a_file",
+                "latin1_csv", "headerless_csv", "jsonl_line_not_an_object", "parquet_corrupt", "sft_target_empty"}
+
+
+def _harness(argv: list[str], env: dict, cwd: Path, as_process: bool, capsys, monkeypatch) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python -m harness *argv`."""
+    if as_process:
+        proc = subprocess.run([sys.executable, "-m", "harness", *argv], cwd=cwd, capture_output=True, text=True,
+                              timeout=120, env={**{k: v for k, v in os.environ.items() if k not in ENV_DROP}, **env})
+        return proc.returncode, proc.stdout, proc.stderr
+    from harness.__main__ import main
+
+    for k in ENV_DROP:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    rc = main(argv)  # an exception escaping here is the traceback a user would see
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+ENV_DROP = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_HOME", "NETRC")
+
+
+@pytest.mark.parametrize("overrides,setup,phrase,case", [(*c[1:], c[0]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_stops_with_one_line_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, overrides, setup,
+                                                                 phrase, case):
     files = tmp_path / "files"
     files.mkdir()
     out = tmp_path / "runs"
@@ -161,15 +192,36 @@ def test_bad_input_stops_with_one_line_and_leaves_nothing_behind(tmp_path, overr
     (out / "earlier" / "study.db").write_bytes(b"SQLite format 3\0 (stand-in)")
     extra = setup(files) if setup else []
     before = _snapshot(out), _snapshot(files)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_API_KEY", "WANDB_IDENTITY", "HF_", "NETRC"))}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), NETRC=str(tmp_path / "no-netrc"),
+    env = dict(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), NETRC=str(tmp_path / "no-netrc"),
                WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"), HOME=str(tmp_path))
     argv = _merge([*BASE, f"out_dir={out}"], [*overrides, *extra])
-    proc = subprocess.run([sys.executable, "-m", "harness", *argv], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
-    lines = proc.stderr.splitlines()
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    rc, stdout, stderr = _harness(argv, env, tmp_path, case in AS_A_PROCESS, capsys, monkeypatch)
+    lines = stderr.splitlines()
+    assert rc == 2, (rc, stderr[-2000:])
+    assert "Traceback" not in stderr + stdout
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert phrase in lines[0], lines[0]
     assert (_snapshot(out), _snapshot(files)) == before  # nothing created (no runs/t/), nothing changed
+
+
+def test_the_preflight_accepts_good_inputs(tmp_path, monkeypatch):
+    """The other side of the table: what the checks must not refuse."""
+    from harness import preflight
+    from harness.config import complete, load
+
+    for k in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))  # no settings file with a key
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = complete(load([*BASE, "tracking.mode=online", "model=hub", f"model.path={model}",
+                         f"out_dir={tmp_path}/not/yet/there"]))
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")  # what `wandb login` writes
+    monkeypatch.setenv("NETRC", str(netrc))
+    preflight.check(cfg)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    preflight.check(cfg)
+    assert not (tmp_path / "not").exists()  # checking creates nothing

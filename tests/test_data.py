@@ -135,3 +135,11 @@ def test_one_class_is_refused_not_trained(tmp_path):
     f.write_text("".join(json.dumps({"text": f"t{i}", "label": 1}) + "\n" for i in range(60)))
     with pytest.raises(DataError, match=r"column 'label' has one value \('1'\) in all 60 rows"):
         load_splits(_data(name="local", path=str(f), text_field="text", label_field="label", train_size=20, test_size=10))
+
+
+def test_the_hub_loader_reads_a_local_dataset_directory(tmp_path):
+    """data=hub goes through datasets.load_dataset; a local directory of CSVs needs no network."""
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(60)))
+    s = load_splits(_data(name="hub", path=str(tmp_path), text_field="text", label_field="label", train_size=20,
+                          test_size=10))
+    assert s.labels == ["0", "1"] and len(s.train) == 20 and s.provenance["source"] == f"hub:{tmp_path}"
