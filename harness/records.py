@@ -11,6 +11,7 @@ import codecs
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 
@@ -25,23 +26,40 @@ def _names(fields: list[str]) -> str:
     return ", ".join(repr(f) for f in fields)
 
 
+def _guess(raw: bytes) -> str:
+    """The likeliest encoding of bytes that are not UTF-8, for the hint."""
+    if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or b"\0" in raw[:200]:
+        return "utf-16"
+    if re.search(rb"[\x80-\x9f]", raw):  # printable in Windows-1252 (curly quotes, dashes), controls in latin-1
+        try:
+            raw.decode("cp1252")
+            return "cp1252"
+        except UnicodeDecodeError:
+            pass
+    return "latin-1"
+
+
 def _text(path: Path, encoding: str) -> str:
     """The file decoded with data.encoding; a bad byte names its line and the setting that fixes it."""
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding).name
     except LookupError:
         raise DataError(f"data.encoding={encoding!r} is not a known encoding (e.g. utf-8, latin-1, cp1252, "
                         "utf-16)") from None
     raw = path.read_bytes()
-    # utf-8-sig reads plain UTF-8 too and drops the byte-order mark spreadsheets write
-    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     try:
-        return raw.decode(codec)
+        # utf-8-sig reads plain UTF-8 too and drops the byte-order mark spreadsheets write
+        text = raw.decode("utf-8-sig" if codec == "utf-8" else encoding)
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        guess = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or b"\0" in raw[:200] else "latin-1"
         raise DataError(f"{path}:{line}: not valid {encoding} (byte 0x{raw[e.start]:02x}); the file has another "
-                        f"encoding: set data.encoding= to it, e.g. data.encoding={guess}") from None
+                        f"encoding: set data.encoding= to it, e.g. data.encoding={_guess(raw)}") from None
+    if "\0" in text and not codec.startswith("utf-16") and not codec.startswith("utf-32"):
+        # UTF-16 text without a byte-order mark is valid UTF-8 (ASCII letters and NUL bytes)
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DataError(f"{path}:{line}: NUL bytes in a {encoding} text file: it looks UTF-16; set "
+                        "data.encoding=utf-16 (or utf-16-le / utf-16-be)")
+    return text
 
 
 def _delimited(path: Path, text: str, fields: list[str]) -> list[tuple[int, dict]]:
