@@ -80,14 +80,18 @@ def _delimited(path: Path, text: str, fields: list[str]) -> list[tuple[int, dict
                         f"the data.*_field settings.{hint}")
     rows = []
     line = 1
-    for values in reader:
-        start, line = line + 1, reader.line_num  # a quoted field may span lines: name the row's first
-        if not any(v.strip() for v in values):
-            continue  # blank line
-        if len(values) > len(header):
-            raise DataError(f"{path}:{start}: {len(values)} fields but the header has {len(header)}; quote a field "
-                            f"that contains {'a tab' if delimiter == chr(9) else 'a comma'} (\"like, this\")")
-        rows.append((start, dict(zip(header, values))))
+    try:
+        for values in reader:
+            start, line = line + 1, reader.line_num  # a quoted field may span lines: name the row's first
+            if not any(v.strip() for v in values):
+                continue  # blank line
+            if len(values) > len(header):
+                raise DataError(f"{path}:{start}: {len(values)} fields but the header has {len(header)}; quote a "
+                                f"field that contains {'a tab' if delimiter == chr(9) else 'a comma'} "
+                                "(\"like, this\")")
+            rows.append((start, dict(zip(header, values))))
+    except csv.Error as e:  # e.g. a field over the csv module's 128 KiB limit
+        raise DataError(f"{path}:{line + 1}: not readable as {path.suffix[1:].upper()} ({e})") from None
     return rows
 
 
@@ -112,6 +116,9 @@ def _json(path: Path, text: str) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
+            if path.suffix == ".json" and isinstance(_whole(text), dict):
+                raise DataError(f"{path}: holds one JSON object; expected an array of objects [{{...}}, ...] "
+                                "or one object per line") from None
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line "
                             "(or, in a .json file, one array of objects)") from None
         if not isinstance(row, dict):
@@ -119,6 +126,13 @@ def _json(path: Path, text: str) -> list[tuple[int, dict]]:
                             "(each line must be one object like {\"column\": value, ...})")
         rows.append((lineno, row))
     return rows
+
+
+def _whole(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def _parquet(path: Path) -> list[tuple[int, dict]]:
@@ -164,7 +178,10 @@ def read_records(path: str | Path, fields: list[str], encoding: str = "utf-8") -
             raise DataError(f"{path}: column {f!r} is {'absent' if absent else 'empty'} in all {len(rows)} rows; "
                             f"the rows have {sorted(rows[0][1])}: fill it in or set the matching data.*_field")
     for at, row in rows:
-        missing = [k for k in fields if _empty(row.get(k))]
+        missing = [k for k in fields if row.get(k) is None]
         if missing:
             raise DataError(f"{where(at)}: missing column(s) {missing}; the row has {sorted(row)}")
+        empty = [k for k in fields if _empty(row[k])]
+        if empty:
+            raise DataError(f"{where(at)}: empty value in column(s) {empty}; fill it in or drop the row")
     return [row for _, row in rows]

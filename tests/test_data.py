@@ -126,7 +126,7 @@ def test_alpaca_style_json_array_gives_sft_pairs(tmp_path):
 def test_a_row_error_names_the_line_the_row_starts_on(tmp_path):
     f = tmp_path / "d.csv"
     f.write_text('text,label\n"a quoted text\nover two lines",pos\nnext row,\n')
-    with pytest.raises(DataError, match=r"d.csv:4: missing column\(s\) \['label'\]"):
+    with pytest.raises(DataError, match=r"d.csv:4: empty value in column\(s\) \['label'\]"):
         read_records(f, ["text", "label"])
 
 
