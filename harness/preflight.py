@@ -7,10 +7,8 @@ this module does not import torch, so a bad input costs seconds.
 """
 from __future__ import annotations
 
-import netrc
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -111,29 +109,10 @@ def check_hub_model(m: DictConfig) -> None:
         raise ConfigError(f"model.path={m.path}: the hub answered {str(e).splitlines()[0]}") from None
 
 
-def _wandb_key_configured() -> bool:
-    """Where wandb.init looks for credentials (wandb 0.31, wbauth): WANDB_API_KEY or
-    WANDB_IDENTITY_TOKEN_FILE, the .netrc entry `wandb login` writes, or api_key in its settings file."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
-    home = Path.home()
-    files = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [home / ".netrc", home / "_netrc"]
-    for f in files:
-        try:
-            if f.is_file() and netrc.netrc(f).authenticators(host):
-                return True
-        except (netrc.NetrcParseError, OSError):
-            pass  # wandb warns and ignores an unreadable netrc too
-    settings = Path(os.environ.get("WANDB_CONFIG_DIR", home / ".config" / "wandb")) / "settings"
-    try:
-        return "api_key" in settings.read_text()
-    except OSError:
-        return False
-
-
 def check_tracking(cfg: DictConfig) -> None:
-    if cfg.tracking.mode == "online" and not _wandb_key_configured():
+    from harness.tracking import wandb_key_configured
+
+    if cfg.tracking.mode == "online" and not wandb_key_configured():
         raise ConfigError("tracking=online needs a W&B API key and none is set: export WANDB_API_KEY=... or run "
                           "`wandb login` once, or use tracking=offline (sync later with `wandb sync`) or "
                           "tracking=disabled")
