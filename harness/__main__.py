@@ -18,10 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    from harness.config import ConfigError, complete, load, to_yaml
+    from harness.config import ConfigError, complete, load, one_line, to_yaml
     from harness.data import DataError
-    from harness.models import ModelError
-    from harness.train import TrialFailed, TrialPruned
 
     show = "--cfg" in argv
     overrides = [a for a in argv if a != "--cfg"]
@@ -30,6 +28,22 @@ def main(argv: list[str] | None = None) -> int:
         if show:
             print(to_yaml(cfg))
             return 0
+        from harness import preflight
+
+        preflight.check(cfg)  # the data, out_dir, hub model, W&B login: before torch is even imported
+    except (ConfigError, DataError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return _run(cfg, overrides)
+
+
+def _run(cfg, overrides: list[str]) -> int:
+    from harness.config import ConfigError, one_line
+    from harness.data import DataError
+    from harness.models import ModelError
+    from harness.train import TrialFailed, TrialPruned
+
+    try:
         if cfg.launcher.name == "slurm":
             from harness.slurm import submit
 
@@ -42,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rec = run_single(cfg)
     except (ConfigError, DataError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (TrialFailed, TrialPruned) as e:
         print(f"trial did not complete: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -91,6 +91,7 @@ class DataCfg(_Strict):
     target_field: str | None = None
     system_field: str | None = None
     system: str | None = None          # sft: system message for rows without their own
+    encoding: str = "utf-8"            # of a local text file (data.path); e.g. latin-1, cp1252, utf-16
     train_size: int = Field(ge=1)
     test_size: int = Field(ge=1)
     split_seed: int = 0
@@ -174,6 +175,7 @@ class LauncherCfg(_Strict):
 
 
 Scalar = str | int | float | bool
+MAX_SEED = 2**32 - 1  # numpy.random.seed (called by transformers.set_seed) takes 0 .. 2**32-1
 
 
 class ParamCfg(_Strict):
@@ -240,6 +242,9 @@ class SweepCfg(_Strict):
     def _seeds(cls, v):
         if not v or len(set(v)) != len(v):
             raise ValueError(f"seeds must be a non-empty list of distinct integers (got {v})")
+        bad = [s for s in v if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must be between 0 and 2**32-1 (numpy's range); got {bad}")
         return v
 
     @model_validator(mode="after")
@@ -271,7 +276,7 @@ class ExperimentCfg(_Strict):
     storage: StorageCfg
     launcher: LauncherCfg = LauncherCfg()
     sweep: SweepCfg | None = None
-    seed: int
+    seed: int = Field(ge=0, le=MAX_SEED)
     study: str
     out_dir: str
     trial: int | None = None      # set by the driver / launcher, names trials/<n>/
@@ -287,7 +292,7 @@ class ExperimentCfg(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        from harness.models import check_targets  # static preset table; no model is loaded
+        from harness.presets import check_targets  # static preset table; no torch, no model
 
         check_targets(self.model.family, self.lora.targets)
         if self.task.type == "sft":
@@ -314,6 +319,18 @@ class ExperimentCfg(_Strict):
         return self
 
 
+def one_line(msg: str) -> str:
+    """An error message as one line: a line ending in ':' introduces a list (Hydra's "Available
+    options in 'model':" then one option a line), joined by commas; other lines by '; '."""
+    out, listing = "", False
+    for line in (x.strip() for x in str(msg).splitlines()):
+        if not line:
+            continue
+        out += ("" if not out else " " if out.endswith(":") else ", " if listing else "; ") + line
+        listing = listing or line.endswith(":")
+    return out
+
+
 def _format_validation_error(err: ValidationError, data: dict | None = None) -> str:
     lines = []
     sweep_file = ((data or {}).get("sweep") or {}).get("file") if isinstance(data, dict) else None
@@ -322,16 +339,38 @@ def _format_validation_error(err: ValidationError, data: dict | None = None) -> 
         got = e.get("input")
         got = "" if isinstance(got, dict) else f" (got {got!r})"
         where = f"{sweep_file}: " if sweep_file and key.startswith("sweep") else ""
-        lines.append(f"  {where}{key or '<config>'}: {e['msg']}{got}")
-    return "invalid config:\n" + "\n".join(lines)
+        lines.append(f"{where}{key or '<config>'}: {e['msg']}{got}")
+    return "invalid config: " + "; ".join(lines)
+
+
+# What to write for a `???` (required) value, by key
+_REQUIRED_HINTS = {
+    "data.path": "data.path=FILE (a .csv, .tsv, .jsonl, .json or .parquet file; a hub dataset id for data=hub)",
+    "model.path": "model.path=ORG/NAME (a hub model id) or model.path=DIR (a local model directory)",
+}
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    """A `???` value (data.path of data=local, model.path of model=hub) left unset."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        group = key.split(".")[0]
+        option = OmegaConf.select(cfg, f"{group}.name", default=None) if "." in key else None
+        needs = f"{group}={option} needs it" if option else "it is required"
+        fix = _REQUIRED_HINTS.get(key, f"{key}=VALUE")
+        more = f" (also unset: {', '.join(missing[1:])})" if missing[1:] else ""
+        raise ConfigError(f"{key} is not set ({needs}): add {fix} to the command{more}")
 
 
 def validate(cfg: DictConfig | dict) -> ExperimentCfg:
     """Resolve and check a config; raise ConfigError naming every bad key."""
     try:
+        if isinstance(cfg, DictConfig):
+            _check_missing(cfg)
         data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config does not resolve: {e}") from None
+        raise ConfigError(f"config does not resolve: {one_line(e)}") from None
     try:
         return ExperimentCfg.model_validate(data)
     except ValidationError as e:
@@ -356,7 +395,9 @@ def load_with_choices(overrides: list[str] | tuple[str, ...] = (), conf_dir: Pat
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
-        raise ConfigError(_hydra_hint(str(e))) from None
+        msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user
+        where = "a command-line override: " if isinstance(e, OverrideParseException) else ""
+        raise ConfigError(where + one_line(msg)) from None  # Hydra lists the choices one a line
     finally:
         GlobalHydra.instance().clear()
     runtime = cfg.hydra.runtime
@@ -371,12 +412,6 @@ def load_with_choices(overrides: list[str] | tuple[str, ...] = (), conf_dir: Pat
             cfg.sweep.name = name
             cfg.sweep.file = str(found.relative_to(ROOT) if found and found.is_relative_to(ROOT) else found)
     return cfg, choices
-
-
-def _hydra_hint(msg: str) -> str:
-    if "Could not find" in msg and "Available options" in msg:
-        return msg.replace("\n", "\n  ")  # Hydra already lists the choices
-    return msg
 
 
 def to_yaml(cfg: DictConfig | dict) -> str:

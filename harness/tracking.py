@@ -6,11 +6,13 @@ history = train loss / lr / eval curves, summary = the record's metrics and cost
 from __future__ import annotations
 
 import json
+import netrc
 import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from harness.config import ROOT
 
@@ -47,6 +49,27 @@ def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)  # readers never see half a record
+
+
+def wandb_key_configured() -> bool:
+    """Where wandb.init looks for credentials (wandb 0.31, wbauth): WANDB_API_KEY or
+    WANDB_IDENTITY_TOKEN_FILE, the .netrc entry `wandb login` writes, or api_key in its settings file."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+    home = Path.home()
+    files = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [home / ".netrc", home / "_netrc"]
+    for f in files:
+        try:
+            if f.is_file() and netrc.netrc(f).authenticators(host):
+                return True
+        except (netrc.NetrcParseError, OSError):
+            pass  # wandb warns and ignores an unreadable netrc too
+    settings = Path(os.environ.get("WANDB_CONFIG_DIR", home / ".config" / "wandb")) / "settings"
+    try:
+        return "api_key" in settings.read_text()
+    except OSError:
+        return False
 
 
 class Run:
