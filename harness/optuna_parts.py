@@ -73,13 +73,19 @@ _PG_LOCK_KEY = 0x6861726E657373  # "harness"
 def schema_lock(url: str):
     """Serialise Optuna's first-run schema creation across processes (optuna#1092: two workers on an
     empty database both run CREATE TYPE/TABLE and one dies with UniqueViolation). PostgreSQL: a
-    session advisory lock on its own connection; SQLite: a file lock beside the database file. Other
+    session advisory lock on its own connection; SQLite: flock() on the database file. Other
     backends (MySQL, ...) get no lock: create the schema once before starting workers there."""
     if url.startswith("sqlite:///"):
-        from filelock import FileLock
+        import fcntl
 
-        with FileLock(url.removeprefix("sqlite:///") + ".lock", timeout=600):
-            yield
+        # flock on the database file itself: no lock file left behind, and independent of SQLite's
+        # own fcntl() record locks on Linux, so it cannot deadlock with them ("a" never truncates)
+        with open(url.removeprefix("sqlite:///"), "ab") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
         return
     if not url.startswith("postgresql"):
         yield

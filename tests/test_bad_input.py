@@ -62,6 +62,19 @@ def path(rel: str, key: str, make: str | None = None) -> Setup:
     return setup
 
 
+def study_created_with(*overrides: str) -> Setup:
+    """A study created (no trials run) in files/s.db with BASE + overrides; the case resumes it."""
+    def setup(d: Path) -> list[str]:
+        from harness.config import complete, load
+        from harness.study import Driver
+
+        url = [f"storage.url=sqlite:///{d}/s.db"]
+        ov = [*BASE, *overrides, *url, f"out_dir={d}/first"]
+        Driver(complete(load(ov)), ov).open()
+        return url
+    return setup
+
+
 def rows(n: int = 60, label=lambda i: "pos" if i % 2 else "neg") -> str:
     return "".join(f"row number {i},{label(i)}\n" for i in range(n))
 
@@ -135,6 +148,17 @@ CASES: list[tuple[str, list[str], Setup | None, str]] = [
      "data.train_size=500 is larger than the 50 training examples"),
     ("sweep_size_larger_than_file", LOCAL + ["sweep=dataset_size"], text("d.csv", GOOD_CSV),
      "sweeps/dataset_size.yaml: sweep.space.data.train_size value 200: data.train_size=200 is larger"),
+    # --- study names and storages (the driver's; password never printed)
+    ("study_name_dotdot", ["study=.."], None, "'..' is not a study name"),
+    ("study_name_escapes_out_dir", ["study=dd/.."], None, "'dd/..' is not a study name"),
+    ("storage_unreachable", ["sweep=lora_rank", "storage=postgres",
+                             "storage.url=postgresql+psycopg://alice:s3cret@127.0.0.1:9/harness"], None,
+     "storage postgresql+psycopg://alice:***@127.0.0.1:9/harness: OperationalError"),
+    ("storage_not_a_database", ["sweep=lora_rank"], lambda d: [f"storage.url=sqlite:///{text('study.db', 'junk' * 500)(d)[0].split('=', 1)[1]}"],
+     "file is not a database"),
+    ("storage_unknown_scheme", ["sweep=lora_rank", "storage.url=nosuchdb://x/y"], None, "storage nosuchdb://x/y"),
+    ("resume_with_another_config", ["sweep=lora_rank", "eval.max_examples=4"], study_created_with("sweep=lora_rank"),
+     "study t was created with another config (eval.max_examples: None -> 4)"),
     # --- sft files (data=jsonl)
     ("sft_latin1_jsonl", SFT, text("p.jsonl", '{"prompt": "café", "target": "x"}\n', "latin-1"), "data.encoding=latin-1"),
     ("sft_headerless_csv", SFT, text("p.csv", PAIRS.split("\n", 1)[1]), "naming the columns 'prompt', 'target'"),
