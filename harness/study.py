@@ -205,6 +205,7 @@ class Driver:
             self.study.set_user_attr("sweep_file", self.sw.file)
             self.study.set_user_attr("overrides", [mask_override(o) for o in self.base])
             self.study.set_user_attr("objectives", list(self.sw.objectives))
+            self.study.set_metric_names(list(self.sw.objectives))  # optuna-dashboard's axis names
             self.study.set_user_attr("config", experiment_config(self.cfg))
             for ref in self.sw.enqueue:
                 for s in self.sw.seeds:

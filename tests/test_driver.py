@@ -52,6 +52,7 @@ def test_a_grid_with_seeds_runs_every_point_and_seed_once_and_a_resume_runs_noth
     assert d.run() == 0
     assert sorted((r, s) for _, r, s in d.runner.ran) == [(2, 0), (2, 1), (8, 0), (8, 1), (32, 0), (32, 1)]
     assert [t.state for t in d.study.trials] == [TrialState.COMPLETE] * 6
+    assert d.study.metric_names == ["accuracy"]  # optuna-dashboard shows "accuracy", not "Objective 0"
     again = _driver(tmp_path, "sweep.seeds=[0,1]")
     assert again.run() == 0 and again.runner.ran == []
     assert "0 to go" in capsys.readouterr().err
