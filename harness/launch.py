@@ -196,6 +196,18 @@ def _set_pdeathsig() -> None:
         pass
 
 
+def cpu_threads(cfg: DictConfig, concurrent: int) -> DictConfig:
+    """The config with hardware.threads resolved (when unset): this process's cores (its affinity,
+    which SLURM and cgroups narrow) split over the `concurrent` trial processes, so processes x threads
+    never exceeds the cores. Written into config.yaml: the trial reads it, no environment variable."""
+    if cfg.hardware.threads is not None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.hardware.threads = max(1, len(os.sched_getaffinity(0)) // max(1, concurrent))
+    return cfg
+
+
 class ProcessRunner:
     """Runs each trial in a fresh process group (`python -m harness.train`, or `accelerate launch`
     for N processes) that dies with the driver; slot i of `slots` owns devices [i*k, (i+1)*k) on
@@ -209,12 +221,15 @@ class ProcessRunner:
     def run(self, tcfg: DictConfig, run_dir: Path, slot: int, started, beat, every: float, objectives) -> Outcome:
         for stale in ("result.json", "log.txt"):
             (run_dir / stale).unlink(missing_ok=True)
+        k = tcfg.hardware.processes
+        if tcfg.hardware.device == "cpu":
+            tcfg = cpu_threads(tcfg, self.slots * k)
         path = write_config(tcfg, run_dir)
         cmd, env = command(tcfg, path)
         env["HARNESS_QUIET"] = "1"  # the driver's bar is the progress display; logs stay readable
-        k = tcfg.hardware.processes
         if tcfg.hardware.device == "cpu":
-            env["HARNESS_CONCURRENT_PROCS"] = str(self.slots * k)
+            if self.slots * k > 1:  # spin-waiting OpenMP threads of processes sharing cores collapse (8-80x)
+                env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         else:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             ids = visible.split(",") if visible else [str(i) for i in range(self.slots * k)]

@@ -117,3 +117,17 @@ def test_the_record_status_is_the_outcome_and_the_exit_code_explains_a_missing_o
     out = outcome(rc, record, tmp_path / "log.txt", ["accuracy"])
     assert out.state == state and (reason is None and out.reason is None or reason in out.reason), out
     assert out.values == ([0.7] if state == "COMPLETE" else None)
+
+
+def test_cpu_threads_split_the_cores_this_process_may_use_over_the_concurrent_trial_processes():
+    import os
+
+    from harness.launch import cpu_threads
+
+    cfg = complete(load(TINY[:-1]))  # hardware.threads unset
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(cfg, 1).hardware.threads == cores
+    assert cpu_threads(cfg, 2).hardware.threads == max(1, cores // 2)
+    assert cpu_threads(cfg, 64).hardware.threads == 1  # never 0
+    assert cfg.hardware.threads is None  # the caller's config is left as it was
+    assert cpu_threads(complete(load(TINY)), 64).hardware.threads == 1  # a set value is kept
