@@ -393,6 +393,10 @@ class Driver:
                     if state != "FAIL" or "interrupted" not in (info.get("fail_reason") or ""):
                         bar.update(1)
                 self._postfix(bar)
+        except BaseException:  # the storage failed (or worse): end the running trials, do not wait an hour
+            self.stopping.set()
+            self.runner.stop(signal.SIGTERM)
+            raise
         finally:
             restore()
             bar.close()
@@ -505,14 +509,14 @@ def table(trials, axes: list[str], objectives) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def run_study(cfg: DictConfig, overrides: list[str]) -> int:
+def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:
     """`python -m harness sweep=NAME ...`: validate everything, then run or resume the study."""
     import optuna
     import sqlalchemy.exc
 
     check(cfg, base_overrides(overrides))  # before the storage exists: a bad sweep leaves nothing behind
     try:
-        return Driver(cfg, overrides).run()
+        return Driver(cfg, overrides, runner).run()
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as e:
         raise ConfigError(storage_error(cfg.storage.url, e)) from None
 

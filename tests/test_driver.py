@@ -131,3 +131,38 @@ def test_cpu_threads_split_the_cores_this_process_may_use_over_the_concurrent_tr
     assert cpu_threads(cfg, 64).hardware.threads == 1  # never 0
     assert cfg.hardware.threads is None  # the caller's config is left as it was
     assert cpu_threads(complete(load(TINY)), 64).hardware.threads == 1  # a set value is kept
+
+
+def _chattr(flag: str, *paths: Path) -> bool:
+    import subprocess
+
+    return all(subprocess.run(["chattr", flag, str(p)], capture_output=True).returncode == 0 for p in paths)
+
+
+def test_a_storage_that_becomes_read_only_mid_sweep_ends_the_driver_with_one_line(tmp_path):
+    """Root ignores file permissions, so the study file and its directory are made immutable
+    (chattr +i, ext4) after the first trial: the next write fails. The driver stops with one line
+    naming the storage, and what was recorded before stays."""
+    from harness.config import ConfigError
+    from harness.study import run_study
+
+    study_dir = tmp_path / "ro"
+
+    class ReadOnlyAfterOne(InProcessRunner):
+        def run(self, tcfg, *args):
+            if self.ran and not _chattr("+i", study_dir / "study.db", study_dir):
+                pytest.skip("chattr +i is not available here (needs root on ext4)")
+            return super().run(tcfg, *args)
+
+    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", "study=ro"]
+    try:
+        with pytest.raises(ConfigError) as e:
+            run_study(complete(load(ov)), ov, runner=ReadOnlyAfterOne())
+    finally:
+        _chattr("-i", study_dir / "study.db", study_dir)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"storage sqlite:///{study_dir}/study.db: ") and "OperationalError" in msg, msg
+    import optuna
+
+    first = optuna.load_study(study_name="ro", storage=f"sqlite:///{study_dir}/study.db").trials[0]
+    assert first.state == TrialState.COMPLETE and first.params["lora.r"] == 2
