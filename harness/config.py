@@ -26,6 +26,15 @@ INSTALLED = (PKG / "conf" / "config.yaml").is_file()
 CONF_DIR = PKG / "conf" if INSTALLED else ROOT / "conf"
 
 
+def _wandb_mode() -> str:
+    """tracking=default's mode, as W&B reads it: WANDB_MODE; else online under a W&B Sweeps agent (it
+    sets WANDB_SWEEP_ID, and only an online run reports back to it); else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_SWEEP_ID") else "offline")
+
+
+OmegaConf.register_new_resolver("wandb_mode", _wandb_mode, replace=True)
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the fix."""
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import TINY
 from harness import cli
@@ -189,3 +190,63 @@ def test_run_tags_carry_no_values(tmp_path, monkeypatch, capsys):
     assert rc == 0, err
     assert seen["tags"] == ["mine", "baseline"]
     assert seen["config"]["lora"]["r"] == 8 and seen["project"] == "harness"
+
+
+# ---------------------------------------------------------------------------- under a W&B Sweeps agent
+
+RECIPE = ROOT / "docs" / "wandb_sweep.yaml"
+
+
+def _agent_argv(params: dict) -> list[str]:
+    """The command `wandb agent` runs for one run of docs/wandb_sweep.yaml: wandb's own sweep-file
+    loader and macro expansion (sweeps/utils.py), then the substitution loop of Agent._command_run
+    (a method of a live agent, which needs the server: repeated here, 5 lines)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args, load_sweep_config
+
+    sweep = load_sweep_config(str(RECIPE))
+    macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    macros.update(interpreter=["python"], program=[sweep["program"]], env=["/usr/bin/env"])
+    cmd = []
+    for c in map(str, create_sweep_command(list(sweep["command"]))):
+        cmd += (macros.get(c[2:-1]) or []) if c.startswith("${") and c.endswith("}") else [c]
+    assert cmd[:4] == ["/usr/bin/env", "python", "-m", "harness"], cmd
+    return cmd[4:]
+
+
+def _corners() -> list[dict]:
+    """Each parameter at each listed value / at both ends of its range, the others at their first."""
+    from wandb.sdk.launch.sweeps.utils import load_sweep_config
+
+    params = load_sweep_config(str(RECIPE))["parameters"]
+    ends = {k: p.get("values") or [p["min"], p["max"]] for k, p in params.items()}
+    first = {k: v[0] for k, v in ends.items()}
+    return [{**first, k: v} for k, vals in ends.items() for v in vals]
+
+
+def test_wandb_sweep_recipe_gives_valid_configs_with_the_agents_values(monkeypatch):
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")  # as the agent sets it; no WANDB_MODE: online
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "agents-project")
+    for params in _corners():
+        cfg = complete(load(cli.parse(_agent_argv(params)).overrides))
+        got = {k: OmegaConf.select(cfg, k) for k in params}
+        assert got == params and cfg.study == "wandb_sweep"
+        assert (cfg.tracking.mode, cfg.tracking.project) == ("online", "agents-project")
+
+
+def test_a_run_started_as_the_agent_starts_it_joins_the_agents_run(tmp_path, monkeypatch, capsys):
+    """The agent's command and environment (offline: there is no W&B server here), on the tiny model:
+    the trial records the agent's values and its W&B run is the one the agent created (WANDB_RUN_ID)."""
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")
+    monkeypatch.setenv("WANDB_RUN_ID", "agentrun1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))  # the agent sets it to its cwd
+    monkeypatch.chdir(tmp_path)
+    params = {"lora.r": 4, "lora.targets": "attn_qv", "train.lr": 0.001}
+    argv = [*_agent_argv(params), "model=tiny_bert", "data=tiny", "train.max_steps=2", "hardware.threads=1",
+            "eval.baseline=false", f"out_dir={tmp_path}/runs"]
+    rc, _, err = run_main(capsys, *argv)
+    assert rc == 0, err
+    rec = json.loads((tmp_path / "runs" / "wandb_sweep" / "trials" / "0" / "result.json").read_text())
+    assert {k: OmegaConf.select(OmegaConf.create(rec["config"]), k) for k in params} == params
+    assert rec["wandb"]["id"] == "agentrun1" and rec["wandb"]["mode"] == "offline"
