@@ -250,3 +250,57 @@ def test_a_run_started_as_the_agent_starts_it_joins_the_agents_run(tmp_path, mon
     rec = json.loads((tmp_path / "runs" / "wandb_sweep" / "trials" / "0" / "result.json").read_text())
     assert {k: OmegaConf.select(OmegaConf.create(rec["config"]), k) for k in params} == params
     assert rec["wandb"]["id"] == "agentrun1" and rec["wandb"]["mode"] == "offline"
+
+
+# ---------------------------------------------------------------------------- optuna-dashboard
+
+
+def _dashboard_open(cmd: str):
+    """Open the storage the way `optuna-dashboard STORAGE [--storage-class C]` does. Private: the
+    function its CLI (optuna_dashboard/_cli.py) calls with those two arguments; no public one takes the hint."""
+    import shlex
+
+    from optuna_dashboard._storage_url import get_storage
+
+    argv = shlex.split(cmd)
+    assert argv[0] == "optuna-dashboard"
+    cls = argv[argv.index("--storage-class") + 1] if "--storage-class" in argv else None
+    return get_storage(argv[1], storage_class=cls)
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_dashboard_command_opens_the_study_with_its_metric_names(tiny_cfg, monkeypatch, storage):
+    import optuna
+
+    from harness.optuna_parts import make_storage, quiet_optuna
+
+    quiet_optuna()
+    cfg = tiny_cfg(f"storage={storage}", *cli.multirun(["lora.r=2,4"])[0], study="dash")
+    monkeypatch.chdir(cfg.out_dir)
+    study = optuna.create_study(study_name="dash", storage=make_storage(cfg), directions=["maximize", "minimize"])
+    study.set_metric_names(cli.metric_names({"accuracy": "maximize", "flops": "minimize"}))
+    cmd = cli.dashboard_command(cfg.storage.url)
+    opened = optuna.load_study(study_name="dash", storage=_dashboard_open(cmd))
+    assert opened.metric_names == ["accuracy", "flops"]
+    if storage == "journal":  # what the driver used to print: read as a SQLAlchemy URL of dialect "journal"
+        import sqlalchemy.exc
+
+        with pytest.raises(sqlalchemy.exc.NoSuchModuleError):
+            _dashboard_open(f"optuna-dashboard {cfg.storage.url}")
+
+
+def test_dashboard_command_masks_the_password():
+    cmd = cli.dashboard_command("postgresql+psycopg://me:s3cret@db.example/harness")
+    assert "s3cret" not in cmd and cmd == "optuna-dashboard 'postgresql+psycopg://me:***@db.example/harness'"
+
+
+@pytest.mark.xfail(strict=True, reason="for the lead to wire: Driver.open() of a new study calls "
+                   "self.study.set_metric_names(cli.metric_names(self.sw.objectives)); drop this mark then")
+def test_a_new_study_names_its_metrics_for_the_dashboard(tiny_cfg):
+    from harness.study import Driver
+
+    ov, _ = cli.multirun(["lora.r=2,4"])
+    cfg = tiny_cfg(*ov, "+sweep.objectives={accuracy: maximize, flops: minimize}", study="named")
+    driver = Driver(cfg, ov)
+    driver.open()
+    assert driver.study.metric_names == ["accuracy", "flops"]
