@@ -182,7 +182,9 @@ def multirun(overrides: list[str]) -> tuple[list[str], str | None]:
                           "for a single value")
     study = next((o.value() for o in reversed(parsed) if o.key_or_group == "study"), None) or study_name(axes, base)
     space = ",".join(f"{k}:{{choices:{format_value(v)}}}" for k, v in axes.items())
-    block = f"+sweep={{name:multirun,space:{{{space}}},sampler:grid,seeds:{format_value(seeds)}}}"
+    # file: what errors name as the sweep's source (there is no file)
+    block = (f"+sweep={{name:multirun,file:'-m (command line)',space:{{{space}}},sampler:grid,"
+             f"seeds:{format_value(seeds)}}}")
     # sweep.parallel=2 etc. on the command line: set inside the block (++ adds or replaces)
     extra = [f"++{o.input_line.lstrip('+')}" for o in parsed if o.key_or_group.startswith("sweep.")]
     n = len(seeds)

@@ -39,12 +39,15 @@ def run_main(capsys, *argv) -> tuple[int, str, str]:
     (["train.learning_rate=1e-3"], "did you mean `train.lr`?"),
     (["-m", "train.lr=interval(1e-4,1e-2)"], "interval() has no grid"),
     (["-m", "lora.r=2,4", "sweep=lora_rank"], "drop sweep=NAME"),
+    (["-m", "lora.rank=2,4", "model=tiny_bert", "data=tiny"], "-m (command line): sweep.space.lora.rank: no such "
+                                                              "config key `lora.rank`; did you mean `lora.r`?"),
     (["--config-dir", "/nonexistent/dir"], "not a directory"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(capsys, argv, needle):
     rc, out, err = run_main(capsys, *argv)
     assert rc == 2 and out == "", (rc, out)
-    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+    *notes, last = err.splitlines()  # one error line; -m names its study first
+    assert last.startswith("error: ") and needle in last and all(n.startswith("multirun: ") for n in notes), err
 
 
 def test_a_key_the_yaml_lacks_but_the_schema_has_is_set_without_a_plus():
