@@ -11,6 +11,8 @@ import difflib
 from pydantic import BaseModel
 
 from harness.config import ExperimentCfg
+
+
 def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, bool]:
     """Dotted schema keys -> whether the key holds a free-form dict (its sub-keys are the user's)."""
     out: dict[str, bool] = {}

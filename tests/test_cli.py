@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import TINY
 from omegaconf import OmegaConf
 
-from conftest import TINY
 from harness import cli
 from harness.__main__ import main
 from harness.config import CONF_DIR, ROOT, ConfigError, complete, load
@@ -138,7 +137,7 @@ def test_cuda_without_enough_devices_stops_before_any_load(capsys, tmp_path):
     n = cuda_devices()
     argv = [*TINY, f"out_dir={tmp_path}", "hardware=gpu1", f"hardware.processes={n + 1}", "train.batch_size=16",
             "train.keep_effective_batch=false"]
-    rc, out, err = run_main(capsys, *argv)
+    rc, _, err = run_main(capsys, *argv)
     assert rc == 2 and err.count("\n") == 1, err
     assert ("no CUDA device is visible" if n == 0 else f"needs {n + 1} CUDA devices; {n} visible") in err
     assert not any(tmp_path.iterdir())  # nothing written
@@ -167,7 +166,7 @@ def test_wandb_mode_disabled_writes_no_wandb_files(tmp_path, monkeypatch, capsys
     """WANDB_MODE=disabled: a real trial, and not one W&B file anywhere (offline: the contrast)."""
     monkeypatch.setenv("WANDB_MODE", mode)
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run_main(capsys, *TINY, "train.max_steps=2", "eval.baseline=false", f"out_dir={tmp_path}/runs")
+    rc, _, err = run_main(capsys, *TINY, "train.max_steps=2", "eval.baseline=false", f"out_dir={tmp_path}/runs")
     assert rc == 0, err
     rec = json.loads((tmp_path / "runs" / "single" / "trials" / "0" / "result.json").read_text())
     assert rec["config"]["tracking"]["mode"] == mode
