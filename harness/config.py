@@ -378,7 +378,6 @@ def _format_validation_error(err: ValidationError, data: dict | None = None) -> 
     return "invalid config: " + "; ".join(lines)
 
 
-
 # What to write for a `???` (required) value, by key
 _REQUIRED_HINTS = {
     "data.path": "data.path=FILE (a .csv, .tsv, .jsonl, .json or .parquet file; a hub dataset id for data=hub)",

@@ -56,6 +56,7 @@ def did_you_mean(key: str) -> str:
              difflib.get_close_matches(key, same, n=1, cutoff=0.6)
              or [f"{section}.{m}" for m in difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in same],
                                                                      n=1, cutoff=0.5)]
-             or difflib.get_close_matches(key, list(SCHEMA_KEYS), n=1, cutoff=0.6))
+             or difflib.get_close_matches(key, [k for k in SCHEMA_KEYS if not key.startswith(k + ".")], n=1,
+                                          cutoff=0.6))  # not its own section: task.foo -> `task` helps nobody
     hint = f"did you mean `{close[0]}`? " if close and close[0] != key else ""
     return f"{hint}(`python -m harness --cfg` prints every key)"

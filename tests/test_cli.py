@@ -49,6 +49,16 @@ def test_bad_command_lines_exit_2_with_one_line(capsys, argv, needle):
     assert last.startswith("error: ") and needle in last and all(n.startswith("multirun: ") for n in notes), err
 
 
+@pytest.mark.parametrize("key,meant", [("lora.rank", "lora.r"), ("loar.r", "lora.r"), ("lora.lora_alpha", "lora.alpha"),
+                                       ("train.learning_rate", "train.lr"), ("train.maxsteps", "train.max_steps"),
+                                       ("hardware.gpus", "hardware.processes"), ("modle", "model"), ("task.foo", None)])
+def test_did_you_mean_names_the_key_from_the_schema(key, meant):
+    from harness.keys import did_you_mean
+
+    hint = did_you_mean(key)
+    assert (f"did you mean `{meant}`?" in hint) if meant else ("did you mean" not in hint), hint
+
+
 def test_a_key_the_yaml_lacks_but_the_schema_has_is_set_without_a_plus():
     # Hydra alone says "use +launcher.workers=2"; the schema knows the key, so it just works
     assert complete(load(["launcher=slurm", "launcher.workers=2", "storage=journal"])).launcher.workers == 2
