@@ -5,6 +5,7 @@ it, and it reproduces a figure. Everything a trial needs is in it; nothing is re
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,8 +18,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = ROOT / "conf"
+PKG = Path(__file__).resolve().parent
+ROOT = PKG.parent
+# An installed package (`pip install .`) ships conf/ (with the sweeps as conf/sweep/) inside it as
+# harness/conf/; a checkout or editable install reads the repository's conf/.
+INSTALLED = (PKG / "conf" / "config.yaml").is_file()
+CONF_DIR = PKG / "conf" if INSTALLED else ROOT / "conf"
+
+
+def _wandb_mode() -> str:
+    """tracking=default's mode, as W&B reads it: WANDB_MODE; else online under a W&B Sweeps agent (it
+    sets WANDB_SWEEP_ID, and only an online run reports back to it); else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_SWEEP_ID") else "offline")
+
+
+OmegaConf.register_new_resolver("wandb_mode", _wandb_mode, replace=True)
 
 
 class ConfigError(ValueError):
@@ -153,6 +167,20 @@ class TrackingCfg(_Strict):
     mode: Literal["online", "offline", "disabled"]
     project: str
     entity: str | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _wandb_aliases(cls, v):
+        # WANDB_MODE feeds the default (conf/tracking/default.yaml); wandb also accepts these two
+        v = {"dryrun": "offline", "run": "online"}.get(v, v)
+        if v not in ("online", "offline", "disabled") and os.environ.get("WANDB_MODE") == v:
+            raise ValueError(f"WANDB_MODE={v} is not a W&B mode: set it to online, offline or disabled")
+        return v
+
+    @field_validator("entity", mode="before")
+    @classmethod
+    def _unset(cls, v):
+        return v or None  # ${oc.env:WANDB_ENTITY,null} gives "" when the variable is set but empty
 
 
 class StorageCfg(_Strict):
@@ -335,11 +363,18 @@ def _format_validation_error(err: ValidationError, data: dict | None = None) -> 
     lines = []
     sweep_file = ((data or {}).get("sweep") or {}).get("file") if isinstance(data, dict) else None
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        # a tagged union puts the tag in the location (task.sft.template): not a key a user writes
+        key = ".".join(str(p) for p in e["loc"] if not (e["loc"][0] == "task" and p in ("classification", "sft")))
         got = e.get("input")
         got = "" if isinstance(got, dict) else f" (got {got!r})"
         where = f"{sweep_file}: " if sweep_file and key.startswith("sweep") else ""
-        lines.append(f"{where}{key or '<config>'}: {e['msg']}{got}")
+        if e["type"] == "extra_forbidden":
+            from harness.keys import did_you_mean
+
+            hint = f"; {did_you_mean(key)}"
+        else:
+            hint = ""
+        lines.append(f"{where}{key or '<config>'}: {e['msg']}{got}{hint}")
     return "invalid config: " + "; ".join(lines)
 
 
@@ -387,19 +422,44 @@ def load(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR)
     return load_with_choices(overrides, conf_dir)[0]
 
 
+_NO_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+
+
+def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
+    """Hydra's compose; a key the YAML lacks but the schema has (launcher.workers, model.revision)
+    is added as Hydra's `+key=value` would; an unknown one gets "did you mean" instead of Hydra's
+    "use +key", which only leads to the schema's "Extra inputs are not permitted"."""
+    from harness.keys import did_you_mean, is_schema_key
+
+    for _ in range(len(overrides) + 1):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+                return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
+            m = _NO_OVERRIDE.search(str(e))
+            if m and is_schema_key(m.group(1)):
+                overrides = [f"+{o}" if o.split("=", 1)[0] == m.group(1) else o for o in overrides]
+                continue
+            if m:
+                raise ConfigError(f"{m.group(1)}: no such config key; {did_you_mean(m.group(1))}") from None
+            msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user
+            where = "a command-line override: " if isinstance(e, OverrideParseException) else ""
+            raise ConfigError(where + one_line(msg)) from None  # Hydra lists the choices one a line
+        finally:
+            GlobalHydra.instance().clear()
+    raise AssertionError("unreachable: each retry adds a + to one more override")
+
+
 def load_with_choices(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR
                       ) -> tuple[DictConfig, dict[str, str | None]]:
     """load(), plus the option chosen in each config group ({"model": "minilm", "sweep": None, ...})."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
-        msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user
-        where = "a command-line override: " if isinstance(e, OverrideParseException) else ""
-        raise ConfigError(where + one_line(msg)) from None  # Hydra lists the choices one a line
-    finally:
-        GlobalHydra.instance().clear()
+    overrides = list(overrides)
+    if "hardware=auto" in overrides:
+        from harness.preflight import pick_hardware
+
+        overrides = pick_hardware(overrides)[0]
+    cfg = _compose(conf_dir, overrides)
     runtime = cfg.hydra.runtime
     choices = {g: c for g, c in runtime.choices.items() if not g.startswith("hydra/")}
     with open_dict(cfg):

@@ -8,6 +8,7 @@ this module does not import torch, so a bad input costs seconds.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,10 +20,47 @@ EMBEDDED = "or use an embedded model (model=minilm, model=smollm2_135m)"
 
 
 def check(cfg: DictConfig) -> None:
+    check_device(cfg)
     check_out_dir(cfg)
     check_tracking(cfg)
     check_hub_model(cfg.model)
     check_data(cfg)
+
+
+@lru_cache(maxsize=1)
+def cuda_devices() -> int:
+    import torch  # only for hardware=auto or hardware.device=cuda: the one reliable way to ask
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pick_hardware(overrides: list[str]) -> tuple[list[str], str | None]:
+    """`hardware=auto` -> hardware=gpu1 when a CUDA device is visible, else hardware=cpu; the note says
+    which. Replaced before composing, so config.yaml and every trial of a study record the option."""
+    if not any(o == "hardware=auto" for o in overrides):
+        return list(overrides), None
+    n = cuda_devices()
+    pick = "gpu1" if n else "cpu"
+    note = f"hardware=auto: {n} CUDA device(s) visible, using hardware={pick}"
+    return [f"hardware={pick}" if o == "hardware=auto" else o for o in overrides], note
+
+
+def check_device(cfg: DictConfig) -> None:
+    """hardware.device=cuda needs CUDA and a GPU per process (per trial x sweep.parallel): stop here, not
+    inside transformers after the data and model have loaded. A SLURM submit host need not have GPUs."""
+    hw = cfg.hardware
+    if hw.device != "cuda" or cfg.launcher.name == "slurm":
+        return
+    n = cuda_devices()
+    parallel = cfg.sweep.parallel if cfg.get("sweep") else 1
+    if not n:
+        raise ConfigError(f"hardware.device=cuda but no CUDA device is visible (torch.cuda.is_available() is False; "
+                          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}): use "
+                          "hardware=cpu, or hardware=auto to pick whatever is there")
+    if hw.processes * parallel > n:
+        raise ConfigError(f"hardware.processes={hw.processes}" + (f" x sweep.parallel={parallel}" if parallel > 1 else "")
+                          + f" needs {hw.processes * parallel} CUDA devices; {n} visible: lower it (hardware=gpu1, "
+                          f"hardware.processes={n})")
 
 
 def check_out_dir(cfg: DictConfig) -> None:
