@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,27 +192,6 @@ def multirun(overrides: list[str]) -> tuple[list[str], str | None]:
     note = (f"multirun: study {study}, a grid of {n} trial(s) over {', '.join(axes)}"
             + (f" x seeds {seeds}" if len(seeds) > 1 else "") + "; the same command resumes it")
     return [*base, f"study={study}", block, *extra], note
-
-
-# ---------------------------------------------------------------------------- optuna-dashboard
-
-
-def dashboard_command(url: str) -> str:
-    """`optuna-dashboard ...` that opens this storage (the password masked). `journal://` is the
-    harness's own scheme, not a URL optuna-dashboard knows: it takes the journal file's path, and
-    --storage-class JournalFileStorage says what it is (without it, it guesses from the file, which
-    then must already exist)."""
-    from harness.optuna_parts import mask_url
-
-    if url.startswith("journal://"):
-        return f"optuna-dashboard {shlex.quote(url.removeprefix('journal://'))} --storage-class JournalFileStorage"
-    return f"optuna-dashboard {shlex.quote(mask_url(url))}"
-
-
-def metric_names(objectives) -> list[str]:
-    """For study.set_metric_names: optuna-dashboard (and Optuna's plots) then label the values
-    `accuracy`, `flops` instead of "Objective 0", "Objective 1". In the order of the directions."""
-    return [str(k) for k in objectives]
 
 
 # ---------------------------------------------------------------------------- --help

@@ -8,6 +8,7 @@ launch.py) can use it without importing the driver.
 from __future__ import annotations
 
 import os
+import shlex
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -247,3 +248,13 @@ def with_password(url: str) -> str:
     if u is None or u.password is not None or not pw or not u.username:
         return url
     return u.set(password=pw).render_as_string(hide_password=False)
+
+
+def dashboard_command(url: str) -> str:
+    """`optuna-dashboard ...` that opens this storage (the password masked). `journal://` is the
+    harness's own scheme, not a URL optuna-dashboard knows: it takes the journal file's path, and
+    --storage-class JournalFileStorage says what it is (without it, it guesses from the file, which
+    then must already exist)."""
+    if url.startswith("journal://"):
+        return f"optuna-dashboard {shlex.quote(url.removeprefix('journal://'))} --storage-class JournalFileStorage"
+    return f"optuna-dashboard {shlex.quote(mask_url(url))}"

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.launch import Outcome, ProcessRunner
-from harness.optuna_parts import (ATTR_METRICS, INTERMEDIATE, METRICS, directions, make_pruner,
+from harness.optuna_parts import (ATTR_METRICS, INTERMEDIATE, METRICS, dashboard_command, directions, make_pruner,
                                   make_sampler, make_storage, mask_url, pop_waiting_trial, quiet_optuna,
                                   retry_callback, strip_password, tally, trial_handle, where)
 
@@ -357,7 +357,7 @@ class Driver:
         else:
             print(f"resuming study {self.cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} "
                   f"failed, {budget}", file=sys.stderr)
-        print(f"  watch: optuna-dashboard {self.url}", file=sys.stderr)
+        print(f"  watch: {dashboard_command(self.cfg.storage.url)}", file=sys.stderr)
         bar = tqdm(total=self.budget, initial=min(c["done"], self.budget or c["done"]), unit="trial",
                    desc=self.cfg.study, dynamic_ncols=True, file=sys.stderr)
         self._postfix(bar)
@@ -481,7 +481,7 @@ class Driver:
         except (OSError, KeyError, ConfigError) as e:
             print(f"(no rerun command for trial {best.number}: {e})")
         print(f"trials: {self.root}/trials/<n>/{{config.yaml,log.txt,result.json}}; "
-              f"dashboard: optuna-dashboard {self.url}")
+              f"dashboard: {dashboard_command(self.cfg.storage.url)}")
         return 0
 
 

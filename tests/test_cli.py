@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from harness import cli
 from harness.__main__ import main
 from harness.config import CONF_DIR, ROOT, ConfigError, complete, load
+from harness.optuna_parts import dashboard_command
 
 
 def run_main(capsys, *argv) -> tuple[int, str, str]:
@@ -290,8 +291,8 @@ def test_dashboard_command_opens_the_study_with_its_metric_names(tiny_cfg, monke
     cfg = tiny_cfg(f"storage={storage}", *cli.multirun(["lora.r=2,4"])[0], study="dash")
     monkeypatch.chdir(cfg.out_dir)
     study = optuna.create_study(study_name="dash", storage=make_storage(cfg), directions=["maximize", "minimize"])
-    study.set_metric_names(cli.metric_names({"accuracy": "maximize", "flops": "minimize"}))
-    cmd = cli.dashboard_command(cfg.storage.url)
+    study.set_metric_names(["accuracy", "flops"])
+    cmd = dashboard_command(cfg.storage.url)
     opened = optuna.load_study(study_name="dash", storage=_dashboard_open(cmd))
     assert opened.metric_names == ["accuracy", "flops"]
     if storage == "journal":  # what the driver used to print: read as a SQLAlchemy URL of dialect "journal"
@@ -302,12 +303,10 @@ def test_dashboard_command_opens_the_study_with_its_metric_names(tiny_cfg, monke
 
 
 def test_dashboard_command_masks_the_password():
-    cmd = cli.dashboard_command("postgresql+psycopg://me:s3cret@db.example/harness")
+    cmd = dashboard_command("postgresql+psycopg://me:s3cret@db.example/harness")
     assert "s3cret" not in cmd and cmd == "optuna-dashboard 'postgresql+psycopg://me:***@db.example/harness'"
 
 
-@pytest.mark.xfail(strict=True, reason="for the lead to wire: Driver.open() of a new study calls "
-                   "self.study.set_metric_names(cli.metric_names(self.sw.objectives)); drop this mark then")
 def test_a_new_study_names_its_metrics_for_the_dashboard(tiny_cfg):
     from harness.study import Driver
 
