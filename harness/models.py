@@ -90,7 +90,10 @@ def _tiny_dir(mcfg) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                    cls_token="[CLS]", sep_token="[SEP]")
     model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(model_type, vocab_size=len(vocab), pad_token_id=0, **spec)
+    # a real model's vocab_size (llama_1b_random) keeps its embedding/lm_head cost; the word-level
+    # tokenizer only ever emits the first len(vocab) ids
+    vocab_size = max(spec.pop("vocab_size", 0), len(vocab))
+    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, **spec)
     with torch.random.fork_rng(devices=[]):  # building the cache must not reset the trial's seeded RNG
         torch.manual_seed(0)
         model = AutoModel.from_config(config)
