@@ -6,7 +6,8 @@ With -m and comma/range/choice values: a grid study over them. `--help` lists gr
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+
+from harness.record import TrialPaths
 
 
 def _fmt(x) -> str:
@@ -81,7 +82,7 @@ def _run(cfg, overrides: list[str]) -> int:
     print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
           f"(${rec['cost_usd']:.5f}), peak memory {rec['peak_memory_bytes'] / 2**20:.0f} MiB, "
           f"{rec['trainable_params']:,} trainable params")
-    run_dir = Path(cfg.out_dir) / rec["study"] / "trials" / str(rec["trial"])
+    run_dir = TrialPaths(cfg.out_dir, rec["study"], rec["trial"]).dir
     print(f"record   {run_dir}/result.json")
     wb = rec.get("wandb") or {}
     if wb.get("mode") == "offline":

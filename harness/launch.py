@@ -19,6 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.config import to_yaml
+from harness.record import TrialRecord, read_record
 
 
 def allocate_trial(cfg: DictConfig) -> Path:
@@ -154,28 +155,29 @@ class Outcome:
     state: str                       # "COMPLETE" | "PRUNED" | "FAIL" (Optuna's TrialState names)
     values: list[float] | None = None
     reason: str | None = None
-    record: dict | None = None
+    record: TrialRecord | None = None
 
 
-def outcome(rc: int, record: dict | None, log: Path, objectives) -> Outcome:
-    status = (record or {}).get("status")
+def outcome(rc: int, record: TrialRecord | dict | None, log: Path, objectives) -> Outcome:
+    rec = TrialRecord.model_validate(record) if isinstance(record, dict) else record
+    status = rec.status if rec else None
     if status == "pruned":
-        return Outcome("PRUNED", None, record.get("reason") or "pruned", record)
+        return Outcome("PRUNED", None, rec.reason or "pruned", rec)
     if status == "failed":
-        return Outcome("FAIL", None, record.get("reason") or f"failed (exit code {rc})", record)
+        return Outcome("FAIL", None, rec.reason or f"failed (exit code {rc})", rec)
     if rc < 0:
         sig = signal.Signals(-rc).name
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if sig == "SIGKILL" else ""
-        return Outcome("FAIL", None, f"trial process killed by {sig}{hint}; log: {_tail(log)}", record)
+        return Outcome("FAIL", None, f"trial process killed by {sig}{hint}; log: {_tail(log)}", rec)
     if rc != 0:
-        return Outcome("FAIL", None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})", record)
+        return Outcome("FAIL", None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})", rec)
     if status != "complete":
-        return Outcome("FAIL", None, f"exit code 0 but no complete result.json; log: {_tail(log)}", record)
-    values = [record.get(k) for k in objectives]
-    bad = [k for k, v in zip(objectives, values) if v is None or not math.isfinite(v)]
+        return Outcome("FAIL", None, f"exit code 0 but no complete result.json; log: {_tail(log)}", rec)
+    values = [getattr(rec, k, None) for k in objectives]
+    bad = [k for k, v in zip(objectives, values) if not isinstance(v, (int, float)) or not math.isfinite(v)]
     if bad:
-        return Outcome("FAIL", None, f"objective {', '.join(bad)} is {record.get(bad[0])}", record)
-    return Outcome("COMPLETE", values, None, record)
+        return Outcome("FAIL", None, f"objective {', '.join(bad)} is {getattr(rec, bad[0], None)}", rec)
+    return Outcome("COMPLETE", values, None, rec)
 
 
 def _tail(path: Path, n: int = 3) -> str:
@@ -251,12 +253,7 @@ class ProcessRunner:
                         beat()
             finally:
                 self.procs.pop(n, None)
-        result = run_dir / "result.json"
-        try:
-            record = json.loads(result.read_text()) if result.is_file() else None
-        except json.JSONDecodeError:  # killed mid-write
-            record = None
-        return outcome(rc, record, run_dir / "log.txt", objectives)
+        return outcome(rc, read_record(run_dir / "result.json"), run_dir / "log.txt", objectives)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """End every running trial's process group (SIGTERM first; SIGKILL for a second interrupt)."""

@@ -16,15 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from harness.config import ConfigError
-
-
-# result.json keys that can be objectives; those measured at intermediate evals can feed a pruner.
-METRICS = ("accuracy", "eval_loss", "best_intermediate_accuracy", "train_loss", "flops", "train_flops",
-           "device_seconds", "wall_seconds", "tokens", "peak_memory_bytes", "trainable_params", "cost_usd")
-INTERMEDIATE = {"accuracy": "accuracy", "eval_loss": "loss"}  # objective -> key of the eval dict
-ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "peak_memory_bytes",
-                "trainable_params", "cost_usd")
-PRUNED_EXIT = 3  # harness.train's exit code for a pruned trial
+from harness.record import INTERMEDIATE
 
 
 def quiet_optuna() -> None:

@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.launch import Outcome, ProcessRunner
-from harness.optuna_parts import (ATTR_METRICS, INTERMEDIATE, METRICS, dashboard_command, directions, make_pruner,
+from harness.record import ATTR_METRICS, INTERMEDIATE, METRICS, TrialPaths
+from harness.optuna_parts import (dashboard_command, directions, make_pruner,
                                   make_sampler, make_storage, mask_url, pop_waiting_trial, quiet_optuna,
                                   retry_callback, strip_password, tally, trial_handle, where)
 
@@ -309,7 +310,7 @@ class Driver:
         from optuna.trial import TrialState
 
         n = trial.number
-        run_dir = self.root / "trials" / str(n)
+        run_dir = TrialPaths(self.cfg.out_dir, self.cfg.study, n).dir
         overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), f"seed={seed}", f"trial={n}"]
         attrs = {"overrides": [mask_override(o) for o in overrides], "run_dir": str(run_dir), "seed": seed,
                  "params": params}
@@ -328,7 +329,7 @@ class Driver:
         if interrupted:
             out.reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
         if out.record:
-            attrs.update({k: out.record.get(k) for k in ATTR_METRICS})
+            attrs.update({k: getattr(out.record, k, None) for k in ATTR_METRICS})
         # always both keys: a retry inherits the user_attrs of the attempt it repeats
         attrs["fail_reason"] = out.reason if out.state == "FAIL" else None
         attrs["prune_reason"] = out.reason if out.state == "PRUNED" else None

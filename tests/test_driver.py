@@ -166,3 +166,15 @@ def test_a_storage_that_becomes_read_only_mid_sweep_ends_the_driver_with_one_lin
 
     first = optuna.load_study(study_name="ro", storage=f"sqlite:///{study_dir}/study.db").trials[0]
     assert first.state == TrialState.COMPLETE and first.params["lora.r"] == 2
+
+
+def test_printing_a_config_imports_neither_torch_nor_optuna():
+    """`python -m harness --cfg` (and every config error) stays fast: the schema, the presets and the
+    record type are torch-free."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.__main__ import main; main(['--cfg', 'sweep=lora_rank']); "
+            "print(sorted(m for m in ('torch', 'optuna', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-2000:]
