@@ -51,8 +51,14 @@ def write_config(cfg: DictConfig, run_dir: Path) -> Path:
     if url != cfg.storage.url:
         cfg = copy.deepcopy(cfg)
         cfg.storage.url = url
+    from harness.cli import version
+    from harness.tracking import git_sha
+
     path = run_dir / "config.yaml"
-    path.write_text(to_yaml(cfg))
+    sha = git_sha()
+    made_by = f"git {sha}" if sha else version()
+    path.write_text(f"# python -m harness.train {path}   (trial {cfg.get('trial')} of study {cfg.study}; {made_by})\n"
+                    + to_yaml(cfg))
     return path
 
 
@@ -202,11 +208,13 @@ def cpu_threads(cfg: DictConfig, concurrent: int) -> DictConfig:
     """The config with hardware.threads resolved (when unset): this process's cores (its affinity,
     which SLURM and cgroups narrow) split over the `concurrent` trial processes, so processes x threads
     never exceeds the cores. Written into config.yaml: the trial reads it, no environment variable."""
+    from harness.tracking import usable_cpus
+
     if cfg.hardware.threads is not None:
         return cfg
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
-        cfg.hardware.threads = max(1, len(os.sched_getaffinity(0)) // max(1, concurrent))
+        cfg.hardware.threads = max(1, usable_cpus() // max(1, concurrent))
     return cfg
 
 
