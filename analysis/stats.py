@@ -17,6 +17,10 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+# short axis names for labels, figures and tables
+LABELS = {"lora.r": "r", "lora.alpha": "α", "lora.alpha_over_r": "α/r", "lora.targets": "targets",
+          "data.train_size": "n", "train.lr": "lr", "lora.dropout": "dropout", "quant.mode": "quant", "model.name": "model",
+          "train.max_steps": "steps", "method": "method"}
 ALPHA = 0.05
 POWER = 0.8
 
@@ -46,8 +50,6 @@ def pareto_mask(cost, acc) -> np.ndarray:
 
 def label(row, axes) -> str:
     """`r=8, targets=all_linear`: a configuration's name in figures, tables and sentences."""
-    from analysis.figures import LABELS
-
     return ", ".join(f"{LABELS.get(k, k)}={_fmt(row[k])}" for k in axes) or "all trials"
 
 
@@ -65,7 +67,7 @@ def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", 
                      "sd": float(g[metric].std(ddof=1)) if n > 1 else np.nan,
                      "cost": float(g[cost].mean()) if cost in g else np.nan,
                      **{c: float(g[c].mean()) for c in ("flops", "device_hours", "cost_usd", "trainable_params")
-                        if c in g and c != cost},
+                        if c in g},
                      "seeds": sorted(int(s) for s in g["seed"].dropna()), "trials": sorted(int(t) for t in g["trial"])})
     out = pd.DataFrame(rows)
     if not out.empty:
@@ -76,6 +78,19 @@ def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", 
 def best(configs: pd.DataFrame) -> pd.Series:
     """The configuration with the best mean; ties go to the lower compute."""
     return configs.sort_values(["mean", "cost"], ascending=[False, True]).iloc[0]
+
+
+def tune(df: pd.DataFrame, axes: list[str], axis: str) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """Each arm at its own best value of `axis` (the papers' protocol for lr): for every setting of
+    the other axes keep the trials of the axis value with the best mean. Returns (trials, the other
+    axes, the configurations kept)."""
+    others = [a for a in axes if a != axis]
+    configs = configurations(df, axes)
+    picked = pd.DataFrame([best(g) for _, g in (configs.groupby(others, dropna=False) if others else [((), configs)])])
+    keep = np.zeros(len(df), bool)
+    for _, c in picked.iterrows():
+        keep |= np.logical_and.reduce([df[k].astype(str) == str(c[k]) for k in axes])
+    return df[keep], others, picked
 
 
 # ---------------------------------------------------------------------------- paired comparisons
@@ -164,7 +179,7 @@ def comparisons(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", alp
         a, b = configs.iloc[i], configs.iloc[j]
         r = paired(by_seed[a["label"]], by_seed[b["label"]])
         rows.append({"axis": axis, "a": a["label"], "b": b["label"], "a_value": a[axis], "b_value": b[axis],
-                     "held": label(a, [k for k in axes if k != axis]), **r,
+                     "held": label(a, [k for k in axes if k != axis]) if len(axes) > 1 else "", **r,
                      "mde": min_detectable_effect(r["sd_diff"], r["n"], alpha),
                      "seeds_for_effect": seeds_needed(r["sd_diff"], effect, alpha)})
     out = pd.DataFrame(rows)

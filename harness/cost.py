@@ -7,7 +7,8 @@ FLOPs: the dense-transformer count (Kaplan et al. 2020, sec. 2.1), per token, pa
            of SmolLM2-135M's forward). Embedding lookups multiply nothing and are left out.
   N_train  the trained ones among them (LoRA A/B + head; everything for method=full)
   N_bwd    the ones the backward pass runs through: every weight from the first trained one on, in
-           module order (all of them for LoRA and full; only the head for a linear probe)
+           module order (only the head for a linear probe), or all of them where the input embeddings
+           are made to require grad (peft's k-bit preparation does, so every QLoRA trial)
   forward                  2 N T
   backward, input grads    2 N_bwd T
   backward, weight grads   2 N_train T
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 
-def param_counts(model) -> dict[str, int]:
+def param_counts(model, input_grads: bool = False) -> dict[str, int]:
     """Parameter counts (4-bit weights counted unpacked) and the matmul weights of the FLOPs formula."""
     if hasattr(model, "get_nb_trainable_parameters"):  # peft: knows the packed 4-bit sizes
         trainable, total = model.get_nb_trainable_parameters()
@@ -42,13 +43,14 @@ def param_counts(model) -> dict[str, int]:
         total = sum(p.numel() for p in model.parameters())
     embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return {"trainable_params": int(trainable), "total_params": int(total),
-            "non_embedding_params": int(total - embed), **matmul_params(model)}
+            "non_embedding_params": int(total - embed), **matmul_params(model, input_grads)}
 
 
-def matmul_params(model) -> dict[str, int]:
-    """N, N_train and N_bwd of the formula above, from the model's Linear layers in module order."""
+def matmul_params(model, input_grads: bool = False) -> dict[str, int]:
+    """N, N_train and N_bwd of the formula above, from the model's Linear layers in module order.
+    input_grads: the embeddings' output requires grad, so the backward reaches every layer."""
     n = n_train = n_bwd = 0
-    reached = False
+    reached = input_grads
     for name, m in model.named_modules():
         # peft keeps an untouched copy of a trained head (modules_to_save) that never runs
         if not isinstance(m, torch.nn.Linear) or ".original_module" in name:

@@ -206,7 +206,8 @@ def run(cfg, reporter=None) -> dict:
             baseline_flops = eval_flops(matmul_params(model), baseline["tokens"])
     with clock.phase("load"):
         model, targets = prepare(model, cfg)
-        params = param_counts(model)
+        # k-bit preparation makes the embeddings' output require grad: the backward then runs through every layer
+        params = param_counts(model, input_grads=cfg.method == "lora" and cfg.quant.mode != "none")
     majority = task.reference_accuracy(test_items)
 
     if main:

@@ -99,3 +99,35 @@ def test_saturating_fit_recovers_a_power_law():
     lo, hi = fit["interval"]
     assert lo < fit["prediction"] < hi and hi - lo < 0.05
     assert stats.saturating_fit([100, 200], [0.5, 0.6]) is None  # fewer than 3 sizes: no curve
+
+
+def _frozen(number, targets, seed, acc, flops):
+    import optuna
+
+    return optuna.trial.create_trial(
+        params={"lora.targets": targets}, distributions={"lora.targets": optuna.distributions.CategoricalDistribution(
+            ["qv", "all", "mlp"])}, value=acc,
+        user_attrs={"seed": seed, "accuracy": acc, "flops": flops, "device_seconds": 1.0}) if acc is not None else \
+        optuna.trial.create_trial(params={"lora.targets": targets}, distributions={
+            "lora.targets": optuna.distributions.CategoricalDistribution(["qv", "all", "mlp"])},
+            state=optuna.trial.TrialState.FAIL, user_attrs={"seed": seed})
+
+
+def test_driver_summary_aggregates_seeds_and_names_the_best_configuration():
+    from harness import report
+
+    spec = [("qv", 0, 0.90, 1.0), ("qv", 1, 0.50, 1.0), ("qv", 2, 0.52, 1.0), ("all", 0, 0.70, 2.0),
+            ("all", 1, 0.71, 2.0), ("all", 2, 0.72, 2.0), ("mlp", 0, 0.69, 1.5), ("mlp", 1, 0.71, 1.5),
+            ("mlp", 2, 0.73, 1.5), ("mlp", 3, None, None)]
+    trials = [_frozen(i, *s) for i, s in enumerate(spec)]
+    for i, t in enumerate(trials):
+        t.number = i
+    obj = {"accuracy": "maximize"}
+    best = report.best_configuration(trials, obj)
+    assert best["params"] == {"lora.targets": "mlp"} and best["trials"] == [6, 7, 8]  # ties `all`, cheaper
+    assert best["accuracy"] == pytest.approx(0.71) and best["accuracy_ci"] == pytest.approx(0.04968, abs=1e-4)
+    table = report.summary_table(trials, ["lora.targets"], obj)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3 and lines[2].split()[0] == "mlp" and lines[-1].split()[0] == "qv"
+    assert "0.71 ± 0.04968" in lines[2] and " 3 " in lines[2]
+    assert report.best_line(trials, ["lora.targets"], obj).startswith("best = lora.targets=mlp: accuracy 0.71 ± ")
