@@ -299,6 +299,7 @@ def _join(rows: list[dict], optuna_df: pd.DataFrame | None, study: str) -> pd.Da
     if runs.empty:
         runs = pd.DataFrame(columns=["study", "trial", *PARAMS, *METRICS, "git_sha", "sweep_axes", "source", "wandb_run_id",
                                      "wandb_state", "run_dir"])
+    runs = runs[[c for c in RUN_COLS if c in runs] + [c for c in runs if c not in RUN_COLS]]  # one order, any source
     runs["trial"] = runs["trial"].astype("Int64")
     if optuna_df is None or optuna_df.empty:
         df = runs.assign(state=None)
