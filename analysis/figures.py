@@ -267,7 +267,7 @@ def axis_figure_name(axis: str) -> str:
 def alpha_rank_heatmap(loaded, width: str):
     """Mean accuracy over seeds for each (alpha, rank) cell."""
     ok, _, _ = split(loaded)
-    if ok["lora.alpha"].nunique() < 2 or ok["lora.r"].nunique() < 2:
+    if not {"lora.alpha", "lora.r"} <= set(ok) or ok["lora.alpha"].nunique() < 2 or ok["lora.r"].nunique() < 2:
         raise Skip("needs 2+ alphas and 2+ ranks among complete trials")
     if ok.groupby("lora.r")["lora.alpha"].nunique().max() < 2:
         raise Skip("alpha is tied to rank in this study (one alpha per rank): nothing to separate")
