@@ -222,11 +222,11 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
         trials = _match(lora, g.iloc[0], others)
         if numeric:
             dodge = 1 + 0.03 * (i - (len(shown) - 1) / 2)  # lines apart on the log axis: bars stay readable
-            xs, txs = g[axis] * dodge, trials[axis] * dodge
+            xs, txs = g[axis] * dodge, trials[axis] * dodge * 0.985  # seeds just left of their bar
         else:
             off = 0.12 * (i - (len(shown) - 1) / 2)
             xs = np.array([cats.index(str(v)) for v in g[axis]]) + off
-            txs = np.array([cats.index(str(v)) for v in trials[axis]]) + off
+            txs = np.array([cats.index(str(v)) for v in trials[axis]]) + off - 0.05
         _seeds(ax, txs, trials["accuracy"], color)
         _means(ax, xs, g, color, marker, name, line=numeric)
         if axis == "data.train_size":

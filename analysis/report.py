@@ -164,7 +164,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
         md += ["## Reference arms"]
         for method, g in refs.groupby("method"):
             m, h, n = stats.t_interval(g["accuracy"])
-            md.append(f"- {method}: {m:.4f}" + (f" ± {h:.4f}" if n > 1 else "") + f" ({n} seeds), "
+            md.append(f"- {method}: {m:.4f}" + (f" ± {h:.4f}" if n > 1 else "") + f" ({n} seed{'s' if n != 1 else ''}), "
                       f"{g['flops'].mean():.3g} FLOPs, {g['trainable_params'].mean():,.0f} trainable parameters")
         md.append("")
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]

@@ -38,9 +38,10 @@ def param_counts(model, input_grads: bool = False) -> dict[str, int]:
     """Parameter counts (4-bit weights counted unpacked) and the matmul weights of the FLOPs formula."""
     if hasattr(model, "get_nb_trainable_parameters"):  # peft: knows the packed 4-bit sizes
         trainable, total = model.get_nb_trainable_parameters()
-    else:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+    else:  # as peft counts: a packed 4-bit tensor holds 2 weights per byte of its storage
+        sizes = [(p.numel() * (2 * p.element_size() if type(p).__name__ == "Params4bit" else 1), p.requires_grad)
+                 for p in model.parameters()]
+        trainable, total = sum(n for n, g in sizes if g), sum(n for n, _ in sizes)
     embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return {"trainable_params": int(trainable), "total_params": int(total),
             "non_embedding_params": int(total - embed), **matmul_params(model, input_grads)}
