@@ -113,9 +113,16 @@ def _reference_lines(ax, refs: pd.DataFrame) -> None:
         name, ls, color = REFERENCES.get(method, (method, ":", "0.3"))
         mean, half, n = t_interval(g["accuracy"])
         ax.axhline(mean, color=color, ls=ls, lw=1.0, zorder=1,
-                   label=f"{name} ({n} seed{'s' if n != 1 else ''}, {g['flops'].mean():.2g} FLOPs)")
+                   label=f"{reference_name(method, g)} ({n} seed{'s' if n != 1 else ''}, {g['flops'].mean():.2g} FLOPs)")
         if n > 1:
             ax.axhspan(mean - half, mean + half, color=color, alpha=0.08, lw=0, zorder=0)
+
+
+def reference_name(method: str, g: pd.DataFrame) -> str:
+    """'head only (linear probe), lr 0.01': a reference arm runs at its own learning rate."""
+    name = REFERENCES.get(method, (method,))[0]
+    lrs = sorted(set(g["train.lr"].dropna())) if "train.lr" in g else []
+    return name + (f", lr {', '.join(f'{v:g}' for v in lrs)}" if lrs else "")
 
 
 def _seeds(ax, x, y, color) -> None:
@@ -187,10 +194,10 @@ def accuracy_vs_compute(loaded, width: str):
                 ax.annotate(config_label(c, axes[1:]), (c[x], c["mean"]), fontsize=5, xytext=(3, 3),
                             textcoords="offset points", color="0.3")
         for method, g in refs.groupby("method"):
-            name, _, color = REFERENCES.get(method, (method, ":", "0.3"))
+            _, _, color = REFERENCES.get(method, (method, ":", "0.3"))
             mean, half, _n = t_interval(g["accuracy"])
             ax.errorbar([g[x].mean()], [mean], yerr=[0 if np.isnan(half) else half], color=color, marker="X",
-                        ms=6, capsize=2.5, ls="none", label=name, zorder=4)
+                        ms=6, capsize=2.5, ls="none", label=reference_name(method, g), zorder=4)
         _baseline(ax, lora)
         _log_x(ax, pd.concat([configs[x], refs[x]]))
         ax.set_xlabel(xlabel)

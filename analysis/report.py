@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.figures import split
+from analysis.figures import reference_name, split
 from analysis.tables import _p, best_configs, comparison_table, to_latex
 
 COSTS = {"flops": ("flops", "FLOPs"), "device_hours": ("device_hours", "device-hours"), "usd": ("cost_usd", "USD")}
@@ -164,7 +164,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
         md += ["## Reference arms"]
         for method, g in refs.groupby("method"):
             m, h, n = stats.t_interval(g["accuracy"])
-            md.append(f"- {method}: {m:.4f}" + (f" ± {h:.4f}" if n > 1 else "") + f" ({n} seed{'s' if n != 1 else ''}), "
+            md.append(f"- {reference_name(method, g)}: {m:.4f}" + (f" ± {h:.4f}" if n > 1 else "") + f" ({n} seed{'s' if n != 1 else ''}), "
                       f"{g['flops'].mean():.3g} FLOPs, {g['trainable_params'].mean():,.0f} trainable parameters")
         md.append("")
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.figures import REFERENCES, complete, split
+from analysis.figures import complete, reference_name, split
 from analysis.stats import LABELS, comparisons, configurations, pareto_mask, t_interval
 
 
@@ -45,7 +45,7 @@ def _reference_rows(refs: pd.DataFrame, all_trials: pd.DataFrame, axes: list[str
     rows = []
     for method, g in refs.groupby("method"):
         mean, half, n = t_interval(g["accuracy"])
-        rows.append({**blank, first: REFERENCES.get(method, (method,))[0], "accuracy": _acc(mean, half, n), "seeds": n,
+        rows.append({**blank, first: reference_name(method, g), "accuracy": _acc(mean, half, n), "seeds": n,
                      "compute": f"{g['flops'].mean() / scale:.3g}", "device-h": f"{g['device_hours'].mean():.3g}",
                      "cost (USD)": f"{g['cost_usd'].mean():.3g}",
                      "trainable params": f"{g['trainable_params'].mean():,.0f}",
