@@ -53,6 +53,10 @@ def what_was_run(loaded, overrides: list[str]) -> list[str]:
         f"lr {train.get('lr')}, eval every {train.get('eval_every') or '— (final only)'}",
         f"- model: {model.get('name')} ({model.get('source')}), quant {(cfg.get('quant') or {}).get('mode')}; data: "
         f"{data.get('name')}, train {data.get('train_size')}, test {data.get('test_size')}",
+        *(f"- reference arm: `python -m harness study={cfg.get('study')} method={m} train.lr={g['train.lr'].iloc[0]:g}"
+          f"{' quant=none' if set(g['quant.mode']) == {'none'} and m == 'full' else ''} seed=S"
+          f"{''.join(' ' + o for o in overrides if o.startswith('out_dir='))}` for seeds "
+          f"{sorted(int(x) for x in g['seed'])}" for m, g in df[df["method"].fillna("lora") != "lora"].groupby("method")),
         f"- git SHA: {', '.join(dict.fromkeys(s[:12] for s in shas)) or 'unknown'}; {versions}",
     ]
 
