@@ -250,6 +250,7 @@ def test_pareto_points_drawn_are_exactly_the_non_dominated_configuration_means(l
     (["sweep=no_such_sweep"], "no_such_sweep"),
     ([], "which study?"),
     (["--wandb", "just-a-project", "--group", "x"], "ENTITY/PROJECT"),
+    (["--epsilon", "200"], "--epsilon is in accuracy points"),
 ])
 def test_missing_inputs_give_one_line_and_exit_2(args, message, tmp_path, capsys):
     from analysis.__main__ import main
