@@ -131,3 +131,12 @@ def test_driver_summary_aggregates_seeds_and_names_the_best_configuration():
     assert len(lines) == 2 + 3 and lines[2].split()[0] == "mlp" and lines[-1].split()[0] == "qv"
     assert "0.71 ± 0.04968" in lines[2] and " 3 " in lines[2]
     assert report.best_line(trials, ["lora.targets"], obj).startswith("best = lora.targets=mlp: accuracy 0.71 ± ")
+
+
+def test_driver_summary_imports_neither_torch_nor_analysis():
+    import subprocess
+    import sys
+
+    code = "import sys, harness.report; print(sorted(m for m in ('torch', 'analysis') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
