@@ -1,11 +1,12 @@
-"""python -m analysis sweep=NAME [overrides ...] [--out DIR] [--refresh] [--publish]
+"""python -m analysis sweep=NAME [overrides ...] [--report] [--epsilon E] [--cost C] [--tune AXIS]
 python -m analysis --wandb ENTITY/PROJECT --group STUDY [--storage URL] [--publish]
 
-Loads every trial of a study (W&B runs joined with the Optuna study) into one frame, cached as
-runs/<study>/trials.parquet, and writes paper figures to runs/<study>/figures/ and tables to
-runs/<study>/tables/ (or under --out). The overrides are the ones the study ran with (Hydra
-syntax, e.g. `sweep=lora_rank out_dir=/scratch/runs`): they give the study name, out_dir and
-the Optuna storage URL. Missing inputs end with a one-line message and exit code 2.
+Loads every trial of a study (its result.json records joined with the Optuna study) into one frame,
+cached as runs/<study>/trials.parquet, and writes paper figures to runs/<study>/figures/, tables
+to runs/<study>/tables/ and, with --report, the findings report runs/<study>/report.{md,tex} (or
+under --out). The overrides are the ones the study ran with (Hydra syntax, e.g. `sweep=lora_rank
+out_dir=/scratch/runs`): they give the study name, out_dir and the Optuna storage URL. Missing
+inputs end with a one-line message and exit code 2.
 """
 from __future__ import annotations
 
@@ -20,11 +21,23 @@ def _args(argv):
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. sweep=lora_rank out_dir=runs")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs online from this W&B project")
     p.add_argument("--group", metavar="STUDY", help="W&B group (= study name) of the runs; sets study=")
+    p.add_argument("--wandb-offline", action="store_true",
+                   help="read the offline W&B run files (wandb leet) instead of result.json, as a cross-check")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: the config's storage.url)")
-    p.add_argument("--out", type=Path, help="write figures/ and tables/ here instead of runs/<study>/")
+    p.add_argument("--out", type=Path, help="write figures/, tables/ and the report here instead of runs/<study>/")
     p.add_argument("--refresh", action="store_true", help="re-read the runs even if the cached frame is fresh")
+    p.add_argument("--report", action="store_true", help="also write the findings report (report.md, report.tex)")
+    p.add_argument("--epsilon", type=float, default=1.0,
+                   help="recommend the cheapest configuration within this many accuracy points of the best (1)")
+    p.add_argument("--cost", choices=("flops", "device_hours", "usd"), default="flops", help="what 'cheapest' means")
+    p.add_argument("--tune", metavar="AXIS", help="compare arms each at its own best value of AXIS (e.g. train.lr)")
     p.add_argument("--publish", action="store_true", help="also build a W&B Report (online studies)")
     return p.parse_args(argv)
+
+
+def _err(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,24 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.group:
         overrides.append(f"study={args.group}")
     if args.wandb and args.wandb.count("/") != 1:
-        print(f"error: --wandb wants ENTITY/PROJECT, got {args.wandb!r}", file=sys.stderr)
-        return 2
+        return _err(f"--wandb wants ENTITY/PROJECT, got {args.wandb!r}")
     if args.wandb and not args.group:
-        print("error: --wandb needs --group STUDY (the W&B group the study's runs were logged under)", file=sys.stderr)
-        return 2
+        return _err("--wandb needs --group STUDY (the W&B group the study's runs were logged under)")
+    if not 0 <= args.epsilon < 100:
+        return _err(f"--epsilon is in accuracy points, 0 to 100; got {args.epsilon}")
     try:
         cfg = load(overrides)
         study = runs.Study(name=cfg.study, dir=Path(cfg.out_dir) / cfg.study,
                            storage_url=args.storage or cfg.storage.url, wandb_path=args.wandb)
         if not cfg.get("sweep") and cfg.study == "single" and not args.group:
             raise runs.AnalysisError("which study? pass sweep=NAME (or study=NAME, or --group NAME)")
-        loaded = runs.load(study, refresh=args.refresh)
+        loaded = runs.load(study, refresh=args.refresh, wandb_offline=args.wandb_offline)
+        if args.tune and args.tune not in loaded.axes:
+            raise runs.AnalysisError(f"--tune {args.tune}: not a searched axis of this study "
+                                     f"({', '.join(loaded.axes) or 'none'})")
     except ConfigError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # Hydra's hint, on one line
-        return 2
+        return _err(" ".join(str(e).split()))  # Hydra's hint, on one line
     except runs.AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _err(str(e))
 
     df = loaded.trials
     for note in loaded.notes:
@@ -65,11 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     root = args.out or study.dir
     written = figures.write_all(loaded, root / "figures", say=lambda m: print(f"note: {m}"))
     written += tables.write_all(loaded, root / "tables", say=lambda m: print(f"note: {m}"))
+    best = tables.best_configs(loaded)
+    rec = []
+    if args.report or not best.empty:
+        from analysis import report
+
+        if args.report:
+            paths, rec = report.write(loaded, overrides, root, epsilon=args.epsilon / 100, cost=args.cost,
+                                      tune=args.tune)
+            written += paths
+        else:
+            lora, _, axes = figures.split(loaded)
+            rec = report.recommendation(lora, axes, args.epsilon / 100, args.cost)
     for path in written:
         print(f"wrote    {path}")
-    best = tables.best_configs(df)
     if not best.empty:
-        print("\nbest configurations:\n" + best.head(5).to_markdown(index=False))
+        print("\nconfigurations (mean ± 95% CI over seeds), best first:\n" + best.head(8).to_markdown(index=False))
+        print("\nrecommendation:\n" + "\n".join(rec))
     if args.publish:
         from analysis.publish import publish
 

@@ -1,6 +1,11 @@
 """Paper figures from the study frame: PDF (vector, TrueType fonts) + PNG, at one-column (3.3 in)
 and two-column (6.9 in) widths, Okabe-Ito colours (safe for the common colour-vision deficiencies),
 8 pt text. A figure the data cannot support is skipped with a note instead of drawn half-empty.
+
+Every figure is seed-aware: a configuration (one value per searched axis) is drawn as its mean with
+a 95% Student-t interval over seeds, its single seeds faint behind it. One figure per searched axis;
+the Pareto front is computed on configuration means; reference arms (method=head_only / full) and
+the zero-shot baseline are reference lines. Figures are registered by name in FIGURES.
 """
 from __future__ import annotations
 
@@ -13,6 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.stats import LABELS, configurations, pareto_mask, saturating_fit, t_interval  # noqa: E402,F401
+
+ci95 = t_interval  # the name tables and older callers use
+
 # Okabe & Ito (2008), "Color Universal Design". Yellow last and unused: too faint on white.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -24,49 +33,21 @@ STYLE = {
     "lines.markersize": 4, "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42,  # editable text in PDFs
     "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
 }
-LABELS = {"lora.r": "r", "lora.alpha": "α", "lora.targets": "targets", "data.train_size": "n", "train.lr": "lr",
-          "lora.dropout": "dropout", "quant.mode": "quant", "model.name": "model", "train.max_steps": "steps"}
+AXIS_TITLES = {"lora.r": "LoRA rank r", "lora.alpha": "LoRA alpha α", "lora.alpha_over_r": "α / r",
+               "lora.targets": "adapted modules (trainable parameters)", "data.train_size": "training-set size (examples)",
+               "train.lr": "learning rate"}
 CONFIG_KEYS = ("lora.targets", "lora.r", "lora.alpha", "data.train_size", "train.lr", "lora.dropout",
                "train.max_steps", "quant.mode", "model.name", "data.name")
+REFERENCES = {"head_only": ("head only (linear probe)", ":", "#D55E00"), "full": ("full fine-tune", "-.", "#000000")}
 ACC = "accuracy on the test split"
+ACC_CI = "accuracy (mean ± 95% CI over seeds)"
 
 
 class Skip(Exception):
     """The study's data does not support this figure; the message says why."""
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def _log_x(ax, values) -> None:
-    """Log x axis; within one decade, a few plain labels (matplotlib's minor log labels overlap there)."""
-    from matplotlib import ticker
-
-    ax.set_xscale("log")
-    lo, hi = float(np.min(values)), float(np.max(values))
-    if lo > 0 and hi / lo < 10:
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
-        ax.xaxis.set_minor_locator(ticker.NullLocator())
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
-
-
-def pareto_mask(cost, acc) -> np.ndarray:
-    """True where no other point is at least as cheap and as accurate and strictly better in one."""
-    c, a = np.asarray(cost, float)[:, None], np.asarray(acc, float)[:, None]
-    dominated = (c.T <= c) & (a.T >= a) & ((c.T < c) | (a.T > a))  # [i, j]: j dominates i
-    return ~dominated.any(axis=1)
-
-
-def ci95(values) -> tuple[float, float, int]:
-    """Mean, half-width of the 95% Student-t interval, n (half-width NaN for n < 2)."""
-    from scipy import stats
-
-    v = np.asarray(values, float)
-    v = v[~np.isnan(v)]
-    n = len(v)
-    if n < 2:
-        return (float(v.mean()) if n else np.nan), np.nan, n
-    return float(v.mean()), float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / np.sqrt(n)), n
+# ---------------------------------------------------------------------------- data helpers
 
 
 def complete(df: pd.DataFrame) -> pd.DataFrame:
@@ -78,19 +59,79 @@ def varying(df: pd.DataFrame, keys=CONFIG_KEYS) -> list[str]:
     return [k for k in keys if k in df and df[k].astype(str).nunique() > 1]
 
 
+def split(loaded) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(LoRA trials, reference-arm trials, searched axes) among the complete trials."""
+    df = complete(loaded.trials)
+    method = df["method"].fillna("lora") if "method" in df else pd.Series("lora", index=df.index)
+    axes = [a for a in loaded.axes if a != "method"]
+    return df[method == "lora"], df[method != "lora"], axes
+
+
 def config_label(row, keys) -> str:
     return ", ".join(f"{LABELS.get(k, k)}={_fmt(row[k])}" for k in keys) or "all trials"
 
 
 def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, (int, float, np.integer, np.floating)) else str(v)
+    return f"{v:g}" if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else str(v)
 
 
-def _baseline(ax, df: pd.DataFrame, horizontal: bool = True) -> None:
+def _match(df: pd.DataFrame, row, keys) -> pd.DataFrame:
+    return df[np.logical_and.reduce([df[k].astype(str) == str(row[k]) for k in keys])] if keys else df
+
+
+# ---------------------------------------------------------------------------- drawing helpers
+
+
+def _log_x(ax, values, ticks: bool = False) -> None:
+    """Log x axis; within one decade, a few plain labels (matplotlib's minor log labels overlap there)."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    v = np.asarray(values, float)
+    if ticks:
+        vals = sorted(set(v))
+        ax.set_xticks(vals, [f"{x:g}" for x in vals])
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        return
+    lo, hi = float(np.min(v)), float(np.max(v))
+    if lo > 0 and hi / lo < 10:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.3g}"))
+
+
+def _baseline(ax, df: pd.DataFrame) -> None:
     """The zero-shot reference: the base model with its untrained head, same test split."""
-    b = df["baseline_accuracy"].dropna()
+    b = df["baseline_accuracy"].dropna() if "baseline_accuracy" in df else pd.Series(dtype=float)
     if not b.empty:
         ax.axhline(b.median(), color="0.35", ls="--", lw=0.9, label="zero-shot (base model)", zorder=1)
+
+
+def _reference_lines(ax, refs: pd.DataFrame) -> None:
+    """head_only / full as horizontal lines at their mean, their 95% interval shaded."""
+    for method, g in refs.groupby("method"):
+        name, ls, color = REFERENCES.get(method, (method, ":", "0.3"))
+        mean, half, n = t_interval(g["accuracy"])
+        ax.axhline(mean, color=color, ls=ls, lw=1.0, zorder=1,
+                   label=f"{reference_name(method, g)} ({n} seed{'s' if n != 1 else ''}, {g['flops'].mean():.2g} FLOPs)")
+        if n > 1:
+            ax.axhspan(mean - half, mean + half, color=color, alpha=0.08, lw=0, zorder=0)
+
+
+def reference_name(method: str, g: pd.DataFrame) -> str:
+    """'head only (linear probe), lr 0.01': a reference arm runs at its own learning rate."""
+    name = REFERENCES.get(method, (method,))[0]
+    lrs = sorted(set(g["train.lr"].dropna())) if "train.lr" in g else []
+    return name + (f", lr {', '.join(f'{v:g}' for v in lrs)}" if lrs else "")
+
+
+def _seeds(ax, x, y, color) -> None:
+    ax.scatter(x, y, s=7, color=color, alpha=0.3, linewidths=0, zorder=2)
+
+
+def _means(ax, x, configs: pd.DataFrame, color, marker, label, line: bool = True):
+    ax.errorbar(x, configs["mean"], yerr=configs["ci"].fillna(0), color=color, marker=marker, capsize=2.5,
+                ls="-" if line else "none", label=label, zorder=3)
 
 
 def _legend_below(fig, axes, ncol: int) -> None:
@@ -109,77 +150,138 @@ def _new(width: str, rows: int = 1, cols: int = 1, height: float | None = None, 
     return plt.subplots(rows, cols, figsize=(w, h), layout="constrained", squeeze=False, **kw)
 
 
-def _colors(values) -> dict:
-    return {v: OKABE_ITO[i % 7] for i, v in enumerate(values)}
+# ---------------------------------------------------------------------------- registry
+
+FIGURES: dict[str, object] = {}
+
+
+def figure(name: str):
+    def register(fn):
+        FIGURES[name] = fn
+        return fn
+    return register
 
 
 # ---------------------------------------------------------------------------- figures
 
 
-def accuracy_vs_compute(df: pd.DataFrame, width: str):
-    """Accuracy against FLOPs and device-hours (log x); the Pareto front (cheapest for its accuracy)."""
-    ok = complete(df)
-    ok = ok[(ok["flops"] > 0) & (ok["device_hours"] > 0)]
-    if len(ok) < 2:
-        raise Skip(f"needs 2 complete trials with cost, has {len(ok)}")
-    panels = [("flops", "compute (FLOPs, train + eval)"), ("device_hours", "device time (device-hours)")]
-    fig, axes = _new(width, *((2, 1) if width == "1col" else (1, 2)), height=4.4 if width == "1col" else 2.7)
-    targets = sorted(ok["lora.targets"].astype(str).unique())
-    col = _colors(targets)
-    for ax, (x, xlabel) in zip(axes.flat, panels):
-        for i, t in enumerate(targets):
-            sub = ok[ok["lora.targets"].astype(str) == t]
-            ax.scatter(sub[x], sub["accuracy"], s=14, color=col[t], marker=MARKERS[i % 8], alpha=0.8,
-                       label=f"targets={t}", zorder=2, linewidths=0)
-        front = ok[pareto_mask(ok[x], ok["accuracy"])].sort_values(x)
-        ax.step(front[x], front["accuracy"], where="post", color="black", lw=0.9, zorder=3)
-        ax.scatter(front[x], front["accuracy"], s=36, facecolors="none", edgecolors="black", linewidths=1.0,
-                   label="Pareto front", zorder=4, gid="pareto")
-        _baseline(ax, ok)
-        _log_x(ax, ok[x])
+@figure("accuracy_vs_compute")
+def accuracy_vs_compute(loaded, width: str):
+    """Configuration means against FLOPs and device-hours (log x); the Pareto front on the means."""
+    lora, refs, axes = split(loaded)
+    lora = lora[(lora["flops"] > 0) & (lora["device_hours"] > 0)]
+    configs = configurations(lora, axes)
+    if len(configs) < 2:
+        raise Skip(f"needs 2 configurations with cost, has {len(configs)}")
+    panels = [("flops", "compute (FLOPs, train + eval; mean over seeds)"), ("device_hours", "device time (device-hours)")]
+    fig, axs = _new(width, *((2, 1) if width == "1col" else (1, 2)), height=4.6 if width == "1col" else 2.9)
+    key = axes[0] if axes else None
+    groups = sorted(configs[key].astype(str).unique()) if key else ["all"]
+    col = {g: OKABE_ITO[i % 7] for i, g in enumerate(groups)}
+    for ax, (x, xlabel) in zip(axs.flat, panels):
+        for i, g in enumerate(groups):
+            sub = configs[configs[key].astype(str) == g] if key else configs
+            trials = lora[lora[key].astype(str) == g] if key else lora
+            _seeds(ax, trials[x], trials["accuracy"], col[g])
+            _means(ax, sub[x], sub, col[g], MARKERS[i % 8], f"{LABELS.get(key, key)}={g}" if key else "configurations",
+                   line=False)
+        front = configs[pareto_mask(configs[x], configs["mean"])].sort_values(x)
+        ax.step(front[x], front["mean"], where="post", color="black", lw=0.9, zorder=4)
+        ax.scatter(front[x], front["mean"], s=40, facecolors="none", edgecolors="black", linewidths=1.0,
+                   label="Pareto front (means)", zorder=5, gid="pareto")
+        if len(configs) <= 8 and len(axes) > 1:  # name each point when there are few
+            for _, c in configs.iterrows():
+                ax.annotate(config_label(c, axes[1:]), (c[x], c["mean"]), fontsize=5, xytext=(3, 3),
+                            textcoords="offset points", color="0.3")
+        for method, g in refs.groupby("method"):
+            _, _, color = REFERENCES.get(method, (method, ":", "0.3"))
+            mean, half, _n = t_interval(g["accuracy"])
+            ax.errorbar([g[x].mean()], [mean], yerr=[0 if np.isnan(half) else half], color=color, marker="X",
+                        ms=6, capsize=2.5, ls="none", label=reference_name(method, g), zorder=4)
+        _baseline(ax, lora)
+        _log_x(ax, pd.concat([configs[x], refs[x]]))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ACC)
-    _legend_below(fig, axes, ncol=2 if width == "1col" else min(4, len(targets) + 2))
+        ax.set_ylabel(ACC_CI)
+    _legend_below(fig, axs, ncol=2 if width == "1col" else min(4, len(groups) + 2))
     return fig
 
 
-def accuracy_vs_rank(df: pd.DataFrame, width: str):
-    """Mean accuracy ± 95% CI over seeds against LoRA rank, one line per target preset."""
-    ok = complete(df)
-    if ok["lora.r"].nunique() < 2:
-        raise Skip(f"needs 2+ ranks among complete trials, has {ok['lora.r'].nunique()}")
-    fig, axes = _new(width, height=2.4 if width == "1col" else 2.8)
-    ax = axes[0, 0]
-    targets = sorted(ok["lora.targets"].astype(str).unique())
-    col, nmax = _colors(targets), 1
-    for i, t in enumerate(targets):
-        g = ok[ok["lora.targets"].astype(str) == t].groupby("lora.r")["accuracy"]
-        stats = pd.DataFrame([(r, *ci95(v)) for r, v in g], columns=["r", "mean", "ci", "n"]).sort_values("r")
-        nmax = max(nmax, int(stats["n"].max()))
-        ax.errorbar(stats["r"], stats["mean"], yerr=stats["ci"].fillna(0), color=col[t], marker=MARKERS[i % 8],
-                    capsize=2.5, label=f"targets={t}")
-    _baseline(ax, ok)
-    ranks = sorted(ok["lora.r"].unique())
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ranks, [f"{r:g}" for r in ranks])
-    ax.minorticks_off()
-    ax.set_xlabel("LoRA rank r")
-    ax.set_ylabel(ACC if nmax < 2 else "accuracy (mean ± 95% CI\nover seeds)")
-    _legend_below(fig, axes, ncol=2 if width == "1col" else min(4, len(targets) + 1))
+def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
+    """Accuracy against one searched axis: one line per setting of the other axes (the best first),
+    configuration means ± 95% CI, seeds faint; train size gets a saturating power-law fit."""
+    lora, refs, axes = split(loaded)
+    if axis not in lora or lora[axis].astype(str).nunique() < 2:
+        raise Skip(f"needs 2+ values of {axis} among complete trials")
+    others = [a for a in axes if a != axis]
+    configs = configurations(lora, [axis, *others])
+    numeric = pd.api.types.is_numeric_dtype(lora[axis]) and axis != "lora.targets"
+    groups = [g for _, g in configs.groupby(others, dropna=False)] if others else [configs]
+    groups.sort(key=lambda g: -g["mean"].max())
+    shown = groups[:max_lines]
+    if not numeric:  # categories in order of trainable parameters: the cost they add
+        cats = list(configs.groupby(axis)["trainable_params"].mean().sort_values().index.astype(str))
+    fig, axs = _new(width, height=(2.2 + 0.15 * len(shown)) if width == "1col" else 3.0)
+    ax = axs[0, 0]
+    for i, g in enumerate(shown):
+        g = g.sort_values(axis)
+        color, marker = OKABE_ITO[i % 7], MARKERS[i % 8]
+        name = config_label(g.iloc[0], others) if others else f"mean ± 95% CI ({int(g['n'].max())} seeds)"
+        trials = _match(lora, g.iloc[0], others)
+        if numeric:
+            dodge = 1 + 0.03 * (i - (len(shown) - 1) / 2)  # lines apart on the log axis: bars stay readable
+            xs, txs = g[axis] * dodge, trials[axis] * dodge * 0.985  # seeds just left of their bar
+        else:
+            off = 0.12 * (i - (len(shown) - 1) / 2)
+            xs = np.array([cats.index(str(v)) for v in g[axis]]) + off
+            txs = np.array([cats.index(str(v)) for v in trials[axis]]) + off - 0.05
+        _seeds(ax, txs, trials["accuracy"], color)
+        _means(ax, xs, g, color, marker, name, line=numeric)
+        if axis == "data.train_size":
+            fit = saturating_fit(trials[axis], trials["accuracy"])
+            if fit:
+                ax.plot(fit["grid"], fit["curve"], color=color, lw=0.8, ls="--", zorder=2)
+                ax.fill_between(fit["grid"], *fit["band"], color=color, alpha=0.12, lw=0, zorder=1)
+                lo, hi = fit["interval"]
+                ax.errorbar([fit["at"]], [fit["prediction"]], yerr=[[fit["prediction"] - lo], [hi - fit["prediction"]]],
+                            color=color, marker="o", mfc="white", capsize=2.5, zorder=3,
+                            label=f"fit a - b·n^-c, predicted at {fit['at']:,.0f}" if i == 0 else None)
+    _reference_lines(ax, refs)
+    _baseline(ax, lora)
+    if numeric:
+        vals = sorted(set(configs[axis].astype(float)))
+        if vals[0] > 0 and vals[-1] / vals[0] >= 4:
+            _log_x(ax, vals + ([2 * vals[-1]] if axis == "data.train_size" else []), ticks=True)
+    else:
+        params = configs.groupby(axis)["trainable_params"].mean()
+        ax.set_xticks(range(len(cats)), [f"{c}\n{params[c]:,.0f}" if c in params else c for c in cats])
+        ax.grid(axis="x", visible=False)
+    ax.set_xlabel(AXIS_TITLES.get(axis, axis))
+    ax.set_ylabel(ACC_CI)
+    _legend_below(fig, axs, ncol=1 if width == "1col" else 2)
     return fig
 
 
-def alpha_rank_heatmap(df: pd.DataFrame, width: str):
-    """Mean accuracy for each (alpha, rank) cell."""
-    ok = complete(df)
-    if ok["lora.alpha"].nunique() < 2 or ok["lora.r"].nunique() < 2:
+AXIS_FIGURES = {"lora.r": "accuracy_vs_rank", "lora.alpha": "accuracy_vs_alpha", "lora.alpha_over_r":
+                "accuracy_vs_alpha_over_r", "lora.targets": "accuracy_vs_targets", "data.train_size": "data_scaling",
+                "train.lr": "accuracy_vs_lr"}
+
+
+def axis_figure_name(axis: str) -> str:
+    return AXIS_FIGURES.get(axis, "accuracy_vs_" + axis.replace(".", "_"))
+
+
+@figure("alpha_rank_heatmap")
+def alpha_rank_heatmap(loaded, width: str):
+    """Mean accuracy over seeds for each (alpha, rank) cell."""
+    ok, _, _ = split(loaded)
+    if not {"lora.alpha", "lora.r"} <= set(ok) or ok["lora.alpha"].nunique() < 2 or ok["lora.r"].nunique() < 2:
         raise Skip("needs 2+ alphas and 2+ ranks among complete trials")
     if ok.groupby("lora.r")["lora.alpha"].nunique().max() < 2:
         raise Skip("alpha is tied to rank in this study (one alpha per rank): nothing to separate")
     grid = ok.pivot_table(index="lora.alpha", columns="lora.r", values="accuracy", aggfunc="mean").sort_index(
         ascending=False)
-    fig, axes = _new(width, height=2.6 if width == "1col" else 3.0)
-    ax = axes[0, 0]
+    fig, axs = _new(width, height=2.6 if width == "1col" else 3.0)
+    ax = axs[0, 0]
     ax.grid(False)
     im = ax.imshow(grid.values, cmap="viridis", aspect="auto")  # viridis: perceptually uniform, CVD-safe
     ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
@@ -191,83 +293,74 @@ def alpha_rank_heatmap(df: pd.DataFrame, width: str):
         if not np.isnan(v):
             dark = (v - lo) / max(hi - lo, 1e-12) < 0.6
             ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
-    fig.colorbar(im, ax=ax, label="mean accuracy", shrink=0.9)
+    fig.colorbar(im, ax=ax, label="mean accuracy over seeds", shrink=0.9)
     return fig
 
 
-def data_scaling(df: pd.DataFrame, width: str, max_lines: int = 7):
-    """Accuracy against training-set size (log x), one line per configuration, mean ± 95% CI over seeds."""
-    ok = complete(df)
-    if ok["data.train_size"].nunique() < 2:
-        raise Skip(f"needs 2+ training-set sizes, has {ok['data.train_size'].nunique()}")
-    keys = [k for k in varying(ok) if k != "data.train_size"]
-    groups = list(ok.groupby(keys, dropna=False)) if keys else [((), ok)]
-    groups.sort(key=lambda kv: -kv[1]["accuracy"].mean())
-    shown = groups[:max_lines]
-    # the legend sits below the axes, one line per configuration in one column: make room for it
-    fig, axes = _new(width, height=(2.0 + 0.17 * len(shown)) if width == "1col" else 2.8)
-    ax = axes[0, 0]
-    for i, (_, g) in enumerate(shown):
-        stats = pd.DataFrame([(n, *ci95(v)) for n, v in g.groupby("data.train_size")["accuracy"]],
-                             columns=["n", "mean", "ci", "k"]).sort_values("n")
-        dodge = 1 + 0.025 * (i - (len(shown) - 1) / 2)  # shift lines apart on the log axis: bars stay readable
-        ax.errorbar(stats["n"] * dodge, stats["mean"], yerr=stats["ci"].fillna(0), marker=MARKERS[i % 8], capsize=2.5,
-                    color=OKABE_ITO[i % 7], label=config_label(g.iloc[0], keys))
-    _baseline(ax, ok)
-    ax.set_xscale("log")
-    sizes = sorted(ok["data.train_size"].unique())
-    ax.set_xticks(sizes, [f"{s:,.0f}" for s in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("training-set size (examples)")
-    ax.set_ylabel("accuracy (mean ± 95% CI)")
-    if len(groups) > max_lines and width == "1col":
-        print(f"note: data_scaling shows the {max_lines} best of {len(groups)} configurations")
-    _legend_below(fig, axes, ncol=1 if width == "1col" else 2)
-    return fig
+def curve_configs(loaded, limit: int = 5) -> pd.DataFrame:
+    """The best configuration (by mean), then the Pareto configurations (by mean FLOPs)."""
+    lora, _, axes = split(loaded)
+    configs = configurations(lora[lora["flops"] > 0], axes)
+    if configs.empty:
+        return configs
+    ranked = configs.sort_values(["mean", "cost"], ascending=[False, True])
+    front = configs[pareto_mask(configs["cost"], configs["mean"])].sort_values("cost")
+    order = list(dict.fromkeys([ranked.index[0], *front.index]))[:limit]
+    return configs.loc[order]
 
 
-def curve_trials(df: pd.DataFrame) -> list[int]:
-    """The best trial, then the Pareto trials (by FLOPs), at most 7."""
-    ok = complete(df)
-    ok = ok[ok["flops"] > 0]
-    if ok.empty:
-        return []
-    best = int(ok.loc[ok["accuracy"].idxmax(), "trial"])
-    front = ok[pareto_mask(ok["flops"], ok["accuracy"])].sort_values("flops")
-    return list(dict.fromkeys([best, *front["trial"].astype(int)]))[:7]
-
-
-def training_curves(df: pd.DataFrame, history: pd.DataFrame, width: str):
-    """Train loss (EMA) and eval accuracy against step for the best and the Pareto trials."""
-    trials = [t for t in curve_trials(df) if t in set(history["trial"].dropna().astype(int))]
-    if not trials:
-        raise Skip("no W&B history for the best/Pareto trials")
-    fig, axes = _new(width, *((2, 1) if width == "1col" else (1, 2)), height=4.4 if width == "1col" else 2.7)
-    ax_loss, ax_acc = axes.flat
-    keys = list(dict.fromkeys(["lora.r", "lora.alpha", *varying(complete(df))]))  # say which run is which
-    best = trials[0]
-    for i, t in enumerate(trials):
-        h = history[history["trial"] == t].sort_values("step")
-        row = df[df["trial"] == t].iloc[0]
-        label = f"trial {t}{' (best)' if t == best else ''}: {config_label(row, keys)}"
-        loss = h.dropna(subset=["train/loss"])
-        ax_loss.plot(loss["step"], loss["train/loss"].ewm(alpha=0.1).mean(), color=OKABE_ITO[i % 7], label=label)
-        ev = h.dropna(subset=["eval/accuracy"])
-        ax_acc.plot(ev["step"], ev["eval/accuracy"], color=OKABE_ITO[i % 7], marker=MARKERS[i % 8])
-    _baseline(ax_acc, df)
-    ax_acc.set_xlim(ax_loss.get_xlim())  # same step axis, even when only the final eval exists
+@figure("training_curves")
+def training_curves(loaded, width: str):
+    """Train loss (EMA, mean over seeds; seeds faint) for the best and the Pareto configurations;
+    eval accuracy against step only where intermediate evals exist."""
+    history = loaded.history
+    configs = curve_configs(loaded)
+    have = set(history["trial"].dropna().astype(int))
+    configs = configs[[bool(set(t) & have) for t in configs["trials"]]] if not configs.empty else configs
+    if configs.empty:
+        raise Skip("no history for the best/Pareto configurations")
+    trials = [t for ts in configs["trials"] for t in ts]
+    h_all = history[history["trial"].isin(trials)]
+    evals = h_all.dropna(subset=["eval/accuracy"])
+    intermediate = not evals.empty and (evals.groupby("trial")["step"].nunique() > 1).any()
+    fig, axs = _new(width, *((2, 1) if width == "1col" else (1, 2)) if intermediate else (1, 1),
+                    height=(4.6 if width == "1col" else 2.9) if intermediate else 2.6)
+    ax_loss = axs.flat[0]
+    _, _, axes = split(loaded)
+    for i, (_, c) in enumerate(configs.iterrows()):
+        color = OKABE_ITO[i % 7]
+        label = f"{'best: ' if i == 0 else ''}{config_label(c, axes)} ({c['n']} seeds)"
+        curves = []
+        for t in c["trials"]:
+            loss = history[history["trial"] == t].dropna(subset=["train/loss"]).sort_values("step")
+            ema = loss.set_index("step")["train/loss"].ewm(alpha=0.1).mean()
+            ax_loss.plot(ema.index, ema.values, color=color, lw=0.5, alpha=0.3)
+            curves.append(ema)
+        if curves:
+            mean = pd.concat(curves, axis=1).mean(axis=1)
+            ax_loss.plot(mean.index, mean.values, color=color, label=label)
+        if intermediate:
+            ev = evals[evals["trial"].isin(c["trials"])].groupby("step")["eval/accuracy"]
+            st = pd.DataFrame([(s, *t_interval(v)) for s, v in ev], columns=["step", "mean", "ci", "n"])
+            axs.flat[1].errorbar(st["step"], st["mean"], yerr=st["ci"].fillna(0), color=color, marker=MARKERS[i % 8],
+                                 capsize=2, ms=3)
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("train loss (EMA 0.9, nats)")
-    ax_acc.set_xlabel("optimizer step")
-    ax_acc.set_ylabel(ACC)
-    _legend_below(fig, axes, ncol=1 if width == "1col" else 2)
+    if intermediate:
+        _baseline(axs.flat[1], loaded.trials)
+        axs.flat[1].set_xlim(ax_loss.get_xlim())
+        axs.flat[1].set_xlabel("optimizer step")
+        axs.flat[1].set_ylabel(ACC_CI)
+    _legend_below(fig, axs, ncol=1 if width == "1col" else 2)
     return fig
 
 
-def param_importance(df: pd.DataFrame, study, width: str, min_trials: int = 8):
+@figure("param_importance")
+def param_importance(loaded, width: str, min_trials: int = 8):
     """fANOVA importance of each searched parameter for accuracy (Optuna's evaluator)."""
     import optuna
 
+    df, study = loaded.trials, loaded.optuna_study
     if study is None:
         raise Skip("needs the Optuna study (storage not found)")
     acc = complete(df).set_index("trial")["accuracy"]
@@ -282,8 +375,8 @@ def param_importance(df: pd.DataFrame, study, width: str, min_trials: int = 8):
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params,
         target=lambda t: acc[t.number])
     names = list(imp)[::-1]
-    fig, axes = _new(width, height=0.35 * len(names) + 0.8)
-    ax = axes[0, 0]
+    fig, axs = _new(width, height=0.35 * len(names) + 0.8)
+    ax = axs[0, 0]
     ax.barh(range(len(names)), [imp[n] for n in names], color=OKABE_ITO[0])
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel(f"importance for accuracy (fANOVA, fraction of variance; {len(done)} trials)")
@@ -291,17 +384,20 @@ def param_importance(df: pd.DataFrame, study, width: str, min_trials: int = 8):
     return fig
 
 
-FIGURES = ("accuracy_vs_compute", "accuracy_vs_rank", "alpha_rank_heatmap", "data_scaling", "training_curves",
-           "param_importance")
+def figure_names(loaded) -> list[str]:
+    """The figures this study asks for: the fixed ones and one per searched axis."""
+    axes = [a for a in loaded.axes if a != "method"]
+    return ["accuracy_vs_compute", *(axis_figure_name(a) for a in axes), "alpha_rank_heatmap", "training_curves",
+            "param_importance"]
 
 
 def draw(name: str, loaded, width: str):
-    df = loaded.trials
-    if name == "training_curves":
-        return training_curves(df, loaded.history, width)
-    if name == "param_importance":
-        return param_importance(df, loaded.optuna_study, width)
-    return globals()[name](df, width)
+    if name in FIGURES:
+        return FIGURES[name](loaded, width)
+    axis = next((a for a in loaded.axes if axis_figure_name(a) == name), None)
+    if axis is None:
+        raise Skip(f"{name}: not a figure of this study (its axes: {', '.join(loaded.axes)})")
+    return axis_figure(loaded, width, axis)
 
 
 def write_all(loaded, out: Path, say=print) -> list[Path]:
@@ -309,7 +405,7 @@ def write_all(loaded, out: Path, say=print) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with plt.rc_context(STYLE):
-        for name in FIGURES:
+        for name in figure_names(loaded):
             for width in WIDTHS:
                 try:
                     fig = draw(name, loaded, width)

@@ -1,14 +1,14 @@
 """Load a study into one tidy DataFrame: one row per trial (each trial runs one seed).
 
 Two sources, joined on the Optuna trial number:
-- W&B runs (group = study): online through `wandb.Api()`; offline from the run files under
-  runs/<study>/trials/<n>/wandb/, decoded by W&B's own documented CLI
-  (`wandb leet inspect RUN_DIR --summary --json` for config + summary + state, `--json` for every
-  record, of which we keep the history). wandb 0.31 has no public Python reader for offline files.
-  Where a trial ran with tracking.mode=disabled, its result.json stands in; the `source` column
-  says which.
+- The trial records, runs/<study>/trials/<n>/result.json (config, metrics, history), read directly;
+  or the W&B runs (group = study) online through `wandb.Api()` (`--wandb ENTITY/PROJECT`).
+  Decoding the offline W&B run files under trials/<n>/wandb/ is an opt-in cross-check
+  (`--wandb-offline`): W&B's own documented CLI (`wandb leet inspect RUN_DIR --summary --json`,
+  and `--json` for the history) reads them, ~1-2 s per run, since wandb 0.31 has no public Python
+  reader for offline files; the `source` column says where each row came from.
 - The Optuna study (state, objective values, params, user attributes, fail/prune reasons), so
-  trials that failed before W&B started are rows too, never silently dropped.
+  trials that failed before writing a record are rows too, never silently dropped.
 
 The frame and the per-step history are cached as parquet next to the study and reused while no
 input is newer than the cache.
@@ -30,13 +30,14 @@ class AnalysisError(RuntimeError):
 
 
 # Config keys copied into the frame: the knobs a LoRA study varies plus what identifies the setup.
-PARAMS = ("seed", "lora.r", "lora.alpha", "lora.targets", "lora.dropout", "data.train_size", "train.lr",
-          "train.max_steps", "train.batch_size", "quant.mode", "model.name", "data.name", "hardware.processes")
+PARAMS = ("seed", "method", "lora.r", "lora.alpha", "lora.alpha_over_r", "lora.targets", "lora.dropout",
+          "data.train_size", "train.lr", "train.max_steps", "train.batch_size", "quant.mode", "model.name", "data.name",
+          "hardware.processes")
 # Scalar fields of the trial record (result.json == W&B summary).
 METRICS = ("status", "reason", "accuracy", "eval_loss", "baseline_accuracy", "majority_accuracy",
            "best_intermediate_accuracy", "train_loss", "steps", "tokens", "flops", "train_flops", "eval_flops",
            "device_seconds", "wall_seconds", "cost_usd", "peak_memory_bytes", "trainable_params", "total_params",
-           "world_size", "effective_batch_size", "train_size", "test_size")
+           "world_size", "effective_batch_size", "train_size", "test_size", "baseline_flops")
 HISTORY_KEYS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens", "eval/accuracy", "eval/loss")
 
 
@@ -57,6 +58,22 @@ class Loaded:
     optuna_study: object | None = None  # optuna.Study, for the importance evaluators
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def axes(self) -> list[str]:
+        return searched_axes(self.trials)
+
+
+def searched_axes(df: pd.DataFrame) -> list[str]:
+    """The study's searched axes (sweep.space keys, in file order): a configuration is one value of
+    each; seeds repeat it. Without a sweep (single runs), the keys that vary among the trials."""
+    recorded = df["sweep_axes"].dropna() if "sweep_axes" in df else pd.Series(dtype=object)
+    if not recorded.empty:
+        return [a for a in json.loads(recorded.iloc[0]) if a in df]
+    from analysis.figures import CONFIG_KEYS
+
+    ok = df[df["status"] == "complete"] if "status" in df else df  # a diverged lr=1e30 trial is no axis
+    return [k for k in CONFIG_KEYS if k in ok and ok[k].astype(str).nunique() > 1]
+
 
 # ---------------------------------------------------------------------------- rows
 
@@ -72,6 +89,13 @@ def _get(cfg: dict, dotted: str):
 def _row(config: dict, summary: dict, **extra) -> dict:
     row = {"study": config.get("study"), "trial": config.get("trial")}
     row.update({k: _get(config, k) for k in PARAMS})
+    row["method"] = row["method"] or "lora"  # records from before method= existed
+    r, alpha = row["lora.r"], row["lora.alpha"]
+    row["lora.alpha_over_r"] = alpha / r if isinstance(r, (int, float)) and isinstance(alpha, (int, float)) and r else None
+    space = (config.get("sweep") or {}).get("space") if isinstance(config.get("sweep"), dict) else None
+    row["sweep_axes"] = json.dumps(list(space)) if space else None
+    for axis in space or ():  # a searched key beyond PARAMS (train.warmup_ratio, ...) gets its column too
+        row.setdefault(axis, _get(config, axis))
     row.update({k: summary.get(k) for k in METRICS})
     prov = summary.get("provenance") or {}
     row["git_sha"] = prov.get("git_sha") if isinstance(prov, dict) else None
@@ -129,7 +153,7 @@ def _result_json(path: Path) -> tuple[dict, pd.DataFrame]:
     hist = [{"_step": h.get("step"), **h} for h in rec.get("history", [])]
     for e in rec.get("evals", []):
         hist.append({"_step": e["step"], "eval/accuracy": e["accuracy"], "eval/loss": e["loss"]})
-    row = _row(rec.get("config") or {}, rec, source="result.json (W&B disabled)", wandb_run_id=None,
+    row = _row(rec.get("config") or {}, rec, source="result.json", wandb_run_id=None,
                wandb_state=None, run_dir=str(path.parent))
     h = _history(row["trial"], hist)
     if not h.empty:  # train and eval entries of one step -> one row, as in W&B
@@ -137,7 +161,19 @@ def _result_json(path: Path) -> tuple[dict, pd.DataFrame]:
     return row, h
 
 
-RUN_COLS = ["study", "trial", *PARAMS, *METRICS, "git_sha", "source", "wandb_run_id", "wandb_state", "run_dir"]
+RUN_COLS = ["study", "trial", *PARAMS, *METRICS, "git_sha", "sweep_axes", "source", "wandb_run_id", "wandb_state",
+            "run_dir"]
+
+
+def load_records(study_dir: Path):
+    """Rows + histories from every trial's result.json: the default source (no subprocess per run)."""
+    rows, hists = [], []
+    for trial_dir in sorted(study_dir.glob("trials/*")):
+        if trial_dir.name.isdigit() and (trial_dir / "result.json").is_file():
+            row, hist = _result_json(trial_dir / "result.json")
+            rows.append(row)
+            hists.append(hist)
+    return rows, hists, []
 
 
 def load_offline(study_dir: Path, cached: Loaded | None = None, cached_at: float = 0.0):
@@ -167,7 +203,22 @@ def load_offline(study_dir: Path, cached: Loaded | None = None, cached_at: float
     if fallback:
         notes.append(f"no W&B run files for trial(s) {', '.join(fallback)} (tracking.mode=disabled?): read their "
                      "result.json instead (column `source`)")
+    notes += _cross_check(rows)
     return rows, hists, notes
+
+
+def _cross_check(rows: list[dict]) -> list[str]:
+    """W&B's copy of each record against result.json: they are written from the same dict."""
+    bad = []
+    for row in rows:
+        path = Path(row["run_dir"]).parent.parent / "result.json" if row["source"] == "wandb-offline" else None
+        if path is None or not path.is_file():
+            continue
+        rec = json.loads(path.read_text())
+        diff = [k for k in METRICS if rec.get(k) != row.get(k) and not (rec.get(k) is None and pd.isna(row.get(k)))]
+        if diff:
+            bad.append(f"trial {row['trial']}: {', '.join(diff)}")
+    return [f"W&B run files disagree with result.json: {'; '.join(bad)}"] if bad else []
 
 
 # ---------------------------------------------------------------------------- W&B online
@@ -246,8 +297,9 @@ def load_optuna(url: str, name: str):
 def _join(rows: list[dict], optuna_df: pd.DataFrame | None, study: str) -> pd.DataFrame:
     runs = pd.DataFrame(rows)
     if runs.empty:
-        runs = pd.DataFrame(columns=["study", "trial", *PARAMS, *METRICS, "git_sha", "source", "wandb_run_id",
+        runs = pd.DataFrame(columns=["study", "trial", *PARAMS, *METRICS, "git_sha", "sweep_axes", "source", "wandb_run_id",
                                      "wandb_state", "run_dir"])
+    runs = runs[[c for c in RUN_COLS if c in runs] + [c for c in runs if c not in RUN_COLS]]  # one order, any source
     runs["trial"] = runs["trial"].astype("Int64")
     if optuna_df is None or optuna_df.empty:
         df = runs.assign(state=None)
@@ -280,8 +332,10 @@ def cache_paths(st: Study) -> tuple[Path, Path]:
     return st.dir / "trials.parquet", st.dir / "history.parquet"
 
 
-def load(st: Study, refresh: bool = False) -> Loaded:
-    """Every trial of the study as one frame (+ history), from W&B and Optuna; cached as parquet."""
+def load(st: Study, refresh: bool = False, wandb_offline: bool = False) -> Loaded:
+    """Every trial of the study as one frame (+ history), from the records (or W&B) and Optuna;
+    cached as parquet. wandb_offline: decode the offline W&B run files instead, checked against
+    result.json."""
     notes: list[str] = []
     optuna_study, optuna_df = load_optuna(st.storage_url, st.name) if st.storage_url else (None, None)
     if st.storage_url and optuna_study is None:
@@ -291,7 +345,8 @@ def load(st: Study, refresh: bool = False) -> Loaded:
     if not refresh and st.wandb_path is None and trials_pq.is_file() and history_pq.is_file():
         cached = Loaded(pd.read_parquet(trials_pq), pd.read_parquet(history_pq), optuna_study, notes)
         cached_at = trials_pq.stat().st_mtime
-        if cached_at > _inputs_mtime(st):
+        from_wandb = cached.trials["source"].eq("wandb-offline").any()
+        if cached_at > _inputs_mtime(st) and from_wandb == wandb_offline:
             notes.append(f"read the cached frame {trials_pq} (inputs unchanged; --refresh re-reads them)")
             return cached
 
@@ -301,7 +356,7 @@ def load(st: Study, refresh: bool = False) -> Loaded:
         if not (st.dir / "trials").is_dir() and optuna_study is None:
             raise AnalysisError(f"no runs for study {st.name!r}: neither {st.dir / 'trials'} nor an Optuna study "
                                 f"exists (run `python -m harness sweep=<name>` first, or pass out_dir=...)")
-        rows, hists, more = load_offline(st.dir, cached, cached_at)
+        rows, hists, more = load_offline(st.dir, cached, cached_at) if wandb_offline else load_records(st.dir)
         notes += more
         if not rows and (st.dir / "trials").is_dir():
             notes.append(f"no W&B run directory and no result.json under {st.dir / 'trials'}/*/")

@@ -1,9 +1,12 @@
 """Paper tables from the study frame: LaTeX (booktabs, via pandas' Styler) and Markdown (via tabulate).
 
-- best.{tex,md}: the best configurations (seeds pooled: mean accuracy ± 95% CI), with cost;
-- pareto.{tex,md}: the trials on the accuracy-vs-FLOPs Pareto front;
+- best.{tex,md}: every configuration (mean accuracy ± 95% CI over seeds), best mean first (ties:
+  lower compute), with cost; then the reference arms (head only, full fine-tune) and the zero-shot
+  baseline;
+- pareto.{tex,md}: the configurations on the accuracy-vs-FLOPs Pareto front of the means;
+- comparisons.{tex,md}: every pair of configurations differing in one searched axis, paired over
+  shared seeds, Holm-corrected, with a verdict and the power the study had;
 - trials.md: every trial with its state and reason, so failed and pruned ones stay visible.
-Each paper table ends with the zero-shot baseline row (the base model with its untrained head).
 """
 from __future__ import annotations
 
@@ -12,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.figures import LABELS, ci95, complete, pareto_mask, varying
-
-LORA_KEYS = ("lora.targets", "lora.r", "lora.alpha")
+from analysis.figures import complete, reference_name, split
+from analysis.stats import LABELS, comparisons, configurations, pareto_mask, t_interval
 
 
 def _flops_unit(values) -> tuple[float, str]:
@@ -25,79 +27,96 @@ def _flops_unit(values) -> tuple[float, str]:
     return 1.0, "FLOPs"
 
 
-def _keys(df: pd.DataFrame) -> list[str]:
-    """LoRA settings always; any other config key the study varied."""
-    return list(dict.fromkeys([*LORA_KEYS, *varying(complete(df))]))
+def _acc(mean, half, n) -> str:
+    return f"{mean:.4f}" + (f" ± {half:.4f}" if n > 1 and not np.isnan(half) else "")
 
 
-def _baseline_row(df: pd.DataFrame, keys: list[str]) -> dict | None:
-    b = df["baseline_accuracy"].dropna()
-    if b.empty:
-        return None
-    return {"trial(s)": "—", **{LABELS.get(k, k): "—" for k in keys}, "configuration": "zero-shot (base model)",
-            "accuracy": f"{b.median():.4f}", "seeds": "—", "compute": "—", "device-h": "—", "cost (USD)": "—",
-            "trainable params": "0"}
+def _config_rows(configs: pd.DataFrame, axes: list[str], scale: float) -> list[dict]:
+    return [{**{LABELS.get(k, k): c[k] for k in axes}, "accuracy": _acc(c["mean"], c["ci"], c["n"]), "seeds": c["n"],
+             "compute": f"{c['flops'] / scale:.3g}", "device-h": f"{c.get('device_hours', np.nan):.3g}",
+             "cost (USD)": f"{c.get('cost_usd', np.nan):.3g}", "trainable params": f"{c['trainable_params']:,.0f}",
+             "trial(s)": ", ".join(map(str, c["trials"]))} for _, c in configs.iterrows()]
 
 
-def best_configs(df: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    ok = complete(df)
-    if ok.empty:
-        return pd.DataFrame()
-    keys = _keys(df)
-    scale, unit = _flops_unit(ok["flops"])
+def _reference_rows(refs: pd.DataFrame, all_trials: pd.DataFrame, axes: list[str], scale: float) -> list[dict]:
+    """Reference arms and the zero-shot baseline, the first key column naming them."""
+    first = LABELS.get(axes[0], axes[0]) if axes else "configuration"
+    blank = {LABELS.get(k, k): "—" for k in axes}
     rows = []
-    for vals, g in ok.groupby(keys, dropna=False):
-        mean, half, n = ci95(g["accuracy"])
-        rows.append({"trial(s)": ", ".join(str(int(t)) for t in sorted(g["trial"])),
-                     **{LABELS.get(k, k): v for k, v in zip(keys, vals)},
-                     "_mean": mean, "accuracy": f"{mean:.4f}" + (f" ± {half:.4f}" if n > 1 else ""), "seeds": n,
+    for method, g in refs.groupby("method"):
+        mean, half, n = t_interval(g["accuracy"])
+        rows.append({**blank, first: reference_name(method, g), "accuracy": _acc(mean, half, n), "seeds": n,
                      "compute": f"{g['flops'].mean() / scale:.3g}", "device-h": f"{g['device_hours'].mean():.3g}",
-                     "cost (USD)": f"{g['cost_usd'].mean():.3g}", "trainable params": f"{int(g['trainable_params'].iloc[0]):,}"})
-    out = pd.DataFrame(rows).sort_values("_mean", ascending=False).head(top).drop(columns="_mean")
-    return _finish(out, df, keys, unit)
+                     "cost (USD)": f"{g['cost_usd'].mean():.3g}",
+                     "trainable params": f"{g['trainable_params'].mean():,.0f}",
+                     "trial(s)": ", ".join(str(int(t)) for t in sorted(g["trial"]))})
+    b = all_trials["baseline_accuracy"].dropna()
+    if not b.empty:
+        bf = all_trials["baseline_flops"].dropna() if "baseline_flops" in all_trials else pd.Series(dtype=float)
+        rows.append({**blank, first: "zero-shot (base model)", "accuracy": f"{b.median():.4f}", "seeds": "—",
+                     "compute": f"{bf.median() / scale:.3g} (once)" if not bf.empty else "—", "device-h": "—",
+                     "cost (USD)": "—", "trainable params": "0", "trial(s)": "—"})
+    return rows
 
 
-def pareto_set(df: pd.DataFrame) -> pd.DataFrame:
-    ok = complete(df)
-    ok = ok[ok["flops"] > 0]
-    if ok.empty:
+def best_configs(loaded, top: int | None = None) -> pd.DataFrame:
+    lora, refs, axes = split(loaded)
+    if lora.empty and refs.empty:
         return pd.DataFrame()
-    keys = _keys(df)
-    scale, unit = _flops_unit(ok["flops"])
-    front = ok[pareto_mask(ok["flops"], ok["accuracy"])].sort_values("flops")
-    out = pd.DataFrame({"trial(s)": front["trial"].astype(int).astype(str),
-                        **{LABELS.get(k, k): front[k] for k in keys},
-                        "accuracy": front["accuracy"].map("{:.4f}".format), "seeds": 1,
-                        "compute": (front["flops"] / scale).map("{:.3g}".format),
-                        "device-h": front["device_hours"].map("{:.3g}".format),
-                        "cost (USD)": front["cost_usd"].map("{:.3g}".format),
-                        "trainable params": front["trainable_params"].map("{:,.0f}".format)})
-    return _finish(out, df, keys, unit)
+    configs = configurations(lora, axes) if not lora.empty else pd.DataFrame()
+    scale, unit = _flops_unit(complete(loaded.trials)["flops"])
+    if not configs.empty:
+        configs = configs.sort_values(["mean", "cost"], ascending=[False, True]).head(top)
+    rows = (_config_rows(configs, axes, scale) if not configs.empty else []) + \
+        _reference_rows(refs, loaded.trials, axes, scale)
+    return _finish(pd.DataFrame(rows), unit)
 
 
-def _finish(out: pd.DataFrame, df: pd.DataFrame, keys: list[str], unit: str) -> pd.DataFrame:
-    base = _baseline_row(df, keys)
-    if base is not None:
-        out = pd.concat([out, pd.DataFrame([base])], ignore_index=True)
-    if "configuration" in out:  # only the baseline row has one: fold it into the first key column
-        first = LABELS.get(keys[0], keys[0])
-        out[first] = out["configuration"].fillna(out[first])
-        out = out.drop(columns="configuration")
+def pareto_set(loaded) -> pd.DataFrame:
+    lora, _, axes = split(loaded)
+    lora = lora[lora["flops"] > 0]
+    if lora.empty:
+        return pd.DataFrame()
+    configs = configurations(lora, axes)
+    scale, unit = _flops_unit(lora["flops"])
+    front = configs[pareto_mask(configs["cost"], configs["mean"])].sort_values("cost")
+    return _finish(pd.DataFrame(_config_rows(front, axes, scale)), unit)
+
+
+def comparison_table(loaded, effect: float = 0.01) -> pd.DataFrame:
+    lora, _, axes = split(loaded)
+    cmp = comparisons(lora, axes, effect=effect) if axes else pd.DataFrame()
+    if cmp.empty:
+        return cmp
+    pts = lambda v: f"{100 * v:+.2f}" if pd.notna(v) else ""  # noqa: E731
+    return pd.DataFrame({
+        "axis": cmp["axis"].map(lambda a: LABELS.get(a, a)), "held fixed": cmp["held"], "a": cmp["a_value"].astype(str),
+        "b": cmp["b_value"].astype(str), "seeds": cmp["n"], "b − a (points)": cmp["diff"].map(pts),
+        "95% CI": [f"[{pts(lo)}, {pts(hi)}]" if pd.notna(lo) else "" for lo, hi in zip(cmp["lo"], cmp["hi"])],
+        "p (paired t)": cmp["p_t"].map(_p), "p (permutation)": cmp["p_perm"].map(_p), "p (Holm)": cmp["p_holm"].map(_p),
+        "verdict": cmp["verdict"], "MDE 80% (points)": (100 * cmp["mde"]).map(lambda v: f"{v:.2f}" if pd.notna(v) else ""),
+        f"seeds for {100 * effect:g} point": cmp["seeds_for_effect"].map(lambda v: f"{v:,}" if pd.notna(v) else "—")})
+
+
+def _p(v) -> str:
+    return "" if pd.isna(v) else ("<0.0001" if v < 1e-4 else f"{v:.4f}")
+
+
+def _finish(out: pd.DataFrame, unit: str) -> pd.DataFrame:
     out = out.astype(str).replace({"nan": "", "None": ""})
     return out.rename(columns={"compute": f"compute ({unit})"})
 
 
-def all_trials(df: pd.DataFrame) -> pd.DataFrame:
-    keys = _keys(df)
-    cols = ["trial", "state", "status", *keys, "seed", "accuracy", "flops", "device_hours", "source", "reason"]
-    out = df[[c for c in cols if c in df]].copy()
+def all_trials(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    cols = ["trial", "state", "status", "method", *axes, "seed", "accuracy", "flops", "device_hours", "source", "reason"]
+    out = df[[c for c in dict.fromkeys(cols) if c in df]].copy()
     out["reason"] = out["reason"].fillna("")
     return out
 
 
-NUMERIC = ("accuracy", "seeds", "compute", "device-h", "cost (USD)", "trainable params")
+NUMERIC = ("accuracy", "seeds", "compute", "device-h", "cost (USD)", "trainable params", "b − a", "95%", "p (", "MDE")
 # Characters pdflatex without extra packages rejects, as LaTeX math / dashes.
-TEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", "—": "---"}
+TEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", "—": "---", "−": "-"}
 
 
 def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
@@ -111,22 +130,32 @@ def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
     return tex
 
 
+def tables(loaded) -> list[tuple[str, pd.DataFrame, str]]:
+    """(name, table, LaTeX caption) of every paper table."""
+    study = loaded.trials["study"].iloc[0]
+    s = str(study).replace("_", r"\_")  # captions are LaTeX source, not escaped by Styler
+    return [("best", best_configs(loaded), f"Configurations of study {s}, best mean first (mean accuracy ± 95\\% CI "
+                                           "over seeds), with compute and trainable parameters; reference arms and the "
+                                           "zero-shot baseline below."),
+            ("pareto", pareto_set(loaded), f"Pareto set of study {s} on configuration means: no other configuration is "
+                                           "both cheaper in FLOPs and more accurate on average."),
+            ("comparisons", comparison_table(loaded), f"Paired comparisons of study {s}: configurations that differ in "
+                                                      "one axis, over shared seeds; p-values Holm-corrected across the "
+                                                      "study; MDE: the difference detectable with 80\\% power.")]
+
+
 def write_all(loaded, out: Path, say=print) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    df, study = loaded.trials, loaded.trials["study"].iloc[0]
-    tex_study = str(study).replace("_", r"\_")  # captions are LaTeX source, not escaped by Styler
+    study = loaded.trials["study"].iloc[0]
     written = []
-    specs = [("best", best_configs(df), f"Best configurations of study {tex_study} (mean accuracy ± 95\\% CI over "
-                                       "seeds), with training compute and trainable parameters."),
-             ("pareto", pareto_set(df), f"Pareto set of study {tex_study}: no other trial is both cheaper in FLOPs "
-                                        "and more accurate.")]
-    for name, table, caption in specs:
+    for name, table, caption in tables(loaded):
         if table.empty:
-            say(f"skipped table {name}: no complete trial")
+            say(f"skipped table {name}: no complete trial" if name != "comparisons" else
+                "skipped table comparisons: no two configurations differ in exactly one searched axis")
             continue
         (out / f"{name}.tex").write_text(to_latex(table, caption, f"tab:{study}-{name}"))
         (out / f"{name}.md").write_text(table.to_markdown(index=False) + "\n")
         written += [out / f"{name}.tex", out / f"{name}.md"]
-    (out / "trials.md").write_text(all_trials(df).to_markdown(index=False, floatfmt=".4g") + "\n")
+    (out / "trials.md").write_text(all_trials(loaded.trials, loaded.axes).to_markdown(index=False, floatfmt=".4g") + "\n")
     written.append(out / "trials.md")
     return written

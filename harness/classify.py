@@ -5,6 +5,7 @@ A task module gives train.py its task-specific parts (see harness/train.py TASKS
   items(tokenizer, examples, cfg) -> [dict]  tokenized examples, each with "input_ids"
   collate(items, pad_id, device) -> batch    model(**batch).loss is the training loss
   evaluate(model, items, cfg, tokenizer, accelerator) -> {"accuracy", "loss", "tokens", "n", ...}
+                                             (+ "predictions": [{id, prediction, reference, correct}])
   reference_accuracy(items) -> float | None  what a trivial predictor scores (majority class)
 """
 from __future__ import annotations
@@ -16,7 +17,9 @@ from harness.data import load_splits  # noqa: F401  (part of the task interface)
 
 def items(tokenizer, examples, cfg) -> list[dict]:
     enc = tokenizer([e.text for e in examples], truncation=True, max_length=cfg.model.max_length)
-    return [{"input_ids": ids, "label": e.label} for ids, e in zip(enc["input_ids"], examples)]
+    # id: the example's place in its split (fixed by data.split_seed), so trials can be paired per item
+    return [{"input_ids": ids, "label": e.label, "id": i, "text": e.text}
+            for i, (ids, e) in enumerate(zip(enc["input_ids"], examples))]
 
 
 def collate(items: list[dict], pad_id: int, device) -> dict:
@@ -39,18 +42,28 @@ def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))  # less padding
     shard = order[accelerator.process_index::accelerator.num_processes]
     correct = loss_sum = tokens = 0.0
+    preds = []
     for b in range(0, len(shard), batch_size):
-        batch = collate([items[i] for i in shard[b:b + batch_size]], pad_id, accelerator.device)
+        batch_items = [items[i] for i in shard[b:b + batch_size]]
+        batch = collate(batch_items, pad_id, accelerator.device)
         with accelerator.autocast():
             out = model(**batch)
-        correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
+        hit = out.logits.argmax(-1) == batch["labels"]
+        correct += hit.sum().item()
+        preds += [{"id": x.get("id"), "prediction": int(p), "reference": x["label"], "correct": bool(h)}
+                  for x, p, h in zip(batch_items, out.logits.argmax(-1).tolist(), hit.tolist())]
         loss_sum += out.loss.float().item() * len(batch["labels"])
         tokens += batch["attention_mask"].sum().item()
     totals = accelerator.reduce(torch.tensor([correct, loss_sum, tokens, len(shard)], dtype=torch.float64,
                                              device=accelerator.device), reduction="sum").tolist()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        preds = gather_object(preds)
     model.train()
     n = totals[3]
-    return {"accuracy": totals[0] / n, "loss": totals[1] / n, "tokens": int(totals[2]), "n": int(n)}
+    return {"accuracy": totals[0] / n, "loss": totals[1] / n, "tokens": int(totals[2]), "n": int(n),
+            "predictions": sorted(preds, key=lambda p: p["id"])}
 
 
 def reference_accuracy(items: list[dict]) -> float:

@@ -308,6 +308,18 @@ class ExperimentCfg(_Strict):
     study: str
     out_dir: str
     trial: int | None = None      # set by the driver / launcher, names trials/<n>/
+    # what trains: lora (PEFT adapters), head_only (frozen base + trained head: the linear probe) or
+    # full (every weight); the last two are reference arms for a LoRA study (harness/models.prepare)
+    method: Literal["lora", "head_only", "full"] = "lora"
+
+    @model_validator(mode="after")
+    def _method_needs(self):
+        if self.method == "full" and self.quant.mode != "none":
+            raise ValueError(f"method=full trains every weight, which quant.mode={self.quant.mode} stores frozen in "
+                             "low precision: add quant=none")
+        if self.method == "head_only" and self.task.type != "classification":
+            raise ValueError("method=head_only trains a classification head: it needs task=classification")
+        return self
 
     @field_validator("study")
     @classmethod

@@ -1,13 +1,27 @@
 """Compute accounting: parameters, tokens, FLOPs, device-seconds, peak memory, money.
 
-FLOPs estimate (the usual dense-transformer approximation, attention score FLOPs ignored, which
-for sequences of <=256 tokens under-counts by a few per cent):
-  forward               2 * N * T        N = non-embedding parameters, T = tokens (padding excluded)
-  backward, frozen      2 * N * T        gradients w.r.t. activations still flow through frozen W
-  backward, trainable   4 * N_lora * T   activation + weight gradients of adapters and the head
-  activation checkpointing re-runs the forward: + 2 * N * T
-  train = (4 N + 4 N_lora (+ 2 N)) * T_train        eval = 2 N * T_eval
-So a LoRA step costs ~2/3 of a full fine-tune step (6 N T), which is the saving to report.
+FLOPs: the dense-transformer count (Kaplan et al. 2020, sec. 2.1), per token, padding excluded.
+  N        weights of every matrix multiply the forward pass runs: each Linear layer (4-bit and 8-bit
+           ones counted unpacked, in x out), the LoRA A/B matrices, the task head, and a causal LM's
+           output layer even when it is tied to the input embedding (a d x V multiply per token, ~20%
+           of SmolLM2-135M's forward). Embedding lookups multiply nothing and are left out.
+  N_train  the trained ones among them (LoRA A/B + head; everything for method=full)
+  N_bwd    the ones the backward pass runs through: every weight from the first trained one on, in
+           module order (only the head for a linear probe), or all of them where the input embeddings
+           are made to require grad (peft's k-bit preparation does, so every QLoRA trial)
+  forward                  2 N T
+  backward, input grads    2 N_bwd T
+  backward, weight grads   2 N_train T
+  activation checkpointing re-runs the forward: + 2 N T
+  train = (2 N + 2 N_bwd + 2 N_train (+ 2 N)) T     = (4 N_frozen + 6 N_train) T for LoRA on every layer
+  eval  = 2 N T
+Left out: attention scores (QK^T and AV: 4 L d per token and layer at sequence length L; for
+MiniLM, d=384 and L~40, ~3% of the forward), biases, norms, activations, the optimizer; heads that
+run once per sequence (BERT's pooler and classifier) are counted per token, which over-counts by
+their (1 - 1/L) share. A trial's total is train + its own evals (intermediate + final); the
+zero-shot baseline eval is a study-level cost (`baseline_flops`), never inside a trial's total,
+so one configuration and seed costs the same whatever the caches hold.
+tests/test_cost.py checks this against torch.utils.flop_counter.FlopCounterMode.
 """
 from __future__ import annotations
 
@@ -20,21 +34,44 @@ from dataclasses import dataclass, field
 import torch
 
 
-def param_counts(model) -> dict[str, int]:
-    """Trainable, total and non-embedding parameter counts; 4-bit weights counted unpacked."""
-    trainable, total = model.get_nb_trainable_parameters()
+def param_counts(model, input_grads: bool = False) -> dict[str, int]:
+    """Parameter counts (4-bit weights counted unpacked) and the matmul weights of the FLOPs formula."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft: knows the packed 4-bit sizes
+        trainable, total = model.get_nb_trainable_parameters()
+    else:  # as peft counts: a packed 4-bit tensor holds 2 weights per byte of its storage
+        sizes = [(p.numel() * (2 * p.element_size() if type(p).__name__ == "Params4bit" else 1), p.requires_grad)
+                 for p in model.parameters()]
+        trainable, total = sum(n for n, g in sizes if g), sum(n for n, _ in sizes)
     embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return {"trainable_params": int(trainable), "total_params": int(total),
-            "non_embedding_params": int(total - embed)}
+            "non_embedding_params": int(total - embed), **matmul_params(model, input_grads)}
 
 
-def train_flops(n_non_embed: int, n_trainable: int, tokens: int, checkpointing: bool) -> float:
-    per_token = 4 * n_non_embed + 4 * n_trainable + (2 * n_non_embed if checkpointing else 0)
-    return float(per_token) * tokens
+def matmul_params(model, input_grads: bool = False) -> dict[str, int]:
+    """N, N_train and N_bwd of the formula above, from the model's Linear layers in module order.
+    input_grads: the embeddings' output requires grad, so the backward reaches every layer."""
+    n = n_train = n_bwd = 0
+    reached = input_grads
+    for name, m in model.named_modules():
+        # peft keeps an untouched copy of a trained head (modules_to_save) that never runs
+        if not isinstance(m, torch.nn.Linear) or ".original_module" in name:
+            continue
+        size = m.in_features * m.out_features  # bitsandbytes packs weights; the multiply is in x out
+        trained = m.weight.requires_grad
+        reached = reached or trained
+        n += size
+        n_train += size if trained else 0
+        n_bwd += size if reached else 0
+    return {"matmul_params": n, "trainable_matmul_params": n_train, "backward_matmul_params": n_bwd}
 
 
-def eval_flops(n_non_embed: int, tokens: int) -> float:
-    return 2.0 * n_non_embed * tokens
+def train_flops(counts: dict[str, int], tokens: int, checkpointing: bool) -> float:
+    n, n_bwd, n_tr = (counts[k] for k in ("matmul_params", "backward_matmul_params", "trainable_matmul_params"))
+    return float(2 * n + 2 * n_bwd + 2 * n_tr + (2 * n if checkpointing else 0)) * tokens
+
+
+def eval_flops(counts: dict[str, int], tokens: int) -> float:
+    return 2.0 * counts["matmul_params"] * tokens
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -269,3 +269,37 @@ def add_adapters(model, cfg):
                       modules_to_save=heads(cfg))
     model = get_peft_model(model, lcfg)
     return model, targets
+
+
+# ---------------------------------------------------------------------------- reference arms
+# The three options of fine-tuning lecture notes, as `method=`: lora (PEFT, the default), head_only
+# (frozen base, trained head: the linear probe) and full (every weight trained; quant=none).
+
+
+def train_head_only(model, cfg):
+    """Freeze the base, train the new classification head in full: the linear probe."""
+    head_names = HEADS[cfg.model.family]
+    for name, p in model.named_parameters():
+        p.requires_grad = name.split(".")[0] in head_names
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelError(f"method=head_only found no head {head_names} in {cfg.model.name}")
+    return model, []
+
+
+def train_full(model, cfg):
+    """Every weight trained (a full fine-tune); the config check keeps this to quant=none."""
+    for p in model.parameters():
+        p.requires_grad = True
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def prepare(model, cfg):
+    """The trained part for cfg.method: LoRA adapters, the head alone, or everything.
+    Returns (model, names of the modules whose weights train beyond the head)."""
+    if cfg.method == "head_only":
+        return train_head_only(model, cfg)
+    if cfg.method == "full":
+        return train_full(model, cfg)
+    return add_adapters(model, cfg)

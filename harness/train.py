@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from harness import config as config_mod
-from harness.cost import Clock, eval_flops, param_counts, peak_memory_bytes, train_flops
+from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
 from harness.tracking import Run, provenance, write_json
 
 # The task-specific parts (data, items, collate, evaluate) live in one module per task; the loop,
@@ -98,6 +98,21 @@ def _baseline_path(cfg, test_items) -> Path:
     return cache_dir() / "baselines" / f"{cfg.model.name}-{key}.json"
 
 
+def _method_line(cfg, targets) -> str:
+    if cfg.method == "lora":
+        return f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} on {len(targets)} modules"
+    return {"head_only": "head only (frozen base)", "full": "full fine-tune"}[cfg.method]
+
+
+def _write_predictions(path: Path, preds: list[dict], test_items: list[dict], labels: list[str]) -> None:
+    """trials/<n>/predictions.jsonl: one line per test item (id, prediction, reference, correct)."""
+    with open(path, "w") as f:
+        for p in preds:
+            text = test_items[p["id"]].get("text", "") if p["id"] is not None else ""
+            f.write(json.dumps({"id": p["id"], "prediction": labels[p["prediction"]], "reference": labels[p["reference"]],
+                                "correct": p["correct"], "text": text[:200]}) + "\n")
+
+
 def _threads(cfg) -> None:
     n = cfg.hardware.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("HARNESS_CONCURRENT_PROCS", cfg.hardware.processes)))
     torch.set_num_threads(n)
@@ -149,7 +164,7 @@ def run(cfg, reporter=None) -> dict:
     # --- tokenizer + model + adapters
     import transformers
 
-    from harness.models import add_adapters, load_base, load_tokenizer
+    from harness.models import load_base, load_tokenizer, prepare
 
     transformers.utils.logging.set_verbosity_error()  # the "newly initialized head" report is expected
     transformers.utils.logging.disable_progress_bar()
@@ -169,7 +184,7 @@ def run(cfg, reporter=None) -> dict:
     pad_id = tokenizer.pad_token_id
 
     tracker = Run(cfg, resolved, run_dir, enabled=main)
-    baseline, eval_tok, baseline_cached = None, 0, False
+    baseline, eval_tok, baseline_cached, baseline_flops = None, 0, False, None
     if cfg.eval.baseline:
         with clock.phase("baseline"):
             # the base model with its untrained head: what the adapters have to beat. It is the same
@@ -182,20 +197,23 @@ def run(cfg, reporter=None) -> dict:
             baseline, baseline_cached = cached[0], cached[0] is not None
             if baseline is None:
                 baseline = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
+                baseline.pop("predictions", None)
                 if main:
                     key_path.parent.mkdir(parents=True, exist_ok=True)
                     write_json(key_path, baseline)
-            if not baseline_cached:  # a cached baseline cost this trial no FLOPs
-                eval_tok += baseline["tokens"]
+            # a study-level cost, recorded beside the trial's own and never inside it: cold or warm
+            # cache, one configuration and seed then costs the same (harness/cost.py)
+            baseline_flops = eval_flops(matmul_params(model), baseline["tokens"])
     with clock.phase("load"):
-        model, targets = add_adapters(model, cfg)
-        params = param_counts(model)
+        model, targets = prepare(model, cfg)
+        # k-bit preparation makes the embeddings' output require grad: the backward then runs through every layer
+        params = param_counts(model, input_grads=cfg.method == "lora" and cfg.quant.mode != "none")
     majority = task.reference_accuracy(test_items)
 
     if main:
         print(f"[harness] trial {cfg.study}/{cfg.trial}: {cfg.model.name} {cfg.quant.mode} on {cfg.data.name} "
-              f"(train {len(train_items)}, test {len(test_items)}); LoRA r={cfg.lora.r} alpha={cfg.lora.alpha:g} "
-              f"on {len(targets)} modules, {params['trainable_params']:,} trainable of {params['total_params']:,}; "
+              f"(train {len(train_items)}, test {len(test_items)}); {_method_line(cfg, targets)}, "
+              f"{params['trainable_params']:,} trainable of {params['total_params']:,}; "
               f"{world} process(es) x {per_device} x accum {t.grad_accum} = {global_batch * t.grad_accum} "
               f"examples/step, {t.max_steps} steps", flush=True)
 
@@ -255,6 +273,7 @@ def run(cfg, reporter=None) -> dict:
             with clock.phase("eval"):
                 ev = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
             eval_tok += ev["tokens"]
+            ev.pop("predictions", None)
             evals.append({"step": step, "accuracy": ev["accuracy"], "loss": ev["loss"], **ev.get("metrics", {})})
             tracker.log(_eval_log(ev), step=step)
             decision = [bool(reporter(step, ev)) if (main and reporter) else False]
@@ -270,6 +289,8 @@ def run(cfg, reporter=None) -> dict:
     if status == "complete":
         with clock.phase("eval"):
             final = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
+        if main and "predictions" in final:  # per item, for error analysis and item-level pairing
+            _write_predictions(run_dir / "predictions.jsonl", final.pop("predictions"), test_items, splits.labels)
         eval_tok += final["tokens"]
         evals.append({"step": step, "accuracy": final["accuracy"], "loss": final["loss"], **final.get("metrics", {})})
         tracker.log(_eval_log(final), step=step)
@@ -278,10 +299,9 @@ def run(cfg, reporter=None) -> dict:
     if world > 1:
         tokens_seen, padded_seen = (int(v) for v in accelerator.reduce(
             torch.tensor([tokens_seen, padded_seen], device=accelerator.device), reduction="sum").tolist())
-    compute_s = sum(clock.phases.get(k, 0.0) for k in ("baseline", "train", "eval"))
-    n_ne, n_tr = params["non_embedding_params"], params["trainable_params"]
-    tflops = train_flops(n_ne, n_tr, tokens_seen, t.gradient_checkpointing)
-    eflops = eval_flops(n_ne, eval_tok)
+    compute_s = sum(clock.phases.get(k, 0.0) for k in ("train", "eval"))  # the baseline is the study's
+    tflops = train_flops(params, tokens_seen, t.gradient_checkpointing)
+    eflops = eval_flops(params, eval_tok)
     peak = accelerator.reduce(torch.tensor(peak_memory_bytes(torch.device(accelerator.device)), device=accelerator.device),
                               reduction="max").item() if world > 1 else peak_memory_bytes(torch.device(accelerator.device))
     device_seconds = compute_s * world
@@ -290,7 +310,9 @@ def run(cfg, reporter=None) -> dict:
         "status": status, "reason": reason, "study": cfg.study, "trial": cfg.trial,
         "accuracy": final["accuracy"] if final else None,
         "eval_loss": final["loss"] if final else None,
+        "method": cfg.method,
         "baseline_accuracy": baseline["accuracy"] if baseline else None, "baseline_cached": baseline_cached,
+        "baseline_flops": baseline_flops, "baseline_seconds": clock.phases.get("baseline"),
         "majority_accuracy": majority,
         "best_intermediate_accuracy": max((e["accuracy"] for e in evals), default=None),
         "train_loss": history[-1]["train/loss"] if history else None,

@@ -71,9 +71,10 @@ def study_dir(tmp_path_factory):
 
 
 def _load(study_dir: Path, **kw):
+    """The W&B run files decoded (the opt-in cross-check), unless wandb_offline=False: result.json."""
     from analysis.runs import Study, load
 
-    return load(Study("tiny_study", study_dir, f"sqlite:///{study_dir}/study.db"), **kw)
+    return load(Study("tiny_study", study_dir, f"sqlite:///{study_dir}/study.db"), **{"wandb_offline": True, **kw})
 
 
 def _study(study_dir: Path):
@@ -181,12 +182,15 @@ def _varied(loaded):
 
 
 def test_every_figure_is_written_when_the_data_supports_it(loaded, tmp_path):
-    from analysis.figures import FIGURES, write_all
+    from analysis.figures import figure_names, write_all
 
     notes = []
-    write_all(_varied(loaded), tmp_path, say=notes.append)
+    varied = _varied(loaded)
+    write_all(varied, tmp_path, say=notes.append)
     assert notes == []
-    for name in FIGURES:
+    names = figure_names(varied)
+    assert {"accuracy_vs_rank", "accuracy_vs_alpha", "data_scaling"} <= set(names)  # one per varied axis
+    for name in names:
         _assert_written(tmp_path, name)
 
 
@@ -195,7 +199,7 @@ def test_importance_ranks_the_parameter_that_drives_accuracy(loaded):
 
     from analysis.figures import param_importance
 
-    fig = param_importance(_varied(loaded).trials, loaded.optuna_study, "1col")
+    fig = param_importance(_varied(loaded), "1col")
     bars = {t.get_text(): p.get_width() for t, p in zip(fig.axes[0].get_yticklabels(), fig.axes[0].patches)}
     assert max(bars, key=bars.get) == "lora.r" and set(bars) == {"lora.r", "lora.alpha", "data.train_size"}
     plt.close(fig)
@@ -203,8 +207,9 @@ def test_importance_ranks_the_parameter_that_drives_accuracy(loaded):
 
 def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
     from analysis.__main__ import main
-    from analysis.figures import FIGURES
+    from analysis.figures import figure_names
 
+    FIGURES = figure_names(loaded)
     out = tmp_path / "report"
     assert main([f"study=tiny_study", f"out_dir={study_dir.parent}", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -222,14 +227,16 @@ def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
     assert (study_dir / "trials.parquet").is_file()
 
 
-def test_pareto_points_drawn_are_exactly_the_non_dominated_trials(loaded):
+def test_pareto_points_drawn_are_exactly_the_non_dominated_configuration_means(loaded):
     import matplotlib.pyplot as plt
 
-    from analysis.figures import accuracy_vs_compute, complete
+    from analysis.figures import accuracy_vs_compute, split
+    from analysis.stats import configurations
 
-    df = _varied(loaded).trials
-    ok = complete(df)
-    fig = accuracy_vs_compute(df, "2col")
+    varied = _varied(loaded)
+    lora, _, axes = split(varied)
+    ok = configurations(lora, axes).rename(columns={"mean": "accuracy"})
+    fig = accuracy_vs_compute(varied, "2col")
     for ax, x in zip(fig.axes, ("flops", "device_hours")):
         drawn = {tuple(p) for c in ax.collections if c.get_gid() == "pareto" for p in np.asarray(c.get_offsets())}
         pts = list(zip(ok[x], ok["accuracy"]))
@@ -243,6 +250,7 @@ def test_pareto_points_drawn_are_exactly_the_non_dominated_trials(loaded):
     (["sweep=no_such_sweep"], "no_such_sweep"),
     ([], "which study?"),
     (["--wandb", "just-a-project", "--group", "x"], "ENTITY/PROJECT"),
+    (["--epsilon", "200"], "--epsilon is in accuracy points"),
 ])
 def test_missing_inputs_give_one_line_and_exit_2(args, message, tmp_path, capsys):
     from analysis.__main__ import main
@@ -310,7 +318,8 @@ def test_a_study_run_by_the_real_driver_reads_back_identically(tmp_path, capsys)
     assert "3 trials (2 complete, 1 failed)" in capsys.readouterr().out
     study_dir = tmp_path / "runs" / "tiny_driver"
     trials = optuna.load_study(study_name="tiny_driver", storage=f"sqlite:///{study_dir}/study.db").trials
-    df = load_frame(Study("tiny_driver", study_dir, f"sqlite:///{study_dir}/study.db")).trials.set_index("trial")
+    df = load_frame(Study("tiny_driver", study_dir, f"sqlite:///{study_dir}/study.db"),
+                    wandb_offline=True).trials.set_index("trial")
     assert sorted(df.index) == [t.number for t in trials]
     for t in trials:
         row = df.loc[t.number]
@@ -324,3 +333,36 @@ def test_a_study_run_by_the_real_driver_reads_back_identically(tmp_path, capsys)
         for key in ("flops", "device_seconds", "trainable_params", "eval_loss", "cost_usd"):
             assert row[key] == rec[key] == t.user_attrs[key], key
     _assert_written(tmp_path / "out" / "figures", "accuracy_vs_compute")
+
+
+def test_records_are_the_default_source_and_agree_with_wandb(study_dir, loaded):
+    """result.json read directly (no subprocess) gives the same frame as decoding the W&B files."""
+    from analysis.runs import METRICS
+
+    fast = _load(study_dir, wandb_offline=False, refresh=True)
+    assert not any("disagree" in n for n in loaded.notes)  # the cross-check found W&B == result.json
+    a, b = fast.trials.set_index("trial"), loaded.trials.set_index("trial")
+    ran = b[b["source"] == "wandb-offline"].index
+    assert len(ran) >= 8 and (a.loc[ran, "source"] == "result.json").all()
+    for key in (*METRICS, "lora.r", "seed"):
+        for t in ran:
+            assert a.loc[t, key] == b.loc[t, key] or (pd.isna(a.loc[t, key]) and pd.isna(b.loc[t, key])), (t, key)
+
+
+def test_report_states_configurations_comparisons_and_a_recommendation(study_dir, loaded, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    out = tmp_path / "rep"
+    assert main(["study=tiny_study", f"out_dir={study_dir.parent}", "--out", str(out), "--report"]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    for part in ("## What was run", "## Configurations", "## Comparisons", "## Recommendation", "zero-shot (base model)",
+                 "Holm", "best configuration mean", "## Test items most configurations get wrong"):
+        assert part in md, part
+    # one seed per configuration but one (r=8, alpha=16: seeds 0 and 1): no pair shares 2 seeds, nothing is tested
+    comparisons = md.split("## Comparisons")[1].split("##")[0]
+    lines = [x for x in comparisons.splitlines() if x.startswith("- ")]
+    assert lines and all("untested (1 shared seed)" in x for x in lines)
+    assert "recommendation:" in printed and "best configuration mean" in printed
+    tex = (out / "report.tex").read_text()
+    assert tex.startswith("\\documentclass") and "\\toprule" in tex and tex.rstrip().endswith("\\end{document}")

@@ -43,3 +43,62 @@ def test_publish_offline_says_why_it_is_skipped():
 
     msg = publish("lora_rank", None, None)
     assert msg.startswith("skipped --publish") and "wandb sync" in msg
+
+
+def _synthetic(with_refs: bool = True):
+    """A seeded study frame: targets x train_size, 3 seeds, plus head_only / full reference trials."""
+    import json
+
+    from analysis.runs import Loaded
+
+    rows, rng = [], np.random.default_rng(0)
+    for t, gain, params in (("attn_qv", 0.0, 2000), ("all_linear", 0.03, 7000)):
+        for n in (100, 200, 400):
+            for s in range(3):
+                rows.append({"lora.targets": t, "data.train_size": n, "seed": s, "method": "lora",
+                             "accuracy": 0.9 - 2 * n ** -0.5 + gain + rng.normal(0, 0.005), "flops": params * n * 1e3,
+                             "trainable_params": params})
+    if with_refs:
+        rows += [{"lora.targets": "attn_qv", "data.train_size": 400, "seed": s, "method": m, "accuracy": acc,
+                  "flops": f, "trainable_params": p} for s in range(3)
+                 for m, acc, f, p in (("head_only", 0.6 + 0.01 * s, 1e8, 66), ("full", 0.85, 9e9, 10**6))]
+    df = pd.DataFrame(rows).assign(status="complete", study="syn", device_hours=lambda d: d["flops"] / 1e15,
+                                   cost_usd=0.0, baseline_accuracy=0.5, baseline_flops=1e7, run_dir=None,
+                                   sweep_axes=json.dumps(["lora.targets", "data.train_size"]))
+    df["trial"] = range(len(df))
+    return Loaded(df, pd.DataFrame(columns=["trial", "step", "train/loss", "eval/accuracy"]))
+
+
+def test_reference_arms_are_rows_and_lines_not_configurations():
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import axis_figure, split
+    from analysis.tables import best_configs, comparison_table
+
+    loaded = _synthetic()
+    lora, refs, axes = split(loaded)
+    assert axes == ["lora.targets", "data.train_size"] and set(refs["method"]) == {"head_only", "full"}
+    table = best_configs(loaded)
+    first = table.columns[0]
+    assert list(table[first].iloc[-3:]) == ["full fine-tune", "head only (linear probe)", "zero-shot (base model)"]
+    assert len(table) == 6 + 3 and table[first].iloc[0] == "all_linear"
+    cmp = comparison_table(loaded)
+    assert len(cmp) == 3 + 2 * 3  # targets at each of 3 sizes; 3 size pairs for each of 2 targets
+    fig = axis_figure(loaded, "2col", "data.train_size")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert any(lab.startswith("head only (linear probe) (3 seeds") for lab in labels)
+    assert any(lab.startswith("fit a - b·n^-c, predicted at 800") for lab in labels)  # 2x the largest size
+    plt.close(fig)
+
+
+def test_tune_keeps_each_arm_at_its_best_value():
+    from analysis.stats import tune
+
+    df = pd.DataFrame([(t, lr, s, acc) for s in range(3) for t, lr, acc in
+                       (("qv", 1e-3, 0.60), ("qv", 1e-2, 0.70), ("all", 1e-3, 0.75), ("all", 1e-2, 0.65))],
+                      columns=["lora.targets", "train.lr", "seed", "accuracy"]).assign(flops=1.0)
+    df["trial"] = range(len(df))
+    kept, axes, picked = tune(df, ["lora.targets", "train.lr"], "train.lr")
+    assert axes == ["lora.targets"]
+    assert dict(zip(picked["lora.targets"], picked["train.lr"])) == {"qv": 1e-2, "all": 1e-3}
+    assert len(kept) == 6 and set(zip(kept["lora.targets"], kept["train.lr"])) == {("qv", 1e-2), ("all", 1e-3)}

@@ -33,9 +33,10 @@ def test_trial_writes_a_complete_record_and_a_readable_wandb_run(tiny_cfg):
     assert saved["status"] == "complete" and saved["world_size"] == 1
     assert 0 <= saved["accuracy"] <= 1 and 0 <= saved["baseline_accuracy"] <= 1
     assert saved["tokens"] > 0 and saved["flops"] > saved["eval_flops"] > 0
-    # FLOPs follow the stated formula: (4N + 4N_lora) per train token
-    n, nl = saved["non_embedding_params"], saved["trainable_params"]
-    assert saved["train_flops"] == pytest.approx((4 * n + 4 * nl) * saved["tokens"])
+    # FLOPs follow the stated formula (restated here; tests/test_cost.py checks it against torch's count)
+    n, nb, nt = (saved[k] for k in ("matmul_params", "backward_matmul_params", "trainable_matmul_params"))
+    assert saved["train_flops"] == pytest.approx((2 * n + 2 * nb + 2 * nt) * saved["tokens"])
+    assert saved["flops"] == saved["train_flops"] + saved["eval_flops"] and saved["baseline_flops"] > 0
     assert saved["peak_memory_bytes"] > 10 * 2**20 and saved["device_seconds"] > 0
     assert len(saved["history"]) == 40 and [e["step"] for e in saved["evals"]] == [20, 40]
     assert saved["config"]["lora"]["r"] == cfg.lora.r and saved["provenance"]["versions"]["peft"]
@@ -97,3 +98,20 @@ def test_cli_runs_a_trial_and_prints_accuracy_cost_and_paths(tmp_path):
     assert "accuracy" in out.stdout and "zero-shot baseline" in out.stdout and "FLOPs" in out.stdout
     assert f"{tmp_path}/cli/trials/0/result.json" in out.stdout and "wandb sync" in out.stdout
     assert math.isfinite(json.loads((tmp_path / "cli/trials/0/result.json").read_text())["accuracy"])
+
+
+@pytest.mark.parametrize("method", ["head_only", "full"])
+def test_reference_arms_train_what_they_say(tiny_cfg, method):
+    rec, saved = _run(tiny_cfg(f"method={method}", "quant=none", "tracking.mode=disabled", "train.max_steps=4"))
+    assert saved["status"] == "complete" and saved["method"] == method and saved["config"]["method"] == method
+    if method == "head_only":  # the linear probe: BERT's classifier, hidden 32 x 2 labels + bias
+        assert saved["trainable_params"] == 32 * 2 + 2 and saved["backward_matmul_params"] == 32 * 2
+    else:
+        assert saved["trainable_params"] == saved["total_params"]
+
+
+def test_full_finetune_of_a_quantized_base_is_refused_before_compute(tiny_cfg):
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match="quant=none"):
+        tiny_cfg("method=full", "quant=nf4")

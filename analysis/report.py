@@ -1,0 +1,222 @@
+"""`python -m analysis sweep=NAME [overrides] --report`: runs/<study>/report.md and report.tex.
+
+What was run (commands, sweep file, budget, model, data, seeds, git SHA, versions, wall time), the
+figures, the aggregated table with the reference arms and the zero-shot baseline, one sentence per
+comparison with its numbers and verdict, the recommendation, and the test items most
+configurations get wrong. Every sentence is generated from analysis/stats.py: the report says
+"not distinguishable" wherever the test does.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import stats
+from analysis.figures import reference_name, split
+from analysis.tables import _p, best_configs, comparison_table, to_latex
+
+COSTS = {"flops": ("flops", "FLOPs"), "device_hours": ("device_hours", "device-hours"), "usd": ("cost_usd", "USD")}
+
+
+def _record(df: pd.DataFrame) -> dict:
+    """The result.json of one complete trial: the study's shared config and provenance."""
+    for d in df.sort_values("trial")["run_dir"].dropna():
+        path = Path(d) / "result.json" if not str(d).startswith("http") else None
+        for p in (path, Path(d).parent.parent / "result.json") if path else ():
+            if p.is_file():
+                return json.loads(p.read_text())
+    return {}
+
+
+def what_was_run(loaded, overrides: list[str]) -> list[str]:
+    df = loaded.trials
+    rec = _record(df[df["status"] == "complete"]) or _record(df)
+    cfg, prov = rec.get("config") or {}, rec.get("provenance") or {}
+    sweep, train, data, model = (cfg.get(k) or {} for k in ("sweep", "train", "data", "model"))
+    ov = " ".join(shlex.quote(o) for o in overrides)
+    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+    shas = sorted(set(df["git_sha"].dropna())) if "git_sha" in df else []
+    versions = ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items())
+    wall = df["wall_seconds"].sum()
+    return [
+        f"- study: `python -m harness {ov}` then `python -m analysis {ov} --report`",
+        f"- sweep file: `{sweep.get('file')}`; searched: {', '.join(loaded.axes) or '—'}; sampler {sweep.get('sampler')}; "
+        f"seeds {sweep.get('seeds')}",
+        f"- trials: {len(df)} ({counts}); trial wall time {wall / 60:.1f} min in total "
+        f"({df['wall_seconds'].median():.0f} s median)",
+        f"- budget: {train.get('max_steps')} steps × batch {train.get('batch_size')} × accum {train.get('grad_accum')}, "
+        f"lr {train.get('lr')}, eval every {train.get('eval_every') or '— (final only)'}",
+        f"- model: {model.get('name')} ({model.get('source')}), quant {(cfg.get('quant') or {}).get('mode')}; data: "
+        f"{data.get('name')}, train {data.get('train_size')}, test {data.get('test_size')}",
+        *(f"- reference arm: `python -m harness study={cfg.get('study')} method={m} train.lr={g['train.lr'].iloc[0]:g}"
+          f"{' quant=none' if set(g['quant.mode']) == {'none'} and m == 'full' else ''} seed=S"
+          f"{''.join(' ' + o for o in overrides if o.startswith('out_dir='))}` for seeds "
+          f"{sorted(int(x) for x in g['seed'])}" for m, g in df[df["method"].fillna("lora") != "lora"].groupby("method")),
+        f"- git SHA: {', '.join(dict.fromkeys(s[:12] for s in shas)) or 'unknown'}; {versions}",
+    ]
+
+
+def comparison_sentences(cmp: pd.DataFrame, effect: float) -> list[str]:
+    out = []
+    for _, r in cmp.iterrows():
+        held = f" ({r['held']})" if r["held"] else ""
+        if r["n"] < 2:
+            out.append(f"- {r['b']} vs {r['a'].split('=')[-1]}{held}: {r['verdict']}.")
+            continue
+        more = (f"; this study detects {100 * r['mde']:.2f} points with 80% power, and {100 * effect:g} point needs "
+                f"~{r['seeds_for_effect']:,} seeds" if pd.notna(r["mde"]) and r["seeds_for_effect"] else "")
+        out.append(f"- {stats.LABELS.get(r['axis'], r['axis'])}={r['b_value']} vs {r['a_value']}{held}: "
+                   f"{100 * r['diff']:+.2f} points [95% CI {100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}] over {r['n']} "
+                   f"shared seeds, paired t p = {_p(r['p_t'])} (Holm {_p(r['p_holm'])}; exact permutation p = "
+                   f"{_p(r['p_perm'])}): **{r['verdict']}**{more}.")
+    return out
+
+
+def recommendation(lora: pd.DataFrame, axes: list[str], epsilon: float, cost: str) -> list[str]:
+    col, unit = COSTS[cost]
+    if lora.empty or col not in lora or lora[col].isna().all():
+        return ["- no complete trial with this cost: nothing to recommend."]
+    rec = stats.recommend(lora, axes, epsilon=epsilon, cost=col)
+    b, p = rec["best"], rec["pick"]
+    lines = [f"- best configuration mean: **{b['label']}**, {b['mean']:.4f} ± {b['ci']:.4f} ({b['n']} seeds), "
+             f"{b['cost']:.3g} {unit}"]
+    if p["label"] == b["label"]:
+        lines.append(f"- no cheaper configuration is within ε = {100 * epsilon:g} points of it: use **{b['label']}**.")
+    else:
+        lines.append(f"- cheapest within ε = {100 * epsilon:g} points of the best mean: **{p['label']}**, "
+                     f"{p['mean']:.4f} ± {p['ci']:.4f}, {p['cost']:.3g} {unit} ({p['cost'] / b['cost']:.2f}× the best's "
+                     f"cost); probability it is really within ε (bootstrap over seeds, {rec['n_boot']} resamples): "
+                     f"{rec['probability']:.2f}")
+    if "data.train_size" in axes:
+        best_rest = {k: b[k] for k in axes if k != "data.train_size"}
+        sub = lora[np.logical_and.reduce([lora[k].astype(str) == str(v) for k, v in best_rest.items()])] \
+            if best_rest else lora
+        fit = stats.saturating_fit(sub["data.train_size"], sub["accuracy"])
+        if fit:
+            lo, hi = fit["interval"]
+            lines.append(f"- data: the fitted curve a − b·n^−c predicts {fit['prediction']:.4f} [95% {lo:.4f}, "
+                         f"{hi:.4f}] at n = {fit['at']:,.0f} (2× the largest size)")
+        else:
+            lines.append("- data: fewer than 3 training-set sizes (or no convergent fit): no prediction beyond them")
+    return lines
+
+
+def hard_items(lora: pd.DataFrame, axes: list[str], k: int = 10) -> list[str]:
+    """Test items that most configurations get wrong (a configuration is wrong on an item when most
+    of its seeds are)."""
+    wrong, text, configs = Counter(), {}, 0
+    groups = lora.groupby(axes, dropna=False) if axes else [((), lora)]
+    for _, g in groups:
+        votes = Counter()
+        n = 0
+        for d in g["run_dir"].dropna():
+            path = Path(d) / "predictions.jsonl"
+            if not path.is_file():
+                path = Path(d).parent.parent / "predictions.jsonl"
+            if not path.is_file():
+                continue
+            n += 1
+            for line in path.read_text().splitlines():
+                p = json.loads(line)
+                votes[p["id"]] += not p["correct"]
+                text[p["id"]] = (p.get("text", ""), p["reference"])
+        if n:
+            configs += 1
+            wrong.update(i for i, v in votes.items() if v > n / 2)
+    if not configs:
+        return ["- no predictions.jsonl in the trial directories (trials from before they were written)"]
+    top = [(i, c) for i, c in wrong.most_common(k) if c > configs / 2]
+    if not top:
+        return [f"- no test item is wrong in most of the {configs} configurations"]
+    return [f"- item {i} (label {text[i][1]}): wrong in {c}/{configs} configurations — \"{text[i][0][:90]}\""
+            for i, c in top]
+
+
+def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01, cost: str = "flops",
+          tune: str | None = None, effect: float = 0.01) -> tuple[str, list[str]]:
+    """The report as Markdown, and the recommendation lines (also printed on the command line)."""
+    lora, refs, axes = split(loaded)
+    study = loaded.trials["study"].iloc[0]
+    md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides), ""]
+    figs = sorted(figures_dir.glob("*_2col.png"))
+    if figs:
+        md += ["## Figures", "Configuration means with 95% Student-t intervals over seeds; single seeds faint.", ""]
+        md += [f"![{f.stem}]({f.relative_to(figures_dir.parent)})" for f in figs] + [""]
+    table = best_configs(loaded)
+    if not table.empty:
+        md += ["## Configurations", "Best mean first (ties: lower compute); reference arms and the zero-shot baseline "
+               "below.", "", table.to_markdown(index=False), ""]
+    work, work_axes = lora, axes
+    if tune and tune in axes:
+        work, work_axes, picked = stats.tune(lora, axes, tune)
+        md += [f"## Each arm at its own best {tune}",
+               f"Comparisons and the recommendation below use, for each setting of the other axes, the {tune} with the "
+               f"best mean: " + "; ".join(f"{r['label']}" for _, r in picked.iterrows()), ""]
+    cmp = stats.comparisons(work, work_axes, effect=effect) if work_axes and not work.empty else pd.DataFrame()
+    md += ["## Comparisons", "Pairs of configurations that differ in one searched axis, paired over shared seeds; "
+           "p-values Holm-corrected across the study's comparisons (α = 0.05)."]
+    md += [""] + (comparison_sentences(cmp, effect) if not cmp.empty else ["- no two configurations differ in exactly "
+                                                                           "one searched axis."]) + [""]
+    rec = recommendation(work, work_axes, epsilon, cost)
+    md += ["## Recommendation", *rec, ""]
+    if not refs.empty:
+        md += ["## Reference arms"]
+        for method, g in refs.groupby("method"):
+            m, h, n = stats.t_interval(g["accuracy"])
+            md.append(f"- {reference_name(method, g)}: {m:.4f}" + (f" ± {h:.4f}" if n > 1 else "") + f" ({n} seed{'s' if n != 1 else ''}), "
+                      f"{g['flops'].mean():.3g} FLOPs, {g['trainable_params'].mean():,.0f} trainable parameters")
+        md.append("")
+    md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]
+    return "\n".join(md), rec
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"),
+                 ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        s = s.replace(a, b)
+    for a, b in (("±", r"$\pm$"), ("α", r"$\alpha$"), ("ε", r"$\varepsilon$"), ("×", r"$\times$"), ("−", "-"),
+                 ("—", "---"), ("·", r"$\cdot$")):
+        s = s.replace(a, b)
+    return s
+
+
+def to_tex(md: str, loaded, figures_dir: Path) -> str:
+    """The same report as a LaTeX document: sections, the figures' PDFs, booktabs tables."""
+    out = [r"\documentclass{article}", r"\usepackage{booktabs,graphicx,caption}", r"\usepackage[margin=2cm]{geometry}",
+           r"\begin{document}"]
+    for line in md.splitlines():
+        if line.startswith("# "):
+            out.append(r"\section*{" + _tex_escape(line[2:].replace("`", "")) + "}")
+        elif line.startswith("## "):
+            out.append(r"\subsection*{" + _tex_escape(line[3:]) + "}")
+        elif line.startswith("!["):
+            pdf = line[line.index("(") + 1:-1].replace(".png", ".pdf")
+            out.append(r"\begin{figure}[h]\centering\includegraphics[width=\linewidth]{" + pdf + r"}\end{figure}")
+        elif line.startswith("|"):
+            continue  # Markdown tables: the booktabs versions follow
+        elif line.startswith("- "):
+            text = _tex_escape(line[2:].replace("**", "").replace("`", ""))
+            out.append(r"\noindent$\bullet$ " + text + r"\\")
+        elif line.strip():
+            out.append(_tex_escape(line.replace("`", "")))
+        if line.startswith("## Configurations"):
+            table = best_configs(loaded)
+            out.append(to_latex(table, "Configurations (mean ± 95\\% CI over seeds).", "tab:configs"))
+        if line.startswith("## Comparisons"):
+            table = comparison_table(loaded)
+            if not table.empty:
+                out.append(r"\begin{small}" + to_latex(table, "Paired comparisons.", "tab:cmp") + r"\end{small}")
+    out.append(r"\end{document}")
+    return "\n".join(out) + "\n"
+
+
+def write(loaded, overrides: list[str], root: Path, **kw) -> tuple[list[Path], list[str]]:
+    md, rec = build(loaded, overrides, root / "figures", **kw)
+    (root / "report.md").write_text(md + "\n")
+    (root / "report.tex").write_text(to_tex(md, loaded, root / "figures"))
+    return [root / "report.md", root / "report.tex"], rec

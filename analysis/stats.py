@@ -1,0 +1,247 @@
+"""What a study's data supports: configuration means with Student-t intervals, paired comparisons
+over shared seeds with Holm's correction, power, the best configuration and a recommendation.
+
+A configuration is one value per searched axis; its trials differ only in `seed`. A seed fixes data
+order and initialisation, so two configurations run with the same seeds are compared on their
+per-seed differences (pairing removes the seed-to-seed noise both share). Reference arms
+(method=head_only / full) are kept out of the comparisons and reported beside them.
+Distributions come from scipy.stats; only Holm's step-down (a sort and a running max) is written here.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+# short axis names for labels, figures and tables
+LABELS = {"lora.r": "r", "lora.alpha": "α", "lora.alpha_over_r": "α/r", "lora.targets": "targets",
+          "data.train_size": "n", "train.lr": "lr", "lora.dropout": "dropout", "quant.mode": "quant", "model.name": "model",
+          "train.max_steps": "steps", "method": "method"}
+ALPHA = 0.05
+POWER = 0.8
+
+
+# ---------------------------------------------------------------------------- one sample
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, int]:
+    """Mean, half-width of the Student-t interval, n (half-width NaN for n < 2)."""
+    v = np.asarray(values, float)
+    v = v[~np.isnan(v)]
+    n = len(v)
+    if n < 2:
+        return (float(v.mean()) if n else np.nan), np.nan, n
+    return float(v.mean()), float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)), n
+
+
+def pareto_mask(cost, acc) -> np.ndarray:
+    """True where no other point is at least as cheap and as accurate and strictly better in one."""
+    c, a = np.asarray(cost, float)[:, None], np.asarray(acc, float)[:, None]
+    dominated = (c.T <= c) & (a.T >= a) & ((c.T < c) | (a.T > a))  # [i, j]: j dominates i
+    return ~dominated.any(axis=1)
+
+
+# ---------------------------------------------------------------------------- configurations
+
+
+def label(row, axes) -> str:
+    """`r=8, targets=all_linear`: a configuration's name in figures, tables and sentences."""
+    return ", ".join(f"{LABELS.get(k, k)}={_fmt(row[k])}" for k in axes) or "all trials"
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else str(v)
+
+
+def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", cost: str = "flops") -> pd.DataFrame:
+    """One row per configuration: its axes, n seeds, mean, sd and 95% half-width of metric, mean cost."""
+    rows = []
+    for vals, g in df.groupby(axes, dropna=False, sort=True) if axes else [((), df)]:
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        mean, half, n = t_interval(g[metric])
+        rows.append({**dict(zip(axes, vals)), "n": n, "mean": mean, "ci": half,
+                     "sd": float(g[metric].std(ddof=1)) if n > 1 else np.nan,
+                     "cost": float(g[cost].mean()) if cost in g else np.nan,
+                     **{c: float(g[c].mean()) for c in ("flops", "device_hours", "cost_usd", "trainable_params")
+                        if c in g},
+                     "seeds": sorted(int(s) for s in g["seed"].dropna()), "trials": sorted(int(t) for t in g["trial"])})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["label"] = [label(r, axes) for _, r in out.iterrows()]
+    return out
+
+
+def best(configs: pd.DataFrame) -> pd.Series:
+    """The configuration with the best mean; ties go to the lower compute."""
+    return configs.sort_values(["mean", "cost"], ascending=[False, True]).iloc[0]
+
+
+def tune(df: pd.DataFrame, axes: list[str], axis: str) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """Each arm at its own best value of `axis` (the papers' protocol for lr): for every setting of
+    the other axes keep the trials of the axis value with the best mean. Returns (trials, the other
+    axes, the configurations kept)."""
+    others = [a for a in axes if a != axis]
+    configs = configurations(df, axes)
+    picked = pd.DataFrame([best(g) for _, g in (configs.groupby(others, dropna=False) if others else [((), configs)])])
+    keep = np.zeros(len(df), bool)
+    for _, c in picked.iterrows():
+        keep |= np.logical_and.reduce([df[k].astype(str) == str(c[k]) for k in axes])
+    return df[keep], others, picked
+
+
+# ---------------------------------------------------------------------------- paired comparisons
+
+
+def paired(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict:
+    """b - a over the seeds both ran (Series indexed by seed): mean, interval, paired-t p, exact
+    sign-flip permutation p (free of the normality assumption, but never below 2 / 2^n)."""
+    shared = sorted(set(a.dropna().index) & set(b.dropna().index))
+    d = np.array([b[s] - a[s] for s in shared], float)
+    n = len(d)
+    out = {"n": n, "diff": float(d.mean()) if n else np.nan, "lo": np.nan, "hi": np.nan, "p_t": np.nan,
+           "p_perm": np.nan, "sd_diff": float(d.std(ddof=1)) if n > 1 else np.nan}
+    if n < 2:
+        return out
+    mean, half, _ = t_interval(d, level)
+    out.update(lo=mean - half, hi=mean + half)
+    if np.all(d == d[0]):  # no spread: t is undefined; a constant non-zero shift is still no proof with n seeds
+        out.update(p_t=1.0 if d[0] == 0 else 0.0)
+    else:
+        out["p_t"] = float(stats.ttest_rel(b[shared].to_numpy(float), a[shared].to_numpy(float)).pvalue)
+    perm = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf if n <= 16 else 20000,
+                                  alternative="two-sided", random_state=0)
+    out["p_perm"] = float(perm.pvalue)
+    return out
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error over all the study's comparisons)."""
+    p = np.asarray(pvalues, float)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        out[i] = min(1.0, running)
+    return out
+
+
+def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of a two-sided paired t test at this effect, sd of differences and n (noncentral t)."""
+    if n < 2 or not sd > 0:
+        return np.nan
+    df, nc = n - 1, effect / sd * math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return 1.0 if math.isnan(p) and abs(nc) > crit else p  # scipy's nct gives NaN far out in the tail
+
+
+def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
+    """The smallest mean difference a paired t test finds with `target` power at this n and sd."""
+    if n < 2 or not sd > 0:
+        return np.nan
+    hi = sd
+    while power(hi, sd, n, alpha) < target:  # bracket the root: power rises with the effect
+        hi *= 2
+    return float(optimize.brentq(lambda e: power(e, sd, n, alpha) - target, 1e-12 * sd, hi))
+
+
+def seeds_needed(sd: float, effect: float = 0.01, alpha: float = ALPHA, target: float = POWER, cap: int = 10_000):
+    """Seeds a paired t test needs to detect `effect` with `target` power (None above cap)."""
+    if not sd > 0:
+        return None
+    return next((n for n in range(2, cap + 1) if power(effect, sd, n, alpha) >= target), None)
+
+
+def one_axis_pairs(configs: pd.DataFrame, axes: list[str]):
+    """Pairs of configurations (i, j, axis) that differ in exactly one searched axis."""
+    for i, j in itertools.combinations(range(len(configs)), 2):
+        diff = [k for k in axes if _fmt(configs.iloc[i][k]) != _fmt(configs.iloc[j][k])]
+        if len(diff) == 1:
+            yield i, j, diff[0]
+
+
+def comparisons(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", alpha: float = ALPHA,
+                effect: float = 0.01) -> pd.DataFrame:
+    """Every one-axis pair: b - a over shared seeds, p (paired t), Holm across them, a verdict,
+    the minimum detectable effect at 80% power and the seeds needed to detect `effect`."""
+    configs = configurations(df, axes, metric)
+    by_seed = {c["label"]: df[np.logical_and.reduce([df[k].astype(str) == str(c[k]) for k in axes])]
+               .groupby("seed")[metric].mean() for _, c in configs.iterrows()} if axes else {}  # a re-run seed: once
+    rows = []
+    for i, j, axis in one_axis_pairs(configs, axes):
+        a, b = configs.iloc[i], configs.iloc[j]
+        r = paired(by_seed[a["label"]], by_seed[b["label"]])
+        rows.append({"axis": axis, "a": a["label"], "b": b["label"], "a_value": a[axis], "b_value": b[axis],
+                     "held": label(a, [k for k in axes if k != axis]) if len(axes) > 1 else "", **r,
+                     "mde": min_detectable_effect(r["sd_diff"], r["n"], alpha),
+                     "seeds_for_effect": seeds_needed(r["sd_diff"], effect, alpha)})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = holm(out["p_t"])
+    out["verdict"] = [verdict(r, alpha) for _, r in out.iterrows()]
+    return out
+
+
+def verdict(r, alpha: float = ALPHA) -> str:
+    """From b's side: better / worse / not distinguishable, never more than the test supports."""
+    if r["n"] < 2 or np.isnan(r["p_holm"]):
+        return f"untested ({r['n']} shared seed{'s' if r['n'] != 1 else ''})"
+    if r["p_holm"] < alpha:
+        return "better" if r["diff"] > 0 else "worse"
+    return f"not distinguishable with {r['n']} seeds"
+
+
+# ---------------------------------------------------------------------------- recommendation
+
+
+def recommend(df: pd.DataFrame, axes: list[str], epsilon: float = 0.01, cost: str = "flops", metric: str = "accuracy",
+              n_boot: int = 4000, seed: int = 0) -> dict:
+    """The cheapest configuration whose mean is within epsilon of the best mean, and the bootstrap
+    probability (seeds resampled together, keeping the pairing) that it really is within epsilon."""
+    configs = configurations(df, axes, metric, cost)
+    top = best(configs)
+    near = configs[configs["mean"] >= top["mean"] - epsilon].sort_values(["cost", "mean"], ascending=[True, False])
+    pick = near.iloc[0]
+    grid = df.assign(_cfg=[label(r, axes) for _, r in df.iterrows()]).pivot_table(
+        index="_cfg", columns="seed", values=metric, aggfunc="mean")
+    rng = np.random.default_rng(seed)
+    cols = rng.integers(0, grid.shape[1], size=(n_boot, grid.shape[1]))
+    values = grid.to_numpy(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample can miss every seed of a config
+        means = np.stack([np.nanmean(values[:, c], axis=1) for c in cols])  # (n_boot, configs)
+    row = list(grid.index).index(pick["label"])
+    within = means[:, row] >= np.nanmax(means, axis=1) - epsilon
+    return {"best": top, "pick": pick, "epsilon": epsilon, "cost": cost, "candidates": near,
+            "probability": float(np.mean(within)), "n_boot": n_boot}
+
+
+def saturating_fit(sizes, values, at: float | None = None, n_draws: int = 2000, seed: int = 0) -> dict | None:
+    """acc(n) = a - b n^-c fitted to every trial (scipy curve_fit); prediction at `at` (default 2x the
+    largest size) with a 95% band from the parameters' covariance. None when it does not converge."""
+    x, y = np.asarray(sizes, float), np.asarray(values, float)
+    if len(np.unique(x)) < 3:
+        return None
+    f = lambda n, a, b, c: a - b * np.power(n, -c)  # noqa: E731
+    try:
+        popt, pcov = optimize.curve_fit(f, x, y, p0=(y.max(), 1.0, 0.5), bounds=([0, 0, 0], [1.5, np.inf, 3]),
+                                        maxfev=20000)
+    except (RuntimeError, ValueError):
+        return None
+    at = at or 2 * x.max()
+    grid = np.geomspace(x.min(), at, 60)
+    draws = np.random.default_rng(seed).multivariate_normal(popt, np.nan_to_num(pcov), size=n_draws,
+                                                            check_valid="ignore")
+    curves = np.stack([f(grid, *d) for d in draws])
+    pred = f(np.array([at]), *draws.T)
+    return {"params": popt, "at": at, "prediction": float(f(at, *popt)),
+            "interval": tuple(float(q) for q in np.nanpercentile(pred, [2.5, 97.5])), "grid": grid,
+            "curve": f(grid, *popt), "band": np.nanpercentile(curves, [2.5, 97.5], axis=0)}
