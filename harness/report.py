@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 DIRECTIONS = {"maximize": -1, "minimize": 1}  # sort key sign: best first
 
@@ -98,3 +100,97 @@ def best_line(trials, axes: list[str], objectives: dict[str, str]) -> str:
     return (f"best = {what}: {m} {_num(b[m])}" + ("" if math.isnan(ci) else f" ± {_num(ci)}")
             + f" (mean of {len(b['seeds'])} seed{'s' if len(b['seeds']) != 1 else ''}; trials "
             + ",".join(map(str, b["trials"])) + ")")
+
+
+# ---------------------------------------------------------------------------- the driver's console
+
+
+def header(cfg, new: bool, c: dict, budget: str, url: str, dashboard: str) -> None:
+    """The first lines of `python -m harness sweep=...` (stderr; the password in url is masked)."""
+    sw = cfg.sweep
+    if new:
+        print(f"new study {cfg.study}: {budget} ({sw.sampler}, "
+              f"{', '.join(f'{k} {d}' for k, d in sw.objectives.items())}); storage {url}", file=sys.stderr)
+    else:
+        print(f"resuming study {cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} "
+              f"failed, {budget}", file=sys.stderr)
+    print(f"  watch: {dashboard}", file=sys.stderr)
+
+
+def postfix(bar, study, sw) -> None:
+    """The progress bar's counts and the best configuration mean so far (not a lucky seed)."""
+    from harness.optuna_parts import tally
+
+    trials = study.get_trials(deepcopy=False)
+    c = tally(trials)
+    post = {"ok": c["complete"], "pruned": c["pruned"], "failed": c["failed"]}
+    if len(sw.objectives) == 1:
+        best = best_configuration(trials, dict(sw.objectives))
+        metric = next(iter(sw.objectives))
+        if best is not None and best[metric] is not None:
+            post["best mean"] = f"{best[metric]:.4g}"
+    bar.set_postfix(post, refresh=True)
+
+
+def trial_line(state: str, info: dict) -> str:
+    """One line per finished trial, written above the progress bar."""
+    params = " ".join(f"{k}={_value(v)}" for k, v in info["params"].items())
+    head = f"trial {info['number']:>3} {state:<8} {params} seed={info['seed']}"
+    if state == "COMPLETE":
+        return (f"{head}  accuracy={_num(info.get('accuracy'))} flops={_num(info.get('flops'))} "
+                f"device-s={_num(info.get('device_seconds'))}")
+    return f"{head}  {info.get('fail_reason') or info.get('prune_reason') or ''}"
+
+
+def trial_table(trials, axes: list[str], objectives) -> str:
+    """Single trials (one row per seed): the Pareto set of a multi-objective study."""
+    cols = ["trial", *axes, "seed", "accuracy", "flops", "device-s", "state"]
+    extra = [k for k in objectives if k not in ("accuracy", "flops")]
+    cols[-1:-1] = extra
+    rows = []
+    for t in trials:
+        u = t.user_attrs
+        rows.append([str(t.number), *(_value(t.params.get(a)) for a in axes), str(u.get("seed", "-")),
+                     _num(u.get("accuracy")), _num(u.get("flops")), _num(u.get("device_seconds")),
+                     *(_num(u.get(k)) for k in extra), t.state.name])
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str, rerun_command) -> int:
+    """The end of a sweep: counts, the configurations (seed means ± 95% CI, best mean first) or the
+    Pareto set, the best configuration, and the command that reruns its first seed as a single run.
+    Returns the driver's exit code (1 when nothing completed)."""
+    from omegaconf import OmegaConf
+
+    sw = cfg.sweep
+    print(f"\nstudy {cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
+          + (f", {c['retried']} retried" if c["retried"] else "") + f"  (storage {url})")
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    if not done:
+        for t in [t for t in trials if t.state.name == "FAIL"][-3:]:
+            print(f"  trial {t.number}: {t.user_attrs.get('fail_reason')}")
+        return 1
+    axes, objectives = list(sw.space), dict(sw.objectives)
+    if pareto is None:
+        n = len(configurations(done, objectives))
+        print(f"configurations by mean {next(iter(objectives))} over seeds, best first"
+              + (" (top 10)" if n > 10 else "") + ":")
+        print(summary_table(done, axes, objectives))
+        print(best_line(done, axes, objectives))
+        best_trials = best_configuration(done, objectives)["trials"]
+        best = next(t for t in done if t.number == best_trials[0])
+    else:
+        rows = sorted(pareto, key=lambda t: t.values[1:] + t.values[:1])
+        print(f"Pareto set ({len(rows)} trials; single seeds: `python -m analysis` aggregates them):")
+        print(trial_table(rows, axes, objectives))
+        best = rows[0]
+    try:
+        tcfg = OmegaConf.load(Path(best.user_attrs["run_dir"]) / "config.yaml")
+        print(f"\nrerun trial {best.number} as a single run:\n  {rerun_command(tcfg, best.user_attrs['overrides'])}")
+    except (OSError, KeyError, ValueError) as e:
+        print(f"(no rerun command for trial {best.number}: {e})")
+    print(f"trials: {Path(cfg.out_dir) / cfg.study}/trials/<n>/{{config.yaml,log.txt,result.json}}; "
+          f"dashboard: {dashboard}")
+    return 0

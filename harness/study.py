@@ -30,6 +30,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import report
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.launch import Outcome, ProcessRunner
@@ -351,17 +352,10 @@ class Driver:
         new = self.open()
         c = tally(self.study.get_trials(deepcopy=False))
         budget = "until the timeout" if self.budget is None else f"{max(self.budget - c['done'], 0)} to go"
-        if new:
-            print(f"new study {self.cfg.study}: {budget} ({self.sw.sampler}, "
-                  f"{', '.join(f'{k} {d}' for k, d in self.sw.objectives.items())}); storage {self.url}",
-                  file=sys.stderr)
-        else:
-            print(f"resuming study {self.cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} "
-                  f"failed, {budget}", file=sys.stderr)
-        print(f"  watch: {dashboard_command(self.cfg.storage.url)}", file=sys.stderr)
+        report.header(self.cfg, new, c, budget, self.url, dashboard_command(self.cfg.storage.url))
         bar = tqdm(total=self.budget, initial=min(c["done"], self.budget or c["done"]), unit="trial",
                    desc=self.cfg.study, dynamic_ncols=True, file=sys.stderr)
-        self._postfix(bar)
+        report.postfix(bar, self.study, self.sw)
         t0 = time.time()
         free = list(self.slots)
         running = {}
@@ -390,10 +384,10 @@ class Driver:
                 for f in finished:
                     free.append(running.pop(f))
                     state, info = f.result()
-                    bar.write(self._line(state, info))
+                    bar.write(report.trial_line(state, info))
                     if state != "FAIL" or "interrupted" not in (info.get("fail_reason") or ""):
                         bar.update(1)
-                self._postfix(bar)
+                report.postfix(bar, self.study, self.sw)
         except BaseException:  # the storage failed (or worse): end the running trials, do not wait an hour
             self.stopping.set()
             self.runner.stop(signal.SIGTERM)
@@ -428,86 +422,10 @@ class Driver:
         old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(s, h) for s, h in old.items()]
 
-    def _postfix(self, bar) -> None:
-        c = tally(self.study.get_trials(deepcopy=False))
-        post = {"ok": c["complete"], "pruned": c["pruned"], "failed": c["failed"]}
-        best = self._best_value()
-        if best is not None:
-            post["best"] = best
-        bar.set_postfix(post, refresh=True)
-
-    def _best_value(self):
-        if len(self.sw.objectives) != 1:
-            return None
-        try:
-            return f"{self.study.best_value:.4g}"
-        except ValueError:
-            return None
-
-    def _line(self, state: str, info: dict) -> str:
-        params = " ".join(f"{k}={space_mod.format_value(v)}" for k, v in info["params"].items())
-        head = f"trial {info['number']:>3} {state:<8} {params} seed={info['seed']}"
-        if state == "COMPLETE":
-            return f"{head}  accuracy={_num(info.get('accuracy'))} flops={_num(info.get('flops'))} " \
-                   f"device-s={_num(info.get('device_seconds'))}"
-        return f"{head}  {info.get('fail_reason') or info.get('prune_reason') or ''}"
-
-    # -- the end
     def summary(self) -> int:
-        from optuna.trial import TrialState
-
         trials = self.study.get_trials(deepcopy=False)
-        c = tally(trials)
-        print(f"\nstudy {self.cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
-              + (f", {c['retried']} retried" if c["retried"] else "") + f"  (storage {self.url})")
-        if not c["complete"]:
-            fails = [t for t in trials if t.state == TrialState.FAIL][-3:]
-            for t in fails:
-                print(f"  trial {t.number}: {t.user_attrs.get('fail_reason')}")
-            return 1
-        if len(self.sw.objectives) == 1:
-            (metric, direction), = self.sw.objectives.items()
-            rows = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
-                          reverse=direction == "maximize")[:10]
-            title = f"complete trials by {metric}, best first" + (" (top 10)" if c["complete"] > 10 else "")
-        else:
-            rows = sorted(self.study.best_trials, key=lambda t: t.values[1:] + t.values[:1])
-            title = f"Pareto set ({len(rows)} trials)"
-        print(f"{title}:")
-        print(table(rows, list(self.sw.space), self.sw.objectives))
-        best = rows[0]
-        try:
-            tcfg = OmegaConf.load(Path(best.user_attrs["run_dir"]) / "config.yaml")
-            print(f"\nrerun trial {best.number} as a single run:\n  {rerun_command(tcfg, best.user_attrs['overrides'])}")
-        except (OSError, KeyError, ConfigError) as e:
-            print(f"(no rerun command for trial {best.number}: {e})")
-        print(f"trials: {self.root}/trials/<n>/{{config.yaml,log.txt,result.json}}; "
-              f"dashboard: {dashboard_command(self.cfg.storage.url)}")
-        return 0
-
-
-def _num(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and (abs(v) >= 1e5 or (v and abs(v) < 1e-3)):
-        return f"{v:.3g}"
-    return f"{v:.4g}" if isinstance(v, float) else f"{v:,}"
-
-
-def table(trials, axes: list[str], objectives) -> str:
-    cols = ["trial", *axes, "seed", "accuracy", "flops", "device-s", "state"]
-    extra = [k for k in objectives if k not in ("accuracy", "flops")]
-    cols[-1:-1] = extra
-    rows = []
-    for t in trials:
-        u = t.user_attrs
-        vals = [str(t.number), *(space_mod.format_value(t.params.get(a)) for a in axes), str(u.get("seed", "-")),
-                _num(u.get("accuracy")), _num(u.get("flops")), _num(u.get("device_seconds")),
-                *(_num(u.get(k)) for k in extra), t.state.name]
-        rows.append(vals)
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
+        return report.summary(self.cfg, trials, tally(trials), self.study.best_trials if len(self.sw.objectives) > 1
+                              else None, self.url, dashboard_command(self.cfg.storage.url), rerun_command)
 
 
 def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:

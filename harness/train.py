@@ -23,7 +23,7 @@ import torch
 
 from harness import config as config_mod
 from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
-from harness.tracking import Run, provenance, write_json
+from harness.tracking import Run, provenance, usable_cpus, write_json
 
 # The task-specific parts (data, items, collate, evaluate) live in one module per task; the loop,
 # cost accounting and record below are shared. See harness/classify.py for the interface.
@@ -114,7 +114,9 @@ def _write_predictions(path: Path, preds: list[dict], test_items: list[dict], la
 
 
 def _threads(cfg) -> None:
-    n = cfg.hardware.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("HARNESS_CONCURRENT_PROCS", cfg.hardware.processes)))
+    # the driver resolves hardware.threads into config.yaml (launch.cpu_threads); a single run splits
+    # the usable cores over its processes
+    n = cfg.hardware.threads or max(1, usable_cpus() // cfg.hardware.processes)
     torch.set_num_threads(n)
 
 
