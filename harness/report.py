@@ -183,7 +183,7 @@ def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str, rerun_comman
         best = next(t for t in done if t.number == best_trials[0])
     else:
         rows = sorted(pareto, key=lambda t: t.values[1:] + t.values[:1])
-        print(f"Pareto set ({len(rows)} trials; single seeds: `python -m analysis` aggregates them):")
+        print(f"Pareto set ({len(rows)} trials):")
         print(trial_table(rows, axes, objectives))
         best = rows[0]
     try:
