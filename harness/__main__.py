@@ -1,7 +1,7 @@
-"""python -m harness [sweep=NAME] [group=option ...] [key=value ...] [--cfg]
+"""python -m harness [-m] [--cfg [job|all]] [sweep=NAME] [group=option ...] [key=value ...]
 
 No sweep: one trial on the composed config. With sweep=NAME: the Optuna study in sweeps/NAME.yaml.
---cfg prints the resolved config and exits without running anything.
+With -m and comma/range/choice values: a grid study over them. `--help` lists groups and sweeps.
 """
 from __future__ import annotations
 
@@ -15,21 +15,44 @@ def _fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    from harness.config import ConfigError, complete, load, to_yaml
+    from harness import cli
+    from harness.config import ConfigError, complete, load, one_line, to_yaml
+    from harness.data import DataError
+
+    try:
+        args = cli.parse(argv)
+        if args.help or args.version:
+            print(cli.help_text() if args.help else cli.version())
+            return 0
+        overrides, note = cli.multirun(args.overrides) if args.multirun else (args.overrides, None)
+        if not args.multirun:
+            cli.reject_sweeps(overrides)
+        from harness.preflight import pick_hardware
+
+        overrides, picked = pick_hardware(overrides)  # trials and config.yaml get the option it picked
+        for msg in (note, picked):
+            if msg:
+                cli.say(msg)
+        cfg = complete(load(overrides))
+        if args.show:
+            print(to_yaml(cfg))
+            return 0
+        from harness import preflight
+
+        preflight.check(cfg)  # the devices, data, out_dir, hub model, W&B login: before any model loads
+    except (ConfigError, DataError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return _run(cfg, overrides)
+
+
+def _run(cfg, overrides: list[str]) -> int:
+    from harness.config import ConfigError, one_line
     from harness.data import DataError
     from harness.models import ModelError
     from harness.train import TrialFailed, TrialPruned
 
-    show = "--cfg" in argv
-    overrides = [a for a in argv if a != "--cfg"]
     try:
-        cfg = complete(load(overrides))
-        if show:
-            print(to_yaml(cfg))
-            return 0
         if cfg.launcher.name == "slurm":
             from harness.slurm import submit
 
@@ -42,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rec = run_single(cfg)
     except (ConfigError, DataError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (TrialFailed, TrialPruned) as e:
         print(f"trial did not complete: {e}", file=sys.stderr)
