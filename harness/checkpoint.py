@@ -18,13 +18,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from harness.config import ConfigError
+
 NAME = "checkpoint"
-# what a checkpoint may differ in from the run that resumes it: bookkeeping, not the computation
-_FREE = {"study", "trial", "out_dir", "tracking", "sweep"}
-_FREE_IN = {"train": {"resume_from", "checkpoint_every", "log_every"}, "hardware": {"threads"}}
+# what a run must share with the checkpoint it continues: everything that shapes the computation;
+# names, paths, storage, launcher, tracking and the step-line/checkpoint cadence may change
+_SAME = ("task", "model", "data", "lora", "quant", "method", "seed", "train", "eval", "hardware")
+_FREE_IN = {"train": {"resume_from", "checkpoint_every", "log_every"}, "eval": {"batch_size"},
+            "hardware": {"threads", "price_per_device_hour"}}
 
 
-class ResumeError(ValueError):
+class ResumeError(ConfigError):
     """train.resume_from names a checkpoint this run cannot continue (bad input: exit 2)."""
 
 
@@ -48,10 +52,22 @@ def is_checkpoint(d: Path) -> bool:
 
 
 def _fingerprint(resolved: dict) -> dict:
-    fp = {k: v for k, v in resolved.items() if k not in _FREE}
+    fp = {k: resolved.get(k) for k in _SAME}
     for section, free in _FREE_IN.items():
         fp[section] = {k: v for k, v in resolved.get(section, {}).items() if k not in free}
     return fp
+
+
+def check(cfg) -> None:
+    """Before any model loads (preflight): train.resume_from was made by this configuration."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from harness.config import complete
+
+    resolved = OmegaConf.to_container(complete(cfg), resolve=True)  # as the trial will see it
+    saved = torch.load(Path(cfg.train.resume_from) / "custom_checkpoint_1.pkl", map_location="cpu", weights_only=True)
+    TrialState(resolved).load_state_dict(saved)
 
 
 class TrialState:

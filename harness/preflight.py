@@ -25,6 +25,10 @@ def check(cfg: DictConfig) -> None:
     check_tracking(cfg)
     check_hub_model(cfg.model)
     check_data(cfg)
+    if cfg.train.resume_from:  # a checkpoint of another configuration would fail after the model loads
+        from harness import checkpoint
+
+        checkpoint.check(cfg)
 
 
 @lru_cache(maxsize=1)

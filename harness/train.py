@@ -388,8 +388,8 @@ def main(argv=None) -> int:
         reporter = trial_reporter(cfg)
     try:
         run(cfg, reporter)
-    except ckpt.ResumeError as e:
-        print(f"[harness] {e}", file=sys.stderr)
+    except ckpt.ResumeError as e:  # the driver checked it too; a hand-written config may not be
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except TrialPruned as e:
         if int(os.environ.get("RANK", "0")):
