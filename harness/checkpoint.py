@@ -18,6 +18,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
+
 from harness.config import ConfigError
 
 NAME = "checkpoint"
@@ -36,7 +38,8 @@ def resume_dir(run_root: Path, failed_trial: int | None) -> Path | None:
     """The checkpoint of the attempt a retried trial repeats, or None to start from step 0.
 
     run_root is <out_dir>/<study>; failed_trial is Optuna's system_attr "failed_trial" of the retry
-    (RetryFailedTrialCallback sets it), None for a first attempt."""
+    (RetryFailedTrialCallback sets it), None for a first attempt. An attempt killed before its own
+    first save hands on the checkpoint it had resumed from, so a chain of retries never restarts."""
     if failed_trial is None:
         return None
     trial_dir = Path(run_root) / "trials" / str(failed_trial)
@@ -44,7 +47,11 @@ def resume_dir(run_root: Path, failed_trial: int | None) -> Path | None:
         d = trial_dir / name
         if is_checkpoint(d):
             return d
-    return None
+    try:
+        prior = (yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}).get("train", {}).get("resume_from")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return Path(prior) if prior and is_checkpoint(Path(prior)) else None
 
 
 def is_checkpoint(d: Path) -> bool:
@@ -135,6 +142,7 @@ def save(accelerator, run_dir: Path, state: TrialState, counters: list[int]) -> 
     accelerator.wait_for_everyone()  # every rank's RNG file is in tmp
     if accelerator.is_main_process:
         if final.exists():
+            shutil.rmtree(old, ignore_errors=True)  # left by a kill between the renames; final is newer
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)

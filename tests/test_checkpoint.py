@@ -96,6 +96,13 @@ def test_resume_dir(tmp_path):
     (d / "model.safetensors").write_bytes(b"")
     (d / "custom_checkpoint_1.pkl").write_bytes(b"")
     assert ckpt.resume_dir(tmp_path, 3) == d
+    # attempt 4 resumed from attempt 3's checkpoint and was killed before saving its own
+    (tmp_path / "trials" / "4").mkdir()
+    (tmp_path / "trials" / "4" / "config.yaml").write_text(f"train:\n  resume_from: {d}\n")
+    assert ckpt.resume_dir(tmp_path, 4) == d
+    (tmp_path / "trials" / "5").mkdir()
+    (tmp_path / "trials" / "5" / "config.yaml").write_text("train:\n  resume_from: null\n")
+    assert ckpt.resume_dir(tmp_path, 5) is None
 
 
 def test_resume_from_not_a_checkpoint_is_bad_input(tmp_path):
