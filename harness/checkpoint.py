@@ -16,9 +16,8 @@ attempt it repeats, and the driver passes it as train.resume_from.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-
-import yaml
 
 from harness.config import ConfigError
 
@@ -34,24 +33,21 @@ class ResumeError(ConfigError):
     """train.resume_from names a checkpoint this run cannot continue (bad input: exit 2)."""
 
 
-def resume_dir(run_root: Path, failed_trial: int | None) -> Path | None:
-    """The checkpoint of the attempt a retried trial repeats, or None to start from step 0.
+def resume_dir(run_root: Path, system_attrs: Mapping | None) -> Path | None:
+    """The newest checkpoint among the attempts a retried trial repeats, or None to start from step 0.
 
-    run_root is <out_dir>/<study>; failed_trial is Optuna's system_attr "failed_trial" of the retry
-    (RetryFailedTrialCallback sets it), None for a first attempt. An attempt killed before its own
-    first save hands on the checkpoint it had resumed from, so a chain of retries never restarts."""
-    if failed_trial is None:
-        return None
-    trial_dir = Path(run_root) / "trials" / str(failed_trial)
-    for name in (NAME, f"{NAME}.old"):  # .old: killed between the two renames of a save
-        d = trial_dir / name
-        if is_checkpoint(d):
-            return d
-    try:
-        prior = (yaml.safe_load((trial_dir / "config.yaml").read_text()) or {}).get("train", {}).get("resume_from")
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return Path(prior) if prior and is_checkpoint(Path(prior)) else None
+    run_root is <out_dir>/<study>; system_attrs are the retry's Optuna system attrs. Optuna's retry
+    callbacks keep "failed_trial" = the FIRST attempt's number across a chain of retries and list
+    every earlier attempt in "retry_history" (oldest first), so the newest attempt with a checkpoint
+    is searched from the end: each attempt resumed from the one before, so it is the furthest."""
+    attrs = system_attrs or {}
+    attempts = list(attrs.get("retry_history") or ([attrs["failed_trial"]] if "failed_trial" in attrs else []))
+    for m in reversed(attempts):
+        for name in (NAME, f"{NAME}.old"):  # .old: killed between the two renames of a save
+            d = Path(run_root) / "trials" / str(m) / name
+            if is_checkpoint(d):
+                return d.resolve()  # the trial process may not share the driver's working directory
+    return None
 
 
 def is_checkpoint(d: Path) -> bool:

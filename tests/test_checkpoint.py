@@ -51,7 +51,7 @@ def test_resume_gives_the_uninterrupted_record(tiny_cfg, monkeypatch, capsys):
         train.run(cut)
     monkeypatch.setattr(ckpt, "save", real_save)
     assert saved == [2, 4]
-    found = ckpt.resume_dir(train.run_dir_of(cut).parent.parent, failed_trial=1)
+    found = ckpt.resume_dir(train.run_dir_of(cut).parent.parent, {"failed_trial": 1, "retry_history": [1]})
     assert found == train.run_dir_of(cut) / "checkpoint"
     assert sorted(p.name for p in train.run_dir_of(cut).iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
 
@@ -87,22 +87,44 @@ def test_resume_refuses_another_configuration(tiny_cfg, monkeypatch):
         train.run(other)
 
 
-def test_resume_dir(tmp_path):
-    assert ckpt.resume_dir(tmp_path, None) is None
-    assert ckpt.resume_dir(tmp_path, 3) is None  # no folder
-    d = tmp_path / "trials" / "3" / "checkpoint.old"  # killed between the renames of a save
+def _fake_checkpoint(d):
     d.mkdir(parents=True)
-    assert ckpt.resume_dir(tmp_path, 3) is None  # not a checkpoint: incomplete
     (d / "model.safetensors").write_bytes(b"")
     (d / "custom_checkpoint_1.pkl").write_bytes(b"")
-    assert ckpt.resume_dir(tmp_path, 3) == d
-    # attempt 4 resumed from attempt 3's checkpoint and was killed before saving its own
-    (tmp_path / "trials" / "4").mkdir()
-    (tmp_path / "trials" / "4" / "config.yaml").write_text(f"train:\n  resume_from: {d}\n")
-    assert ckpt.resume_dir(tmp_path, 4) == d
-    (tmp_path / "trials" / "5").mkdir()
-    (tmp_path / "trials" / "5" / "config.yaml").write_text("train:\n  resume_from: null\n")
-    assert ckpt.resume_dir(tmp_path, 5) is None
+    return d
+
+
+def test_resume_dir(tmp_path):
+    """The attrs are the ones Optuna's retry callbacks write (checked below against real Optuna)."""
+    assert ckpt.resume_dir(tmp_path, None) is None and ckpt.resume_dir(tmp_path, {}) is None
+    assert ckpt.resume_dir(tmp_path, {"failed_trial": 3, "retry_history": [3]}) is None  # no folder
+    half = tmp_path / "trials" / "3" / "checkpoint.tmp"  # killed during its first save
+    half.mkdir(parents=True)
+    assert ckpt.resume_dir(tmp_path, {"failed_trial": 3, "retry_history": [3]}) is None
+    old = _fake_checkpoint(tmp_path / "trials" / "3" / "checkpoint.old")  # killed between the renames
+    assert ckpt.resume_dir(tmp_path, {"failed_trial": 3, "retry_history": [3]}) == old
+    assert ckpt.resume_dir(tmp_path, {"failed_trial": 3}) == old
+    # 3 -> 5 -> 8: attempt 5 saved further, attempt 8 was killed before its first save
+    newer = _fake_checkpoint(tmp_path / "trials" / "5" / "checkpoint")
+    assert ckpt.resume_dir(tmp_path, {"failed_trial": 3, "retry_history": [3, 5, 8]}) == newer
+
+
+def test_optuna_retry_attrs_are_what_resume_dir_reads():
+    import optuna
+    from optuna.storages import InMemoryStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    storage = InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)  # what optuna_parts.retry_callback makes
+    study.tell(study.ask(), state=TrialState.FAIL)
+    retry(study, study.trials[-1])
+    first_retry = study.trials[-1]
+    assert first_retry.system_attrs == {"failed_trial": 0, "retry_history": [0]}
+    storage.set_trial_state_values(first_retry._trial_id, TrialState.RUNNING)
+    storage.set_trial_state_values(first_retry._trial_id, TrialState.FAIL)
+    retry(study, study.trials[-1])
+    assert study.trials[-1].system_attrs == {"failed_trial": 0, "retry_history": [0, 1]}  # not 1
 
 
 def test_resume_from_not_a_checkpoint_is_bad_input(tmp_path):
