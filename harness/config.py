@@ -145,6 +145,19 @@ class TrainCfg(_Strict):
     gradient_checkpointing: bool = False
     group_by_length: bool = True
     keep_effective_batch: bool = True
+    log_every: int = Field(default=10, ge=0)  # a progress line every k steps (trial log); 0 = off
+    checkpoint_every: int = Field(default=0, ge=0)  # harness/checkpoint.py; 0 = off
+    resume_from: str | None = None  # a checkpoint folder to continue from
+
+    @field_validator("resume_from")
+    @classmethod
+    def _is_checkpoint(cls, v):
+        from harness.checkpoint import is_checkpoint
+
+        if v is not None and not is_checkpoint(Path(v)):
+            raise ValueError(f"{v} is not a checkpoint folder (model.safetensors + custom_checkpoint_1.pkl, "
+                             "written by train.checkpoint_every)")
+        return v
 
 
 class EvalCfg(_Strict):

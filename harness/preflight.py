@@ -25,6 +25,13 @@ def check(cfg: DictConfig) -> None:
     check_tracking(cfg)
     check_hub_model(cfg.model)
     check_data(cfg)
+    if (cfg.train.checkpoint_every or cfg.train.resume_from) and cfg.hardware.strategy == "fsdp":
+        # FSDP saves sharded weights: harness/checkpoint.py keeps only the trained parameters of a whole model
+        raise ConfigError("train.checkpoint_every/resume_from: not supported with hardware.strategy=fsdp; use ddp")
+    if cfg.train.resume_from:  # a checkpoint of another configuration would fail after the model loads
+        from harness import checkpoint
+
+        checkpoint.check(cfg)
 
 
 @lru_cache(maxsize=1)

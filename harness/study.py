@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import report
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
+from harness.checkpoint import resume_dir
 from harness.launch import Outcome, ProcessRunner
 from harness.record import ATTR_METRICS, INTERMEDIATE, METRICS, TrialPaths
 from harness.optuna_parts import (dashboard_command, directions, make_pruner,
@@ -313,6 +314,9 @@ class Driver:
         n = trial.number
         run_dir = TrialPaths(self.cfg.out_dir, self.cfg.study, n).dir
         overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), f"seed={seed}", f"trial={n}"]
+        resume = resume_dir(self.root, self.storage.get_trial_system_attrs(self._tid(n)))
+        if resume is not None:  # the retry of an interrupted attempt continues from its last checkpoint
+            overrides.append(f"train.resume_from={resume}")
         attrs = {"overrides": [mask_override(o) for o in overrides], "run_dir": str(run_dir), "seed": seed,
                  "params": params}
         trial_id = self._tid(n)

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from harness import checkpoint as ckpt
 from harness import config as config_mod
 from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
+from harness.progress import Progress
 from harness.tracking import Run, provenance, usable_cpus, write_json
 
 # The task-specific parts (data, items, collate, evaluate) live in one module per task; the loop,
@@ -231,11 +233,23 @@ def run(cfg, reporter=None) -> dict:
     tokens_seen = padded_seen = examples_seen = 0
     loss_ema, history, evals = None, [], []
     status, reason = "complete", None
+    state = ckpt.TrialState(resolved)
+    ckpt.attach(accelerator, sched, state)
+    if t.resume_from:  # after prepare: load_state fills the prepared model/optimizer in place
+        tokens_seen, padded_seen, examples_seen = ckpt.load(accelerator, Path(t.resume_from), state)
+        loss_ema, history, evals = state.loss_ema, state.history, state.evals
+        for _ in range(state.batches):  # the same place in the data order
+            next(stream)
+        ckpt.replay(tracker, state)
+        if main:
+            print(f"[harness] resumed from {t.resume_from} at step {state.step}", flush=True)
+    step = resumed_at = state.step
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=t.max_steps, desc=f"trial {cfg.trial}", disable=not main or os.environ.get("HARNESS_QUIET") == "1",
-               dynamic_ncols=True, leave=False)
-    step = 0
+    bar = tqdm(total=t.max_steps, initial=step, desc=f"trial {cfg.trial}",
+               disable=not main or os.environ.get("HARNESS_QUIET") == "1", dynamic_ncols=True, leave=False)
+    progress = Progress(t.log_every if main else 0, t.max_steps, step,
+                        write=lambda line: bar.write(line) if not bar.disable else print(line, flush=True))
     while step < t.max_steps:
         with clock.phase("train"):
             step_loss = 0.0
@@ -271,6 +285,7 @@ def run(cfg, reporter=None) -> dict:
                    "train/tokens": tokens_seen}
             history.append({"step": step, **rec})
             tracker.log(rec, step=step)
+        progress.step(step, step_loss, loss_ema, sched.get_last_lr()[0])
         if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
             with clock.phase("eval"):
                 ev = task.evaluate(model, test_items, cfg, tokenizer, accelerator)
@@ -284,6 +299,10 @@ def run(cfg, reporter=None) -> dict:
             if decision[0]:
                 status, reason = "pruned", f"pruned after step {step} (eval accuracy {ev['accuracy']:.4f})"
                 break
+        if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
+            state.step, state.batches, state.loss_ema = step, step * t.grad_accum, loss_ema
+            state.history, state.evals = history, evals
+            ckpt.save(accelerator, run_dir, state, [tokens_seen, padded_seen, examples_seen])
     bar.close()
 
     # --- final eval (skipped for failed runs: nothing to measure)
@@ -331,6 +350,7 @@ def run(cfg, reporter=None) -> dict:
         "train_size": len(train_items), "test_size": len(test_items), "labels": splits.labels,
         "data": splits.provenance, "evals": evals,
         "provenance": provenance(accelerator.device) if main else {},
+        "resumed_from": {"dir": t.resume_from, "step": resumed_at} if t.resume_from else None,
     }
     # task metrics beyond accuracy/loss (sft: exact_match, rouge_l, bleu, ...), final and zero-shot
     record.update((final or {}).get("metrics", {}))
@@ -347,6 +367,8 @@ def run(cfg, reporter=None) -> dict:
         tracker.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None},
                        exit_code=0 if status == "complete" else 1)
     accelerator.wait_for_everyone()
+    if main and status != "failed" and t.checkpoint_every:
+        ckpt.discard(run_dir)  # finished: the record has it all; only a retry would need the checkpoint
     accelerator.end_training()
     if status == "failed":
         raise TrialFailed(reason)
@@ -368,6 +390,9 @@ def main(argv=None) -> int:
         reporter = trial_reporter(cfg)
     try:
         run(cfg, reporter)
+    except ckpt.ResumeError as e:  # the driver checked it too; a hand-written config may not be
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except TrialPruned as e:
         if int(os.environ.get("RANK", "0")):
             return 0  # rank 0 reports it; a rank exiting first would get rank 0 killed by the launcher
