@@ -164,7 +164,10 @@ def tally(trials) -> dict:
     """done counts toward the budget; a FAIL that was retried does not (its retry does)."""
     from optuna.trial import TrialState as S
 
-    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    # every attempt a later trial retries: Optuna keeps `failed_trial` at the first attempt of a chain
+    # and lists them all in `retry_history`
+    retried = {n for t in trials for n in [t.system_attrs.get("failed_trial"), *t.system_attrs.get("retry_history", [])]
+               if n is not None}
     c = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "retried": 0}
     for t in trials:
         if t.state == S.COMPLETE:

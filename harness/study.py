@@ -117,7 +117,7 @@ def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
 
 # Config roots and keys that name, place, track or schedule a study but cannot change a trial's result.
 NOT_THE_EXPERIMENT = ("study", "trial", "out_dir", "storage", "tracking", "launcher", "sweep", "seed",
-                      "hardware.threads")
+                      "hardware.threads", "train.log_every", "train.checkpoint_every", "train.resume_from")
 
 
 def experiment_config(cfg: DictConfig) -> dict:
