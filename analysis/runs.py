@@ -235,7 +235,7 @@ def load_online(path: str, group: str) -> tuple[list[dict], list[pd.DataFrame]]:
     rows, hists = [], []
     for run in runs:
         config = dict(run.config)
-        summary = dict(run.summary._json_dict)
+        summary = dict(run.summary_metrics)  # the public API (not the private _json_dict)
         rows.append(_row(config, summary, source="wandb-online", wandb_run_id=run.id, wandb_state=run.state,
                          run_dir=run.url))
         steps = [r for r in run.scan_history() if any(k in r for k in HISTORY_KEYS)]
