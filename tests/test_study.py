@@ -57,16 +57,16 @@ def test_failures_are_recorded_with_reasons_and_the_sweep_finishes(tmp_path, cap
 sweep:
   space:
     train.lr: {choices: [1.0e-2, 1.0e-3, 1.0e+30]}
-    data.train_size: {choices: [160, 5000]}
+    model.tiny.num_attention_heads: {choices: [2, 3]}
   objectives: {accuracy: maximize, flops: minimize}
   sampler: nsga2
   n_trials: 4
   parallel: 2
   enqueue:
-    - {train.lr: 1.0e-2, data.train_size: 160}     # fine
-    - {train.lr: 1.0e+30, data.train_size: 160}    # loss goes non-finite
-    - {train.lr: 1.0e-2, data.train_size: 5000}    # raises: more examples than the data has
-    - {train.lr: 1.0e-3, data.train_size: 160}     # killed from outside below
+    - {train.lr: 1.0e-2, model.tiny.num_attention_heads: 2}   # fine
+    - {train.lr: 1.0e+30, model.tiny.num_attention_heads: 2}  # loss goes non-finite
+    - {train.lr: 1.0e-2, model.tiny.num_attention_heads: 3}   # raises in the trial: 3 heads do not split 32
+    - {train.lr: 1.0e-3, model.tiny.num_attention_heads: 2}   # killed from outside below
 """)
     killed = []
 
@@ -90,12 +90,12 @@ sweep:
     assert rc == 0 and killed
     study = load(tmp_path, "fails")
     assert len(study.trials) == 4
-    t = {(x.params["train.lr"], x.params["data.train_size"]): x for x in study.trials}
-    ok, nan, raised, kill = t[(1e-2, 160)], t[(1e30, 160)], t[(1e-2, 5000)], t[(1e-3, 160)]
+    t = {(x.params["train.lr"], x.params["model.tiny.num_attention_heads"]): x for x in study.trials}
+    ok, nan, raised, kill = t[(1e-2, 2)], t[(1e30, 2)], t[(1e-2, 3)], t[(1e-3, 2)]
     assert ok.state == TrialState.COMPLETE and 0 <= ok.values[0] <= 1 and ok.values[1] > 0
     assert nan.state == raised.state == kill.state == TrialState.FAIL
     assert "non-finite loss" in nan.user_attrs["fail_reason"]
-    assert "train_size=5000" in raised.user_attrs["fail_reason"]
+    assert "attention heads (3)" in raised.user_attrs["fail_reason"], raised.user_attrs["fail_reason"]
     assert "killed by SIGKILL" in kill.user_attrs["fail_reason"]
     # the study alone is useful: overrides, run dir, seed and metrics on every trial
     assert ok.user_attrs["accuracy"] == ok.values[0] and ok.user_attrs["flops"] == ok.values[1]
