@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides, note = cli.multirun(args.overrides) if args.multirun else (args.overrides, None)
         if not args.multirun:
             cli.reject_sweeps(overrides)
-        from harness.preflight import pick_hardware
+        from harness.devices import pick_hardware
 
         overrides, picked = pick_hardware(overrides)  # trials and config.yaml get the option it picked
         for msg in (note, picked):

@@ -149,15 +149,6 @@ class TrainCfg(_Strict):
     checkpoint_every: int = Field(default=0, ge=0)  # harness/checkpoint.py; 0 = off
     resume_from: str | None = None  # a checkpoint folder to continue from
 
-    @field_validator("resume_from")
-    @classmethod
-    def _is_checkpoint(cls, v):
-        from harness.checkpoint import is_checkpoint
-
-        if v is not None and not is_checkpoint(Path(v)):
-            raise ValueError(f"{v} is not a checkpoint folder (model.safetensors + custom_checkpoint_1.pkl, "
-                             "written by train.checkpoint_every)")
-        return v
 
 
 class EvalCfg(_Strict):
@@ -396,7 +387,7 @@ def _format_validation_error(err: ValidationError, data: dict | None = None) -> 
         if e["type"] == "extra_forbidden":
             from harness.keys import did_you_mean
 
-            hint = f"; {did_you_mean(key)}"
+            hint = f"; {did_you_mean(key, ExperimentCfg)}"
         else:
             hint = ""
         lines.append(f"{where}{key or '<config>'}: {e['msg']}{got}{hint}")
@@ -463,11 +454,11 @@ def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
                 return compose(config_name="config", overrides=overrides, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
             m = _NO_OVERRIDE.search(str(e))
-            if m and is_schema_key(m.group(1)):
+            if m and is_schema_key(m.group(1), ExperimentCfg):
                 overrides = [f"+{o}" if o.split("=", 1)[0] == m.group(1) else o for o in overrides]
                 continue
             if m:
-                raise ConfigError(f"{m.group(1)}: no such config key; {did_you_mean(m.group(1))}") from None
+                raise ConfigError(f"{m.group(1)}: no such config key; {did_you_mean(m.group(1), ExperimentCfg)}") from None
             msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user
             where = "a command-line override: " if isinstance(e, OverrideParseException) else ""
             raise ConfigError(where + one_line(msg)) from None  # Hydra lists the choices one a line
@@ -481,7 +472,7 @@ def load_with_choices(overrides: list[str] | tuple[str, ...] = (), conf_dir: Pat
     """load(), plus the option chosen in each config group ({"model": "minilm", "sweep": None, ...})."""
     overrides = list(overrides)
     if "hardware=auto" in overrides:
-        from harness.preflight import pick_hardware
+        from harness.devices import pick_hardware
 
         overrides = pick_hardware(overrides)[0]
     cfg = _compose(conf_dir, overrides)

@@ -7,10 +7,10 @@ from the schema itself (config.py) and from the names other libraries use for th
 from __future__ import annotations
 
 import difflib
+from functools import cache
 
 from pydantic import BaseModel
 
-from harness.config import ExperimentCfg
 
 
 def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, bool]:
@@ -31,7 +31,6 @@ def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, bool]:
     return out
 
 
-SCHEMA_KEYS = _fields(ExperimentCfg)
 # Names users bring from transformers' TrainingArguments, peft's LoraConfig and W&B -> ours
 ALIASES = {"rank": "lora.r", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
            "target_modules": "lora.targets", "learning_rate": "train.lr", "num_steps": "train.max_steps",
@@ -41,15 +40,23 @@ ALIASES = {"rank": "lora.r", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lo
            "project": "tracking.project", "entity": "tracking.entity", "storage": "storage.url"}
 
 
-def is_schema_key(key: str) -> bool:
+@cache
+def schema_keys(schema: type[BaseModel]) -> dict[str, bool]:
+    """The schema's dotted keys (config.py passes its ExperimentCfg: this module imports no harness)."""
+    return _fields(schema)
+
+
+def is_schema_key(key: str, schema: type[BaseModel]) -> bool:
     """A key the schema knows (or one under a free-form dict such as model.tiny.*)."""
+    SCHEMA_KEYS = schema_keys(schema)
     parts = key.split(".")
     return key in SCHEMA_KEYS or any(SCHEMA_KEYS.get(".".join(parts[:i])) for i in range(1, len(parts)))
 
 
-def did_you_mean(key: str) -> str:
+def did_you_mean(key: str, schema: type[BaseModel]) -> str:
     """'did you mean `lora.r`?' for an unknown key: a known alias, else the closest key of the same
     section (lora.ranks -> lora.r), else the closest key anywhere (loar.r -> lora.r)."""
+    SCHEMA_KEYS = schema_keys(schema)
     section, _, leaf = key.rpartition(".")
     same = [k for k in SCHEMA_KEYS if section and k.rpartition(".")[0] == section]
     close = ([ALIASES[leaf]] if leaf in ALIASES else

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.checkpoint import is_checkpoint
 from harness.config import ConfigError
+from harness.devices import cuda_devices
 from harness.data import DataError, check_sizes, load_pool
 
 EMBEDDED = "or use an embedded model (model=minilm, model=smollm2_135m)"
@@ -25,6 +27,9 @@ def check(cfg: DictConfig) -> None:
     check_tracking(cfg)
     check_hub_model(cfg.model)
     check_data(cfg)
+    if cfg.train.resume_from and not is_checkpoint(Path(cfg.train.resume_from)):
+        raise ConfigError(f"train.resume_from={cfg.train.resume_from} is not a checkpoint folder (model.safetensors + "
+                          "custom_checkpoint_1.pkl, written by train.checkpoint_every)")
     if (cfg.train.checkpoint_every or cfg.train.resume_from) and cfg.hardware.strategy == "fsdp":
         # FSDP saves sharded weights: harness/checkpoint.py keeps only the trained parameters of a whole model
         raise ConfigError("train.checkpoint_every/resume_from: not supported with hardware.strategy=fsdp; use ddp")
@@ -35,23 +40,6 @@ def check(cfg: DictConfig) -> None:
 
 
 @lru_cache(maxsize=1)
-def cuda_devices() -> int:
-    import torch  # only for hardware=auto or hardware.device=cuda: the one reliable way to ask
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def pick_hardware(overrides: list[str]) -> tuple[list[str], str | None]:
-    """`hardware=auto` -> hardware=gpu1 when a CUDA device is visible, else hardware=cpu; the note says
-    which. Replaced before composing, so config.yaml and every trial of a study record the option."""
-    if not any(o == "hardware=auto" for o in overrides):
-        return list(overrides), None
-    n = cuda_devices()
-    pick = "gpu1" if n else "cpu"
-    note = f"hardware=auto: {n} CUDA device(s) visible, using hardware={pick}"
-    return [f"hardware={pick}" if o == "hardware=auto" else o for o in overrides], note
-
-
 def check_device(cfg: DictConfig) -> None:
     """hardware.device=cuda needs CUDA and a GPU per process (per trial x sweep.parallel): stop here, not
     inside transformers after the data and model have loaded. A SLURM submit host need not have GPUs."""

@@ -54,9 +54,10 @@ def test_bad_command_lines_exit_2_with_one_line(capsys, argv, needle):
                                        ("train.learning_rate", "train.lr"), ("train.maxsteps", "train.max_steps"),
                                        ("hardware.gpus", "hardware.processes"), ("modle", "model"), ("task.foo", None)])
 def test_did_you_mean_names_the_key_from_the_schema(key, meant):
+    from harness.config import ExperimentCfg
     from harness.keys import did_you_mean
 
-    hint = did_you_mean(key)
+    hint = did_you_mean(key, ExperimentCfg)
     assert (f"did you mean `{meant}`?" in hint) if meant else ("did you mean" not in hint), hint
 
 
@@ -134,7 +135,7 @@ def test_multirun_runs_two_trials_as_one_study(tmp_path):
 
 
 def test_hardware_auto_picks_what_is_there_and_says_so(capsys):
-    from harness.preflight import cuda_devices
+    from harness.devices import cuda_devices
 
     rc, out, err = run_main(capsys, "hardware=auto", "--cfg")
     expect = "gpu1" if cuda_devices() else "cpu"
@@ -143,7 +144,7 @@ def test_hardware_auto_picks_what_is_there_and_says_so(capsys):
 
 
 def test_cuda_without_enough_devices_stops_before_any_load(capsys, tmp_path):
-    from harness.preflight import cuda_devices
+    from harness.devices import cuda_devices
 
     n = cuda_devices()
     argv = [*TINY, f"out_dir={tmp_path}", "hardware=gpu1", f"hardware.processes={n + 1}", "train.batch_size=16",
