@@ -128,9 +128,10 @@ def test_optuna_retry_attrs_are_what_resume_dir_reads():
 
 
 def test_resume_from_not_a_checkpoint_is_bad_input(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "harness", "--cfg", "model=tiny_bert", "data=tiny",
+    r = subprocess.run([sys.executable, "-m", "harness", "model=tiny_bert", "data=tiny", f"out_dir={tmp_path}/runs",
                         f"train.resume_from={tmp_path}"], check=False, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == 2, r.stderr  # the preflight: before any model loads, nothing written
+    assert not (tmp_path / "runs").exists()
     assert "is not a checkpoint folder" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -70,7 +70,7 @@ def test_trust_remote_code_is_off_by_default():
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["model=gpt7"], "Available options in 'model': hub, llama3_8b, minilm"),
+    (["model=gpt7"], "Available options in 'model': hub, llama3_8b, llama_1b_random, minilm"),
     (["lora.r=0", "train.lr=0"], "lora.r: Input should be greater than or equal to 1 (got 0); train.lr:"),
     (["data=local"], "data.path is not set (data=local needs it): add data.path=FILE"),
     (["data=local", "model=hub"], "(also unset: model.path)"),
