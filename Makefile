@@ -8,10 +8,12 @@ PY     := $(VENV)/bin/python
 .PHONY: setup trial sweep test test-all
 setup: $(VENV)/.setup-done
 
-# torch==2.13.0 is pinned in pyproject.toml: this installs the CPU wheel; a loose pin pulls CUDA.
-$(VENV)/.setup-done: pyproject.toml requirements-embedded.txt
+# pyproject.toml asks for a torch range; constraints-cpu.txt pins the CPU wheel here (unconstrained,
+# pip resolves the newest torch with its CUDA wheels: GBs). On a GPU machine install your torch first,
+# then `pip install -e '.[dev]'` without the constraints.
+$(VENV)/.setup-done: pyproject.toml requirements-embedded.txt constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,dashboard,slurm]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints-cpu.txt -e '.[dev,postgres,dashboard,slurm]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-embedded.txt
 	$(PY) -m harness.data fetch
 	touch $@

@@ -1,12 +1,13 @@
-"""python -m harness [sweep=NAME] [group=option ...] [key=value ...] [--cfg]
+"""python -m harness [-m] [--cfg [job|all]] [sweep=NAME] [group=option ...] [key=value ...]
 
 No sweep: one trial on the composed config. With sweep=NAME: the Optuna study in sweeps/NAME.yaml.
---cfg prints the resolved config and exits without running anything.
+With -m and comma/range/choice values: a grid study over them. `--help` lists groups and sweeps.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+
+from harness.record import TrialPaths
 
 
 def _fmt(x) -> str:
@@ -15,21 +16,44 @@ def _fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    from harness.config import ConfigError, complete, load, to_yaml
+    from harness import cli
+    from harness.config import ConfigError, complete, load, one_line, to_yaml
+    from harness.data import DataError
+
+    try:
+        args = cli.parse(argv)
+        if args.help or args.version:
+            print(cli.help_text() if args.help else cli.version())
+            return 0
+        overrides, note = cli.multirun(args.overrides) if args.multirun else (args.overrides, None)
+        if not args.multirun:
+            cli.reject_sweeps(overrides)
+        from harness.preflight import pick_hardware
+
+        overrides, picked = pick_hardware(overrides)  # trials and config.yaml get the option it picked
+        for msg in (note, picked):
+            if msg:
+                cli.say(msg)
+        cfg = complete(load(overrides))
+        if args.show:
+            print(to_yaml(cfg))
+            return 0
+        from harness import preflight
+
+        preflight.check(cfg)  # the devices, data, out_dir, hub model, W&B login: before any model loads
+    except (ConfigError, DataError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    return _run(cfg, overrides)
+
+
+def _run(cfg, overrides: list[str]) -> int:
+    from harness.config import ConfigError, one_line
     from harness.data import DataError
     from harness.models import ModelError
     from harness.train import TrialFailed, TrialPruned
 
-    show = "--cfg" in argv
-    overrides = [a for a in argv if a != "--cfg"]
     try:
-        cfg = complete(load(overrides))
-        if show:
-            print(to_yaml(cfg))
-            return 0
         if cfg.launcher.name == "slurm":
             from harness.slurm import submit
 
@@ -42,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rec = run_single(cfg)
     except (ConfigError, DataError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (TrialFailed, TrialPruned) as e:
         print(f"trial did not complete: {e}", file=sys.stderr)
@@ -58,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
           f"(${rec['cost_usd']:.5f}), peak memory {rec['peak_memory_bytes'] / 2**20:.0f} MiB, "
           f"{rec['trainable_params']:,} trainable params")
-    run_dir = Path(cfg.out_dir) / rec["study"] / "trials" / str(rec["trial"])
+    run_dir = TrialPaths(cfg.out_dir, rec["study"], rec["trial"]).dir
     print(f"record   {run_dir}/result.json")
     wb = rec.get("wandb") or {}
     if wb.get("mode") == "offline":

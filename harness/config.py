@@ -5,19 +5,34 @@ it, and it reproduces a figure. Everything a trial needs is in it; nothing is re
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = ROOT / "conf"
+PKG = Path(__file__).resolve().parent
+ROOT = PKG.parent
+# An installed package (`pip install .`) ships conf/ (with the sweeps as conf/sweep/) inside it as
+# harness/conf/; a checkout or editable install reads the repository's conf/.
+INSTALLED = (PKG / "conf" / "config.yaml").is_file()
+CONF_DIR = PKG / "conf" if INSTALLED else ROOT / "conf"
+
+
+def _wandb_mode() -> str:
+    """tracking=default's mode, as W&B reads it: WANDB_MODE; else online under a W&B Sweeps agent (it
+    sets WANDB_SWEEP_ID, and only an online run reports back to it); else offline."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_SWEEP_ID") else "offline")
+
+
+OmegaConf.register_new_resolver("wandb_mode", _wandb_mode, replace=True)
 
 
 class ConfigError(ValueError):
@@ -90,6 +105,7 @@ class DataCfg(_Strict):
     target_field: str | None = None
     system_field: str | None = None
     system: str | None = None          # sft: system message for rows without their own
+    encoding: str = "utf-8"            # of a local text file (data.path); e.g. latin-1, cp1252, utf-16
     train_size: int = Field(ge=1)
     test_size: int = Field(ge=1)
     split_seed: int = 0
@@ -152,6 +168,20 @@ class TrackingCfg(_Strict):
     project: str
     entity: str | None = None
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _wandb_aliases(cls, v):
+        # WANDB_MODE feeds the default (conf/tracking/default.yaml); wandb also accepts these two
+        v = {"dryrun": "offline", "run": "online"}.get(v, v)
+        if v not in ("online", "offline", "disabled") and os.environ.get("WANDB_MODE") == v:
+            raise ValueError(f"WANDB_MODE={v} is not a W&B mode: set it to online, offline or disabled")
+        return v
+
+    @field_validator("entity", mode="before")
+    @classmethod
+    def _unset(cls, v):
+        return v or None  # ${oc.env:WANDB_ENTITY,null} gives "" when the variable is set but empty
+
 
 class StorageCfg(_Strict):
     url: str
@@ -173,6 +203,7 @@ class LauncherCfg(_Strict):
 
 
 Scalar = str | int | float | bool
+MAX_SEED = 2**32 - 1  # numpy.random.seed (called by transformers.set_seed) takes 0 .. 2**32-1
 
 
 class ParamCfg(_Strict):
@@ -225,6 +256,7 @@ class SweepCfg(_Strict):
     heartbeat_interval: int = Field(default=10, ge=1)  # seconds; RDB storages
     grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
     max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died
+    allow_changes: list[str] = []   # config keys a resume may change (you vouch they cannot affect results)
 
     @field_validator("space")
     @classmethod
@@ -238,6 +270,9 @@ class SweepCfg(_Strict):
     def _seeds(cls, v):
         if not v or len(set(v)) != len(v):
             raise ValueError(f"seeds must be a non-empty list of distinct integers (got {v})")
+        bad = [s for s in v if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must be between 0 and 2**32-1 (numpy's range); got {bad}")
         return v
 
     @model_validator(mode="after")
@@ -269,8 +304,8 @@ class ExperimentCfg(_Strict):
     storage: StorageCfg
     launcher: LauncherCfg = LauncherCfg()
     sweep: SweepCfg | None = None
-    seed: int
-    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(ge=0, le=MAX_SEED)
+    study: str
     out_dir: str
     trial: int | None = None      # set by the driver / launcher, names trials/<n>/
     # what trains: lora (PEFT adapters), head_only (frozen base + trained head: the linear probe) or
@@ -286,9 +321,18 @@ class ExperimentCfg(_Strict):
             raise ValueError("method=head_only trains a classification head: it needs task=classification")
         return self
 
+    @field_validator("study")
+    @classmethod
+    def _study_name(cls, v):
+        # it names the directory out_dir/<study>/: `study=dd/..` must not write outside it
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", v):
+            raise ValueError(f"{v!r} is not a study name: use letters, digits, _ . - (not starting with '.'), "
+                             "e.g. study=rank_sweep_v2")
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self):
-        from harness.models import check_targets  # static preset table; no model is loaded
+        from harness.presets import check_targets  # static preset table; no torch, no model
 
         check_targets(self.model.family, self.lora.targets)
         if self.task.type == "sft":
@@ -315,24 +359,65 @@ class ExperimentCfg(_Strict):
         return self
 
 
+def one_line(msg: str) -> str:
+    """An error message as one line: a line ending in ':' introduces a list (Hydra's "Available
+    options in 'model':" then one option a line), joined by commas; other lines by '; '."""
+    out, listing = "", False
+    for line in (x.strip() for x in str(msg).splitlines()):
+        if not line:
+            continue
+        out += ("" if not out else " " if out.endswith(":") else ", " if listing else "; ") + line
+        listing = listing or line.endswith(":")
+    return out
+
+
 def _format_validation_error(err: ValidationError, data: dict | None = None) -> str:
     lines = []
     sweep_file = ((data or {}).get("sweep") or {}).get("file") if isinstance(data, dict) else None
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        # a tagged union puts the tag in the location (task.sft.template): not a key a user writes
+        key = ".".join(str(p) for p in e["loc"] if not (e["loc"][0] == "task" and p in ("classification", "sft")))
         got = e.get("input")
         got = "" if isinstance(got, dict) else f" (got {got!r})"
         where = f"{sweep_file}: " if sweep_file and key.startswith("sweep") else ""
-        lines.append(f"  {where}{key or '<config>'}: {e['msg']}{got}")
-    return "invalid config:\n" + "\n".join(lines)
+        if e["type"] == "extra_forbidden":
+            from harness.keys import did_you_mean
+
+            hint = f"; {did_you_mean(key)}"
+        else:
+            hint = ""
+        lines.append(f"{where}{key or '<config>'}: {e['msg']}{got}{hint}")
+    return "invalid config: " + "; ".join(lines)
+
+
+# What to write for a `???` (required) value, by key
+_REQUIRED_HINTS = {
+    "data.path": "data.path=FILE (a .csv, .tsv, .jsonl, .json or .parquet file; a hub dataset id for data=hub)",
+    "model.path": "model.path=ORG/NAME (a hub model id) or model.path=DIR (a local model directory)",
+}
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    """A `???` value (data.path of data=local, model.path of model=hub) left unset."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        group = key.split(".")[0]
+        option = OmegaConf.select(cfg, f"{group}.name", default=None) if "." in key else None
+        needs = f"{group}={option} needs it" if option else "it is required"
+        fix = _REQUIRED_HINTS.get(key, f"{key}=VALUE")
+        more = f" (also unset: {', '.join(missing[1:])})" if missing[1:] else ""
+        raise ConfigError(f"{key} is not set ({needs}): add {fix} to the command{more}")
 
 
 def validate(cfg: DictConfig | dict) -> ExperimentCfg:
     """Resolve and check a config; raise ConfigError naming every bad key."""
     try:
+        if isinstance(cfg, DictConfig):
+            _check_missing(cfg)
         data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config does not resolve: {e}") from None
+        raise ConfigError(f"config does not resolve: {one_line(e)}") from None
     try:
         return ExperimentCfg.model_validate(data)
     except ValidationError as e:
@@ -349,17 +434,44 @@ def load(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR)
     return load_with_choices(overrides, conf_dir)[0]
 
 
+_NO_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+
+
+def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
+    """Hydra's compose; a key the YAML lacks but the schema has (launcher.workers, model.revision)
+    is added as Hydra's `+key=value` would; an unknown one gets "did you mean" instead of Hydra's
+    "use +key", which only leads to the schema's "Extra inputs are not permitted"."""
+    from harness.keys import did_you_mean, is_schema_key
+
+    for _ in range(len(overrides) + 1):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+                return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
+            m = _NO_OVERRIDE.search(str(e))
+            if m and is_schema_key(m.group(1)):
+                overrides = [f"+{o}" if o.split("=", 1)[0] == m.group(1) else o for o in overrides]
+                continue
+            if m:
+                raise ConfigError(f"{m.group(1)}: no such config key; {did_you_mean(m.group(1))}") from None
+            msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user
+            where = "a command-line override: " if isinstance(e, OverrideParseException) else ""
+            raise ConfigError(where + one_line(msg)) from None  # Hydra lists the choices one a line
+        finally:
+            GlobalHydra.instance().clear()
+    raise AssertionError("unreachable: each retry adds a + to one more override")
+
+
 def load_with_choices(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path = CONF_DIR
                       ) -> tuple[DictConfig, dict[str, str | None]]:
     """load(), plus the option chosen in each config group ({"model": "minilm", "sweep": None, ...})."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
-        raise ConfigError(_hydra_hint(str(e))) from None
-    finally:
-        GlobalHydra.instance().clear()
+    overrides = list(overrides)
+    if "hardware=auto" in overrides:
+        from harness.preflight import pick_hardware
+
+        overrides = pick_hardware(overrides)[0]
+    cfg = _compose(conf_dir, overrides)
     runtime = cfg.hydra.runtime
     choices = {g: c for g, c in runtime.choices.items() if not g.startswith("hydra/")}
     with open_dict(cfg):
@@ -372,12 +484,6 @@ def load_with_choices(overrides: list[str] | tuple[str, ...] = (), conf_dir: Pat
             cfg.sweep.name = name
             cfg.sweep.file = str(found.relative_to(ROOT) if found and found.is_relative_to(ROOT) else found)
     return cfg, choices
-
-
-def _hydra_hint(msg: str) -> str:
-    if "Could not find" in msg and "Available options" in msg:
-        return msg.replace("\n", "\n  ")  # Hydra already lists the choices
-    return msg
 
 
 def to_yaml(cfg: DictConfig | dict) -> str:

@@ -4,17 +4,22 @@ ranks and workers cannot collide.
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness.config import to_yaml
+from harness.record import TrialRecord, read_record
 
 
 def allocate_trial(cfg: DictConfig) -> Path:
@@ -38,8 +43,22 @@ def allocate_trial(cfg: DictConfig) -> Path:
 
 
 def write_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """config.yaml, the trial's contract, without the storage password (command() passes it in the
+    trial's environment), so neither the file, the record nor the W&B config holds a secret."""
+    from harness.optuna_parts import strip_password
+
+    url, _ = strip_password(cfg.storage.url)
+    if url != cfg.storage.url:
+        cfg = copy.deepcopy(cfg)
+        cfg.storage.url = url
+    from harness.cli import version
+    from harness.tracking import git_sha
+
     path = run_dir / "config.yaml"
-    path.write_text(to_yaml(cfg))
+    sha = git_sha()
+    made_by = f"git {sha}" if sha else version()
+    path.write_text(f"# python -m harness.train {path}   (trial {cfg.get('trial')} of study {cfg.study}; {made_by})\n"
+                    + to_yaml(cfg))
     return path
 
 
@@ -81,12 +100,20 @@ def accelerate_config(cfg: DictConfig) -> dict:
 
 
 def command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
-    """The command line and environment that run this trial in child process(es); its exit code is
-    the trial's: 0 complete, 3 pruned, other failed. N > 1 processes go through `python -m
-    harness.launch`, which runs `accelerate launch` and keeps that contract (torchrun turns any
-    rank's non-zero exit into 1)."""
-    module = "harness.train" if cfg.hardware.processes == 1 else "harness.launch"
-    return [sys.executable, "-m", module, str(config_path)], dict(os.environ)
+    """The command line and environment that run this trial in child process(es): `python -m
+    harness.train` for one, `accelerate launch` for N. How it ended is the record's `status`
+    (outcome()); the exit code only matters where no record was written (torchrun turns any rank's
+    non-zero exit into 1, so it cannot carry "pruned")."""
+    from harness.optuna_parts import PASSWORD_ENV, strip_password
+
+    if cfg.hardware.processes > 1:
+        cmd, env = accelerate_command(cfg, config_path)
+    else:
+        cmd, env = [sys.executable, "-m", "harness.train", str(config_path)], dict(os.environ)
+    _, password = strip_password(cfg.storage.url)
+    if password:
+        env[PASSWORD_ENV] = password
+    return cmd, env
 
 
 def accelerate_command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
@@ -124,23 +151,123 @@ def run_single(cfg: DictConfig) -> dict:
     return json.loads(result.read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """python -m harness.launch trials/<n>/config.yaml: an N-process trial, exit code 0/3/other."""
-    from harness.config import read
-    from harness.study import PRUNED_EXIT
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m harness.launch runs/<study>/trials/<n>/config.yaml", file=sys.stderr)
-        return 2
-    path = Path(argv[0])
-    cmd, env = accelerate_command(read(path), path)
-    rc = subprocess.run(cmd, env=env).returncode
-    result = path.parent / "result.json"
-    if rc != 0 and result.is_file() and json.loads(result.read_text()).get("status") == "pruned":
-        return PRUNED_EXIT  # rank 0 wrote the pruned record; the launcher only saw "a rank exited non-zero"
-    return rc
+# ---------------------------------------------------------------------------- the trial process, for the driver
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@dataclass
+class Outcome:
+    """How a trial ended, read from its record (status is the one outcome; the exit code only
+    explains a trial that left no record)."""
+    state: str                       # "COMPLETE" | "PRUNED" | "FAIL" (Optuna's TrialState names)
+    values: list[float] | None = None
+    reason: str | None = None
+    record: TrialRecord | None = None
+
+
+def outcome(rc: int, record: TrialRecord | dict | None, log: Path, objectives) -> Outcome:
+    rec = TrialRecord.model_validate(record) if isinstance(record, dict) else record
+    status = rec.status if rec else None
+    if status == "pruned":
+        return Outcome("PRUNED", None, rec.reason or "pruned", rec)
+    if status == "failed":
+        return Outcome("FAIL", None, rec.reason or f"failed (exit code {rc})", rec)
+    if rc < 0:
+        sig = signal.Signals(-rc).name
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if sig == "SIGKILL" else ""
+        return Outcome("FAIL", None, f"trial process killed by {sig}{hint}; log: {_tail(log)}", rec)
+    if rc != 0:
+        return Outcome("FAIL", None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})", rec)
+    if status != "complete":
+        return Outcome("FAIL", None, f"exit code 0 but no complete result.json; log: {_tail(log)}", rec)
+    values = [getattr(rec, k, None) for k in objectives]
+    bad = [k for k, v in zip(objectives, values) if not isinstance(v, (int, float)) or not math.isfinite(v)]
+    if bad:
+        return Outcome("FAIL", None, f"objective {', '.join(bad)} is {getattr(rec, bad[0], None)}", rec)
+    return Outcome("COMPLETE", values, None, rec)
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(ln.strip()[:300] for ln in lines[-n:])
+
+
+def _set_pdeathsig() -> None:
+    # Linux: the trial dies with its driver (kill -9 included), so no orphan keeps writing.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def cpu_threads(cfg: DictConfig, concurrent: int) -> DictConfig:
+    """The config with hardware.threads resolved (when unset): this process's cores (its affinity,
+    which SLURM and cgroups narrow) split over the `concurrent` trial processes, so processes x threads
+    never exceeds the cores. Written into config.yaml: the trial reads it, no environment variable."""
+    from harness.tracking import usable_cpus
+
+    if cfg.hardware.threads is not None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.hardware.threads = max(1, usable_cpus() // max(1, concurrent))
+    return cfg
+
+
+class ProcessRunner:
+    """Runs each trial in a fresh process group (`python -m harness.train`, or `accelerate launch`
+    for N processes) that dies with the driver; slot i of `slots` owns devices [i*k, (i+1)*k) on
+    GPUs, and on CPU the slots split the cores. The driver's heartbeat is called while it waits."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.stopping = False
+
+    def run(self, tcfg: DictConfig, run_dir: Path, slot: int, started, beat, every: float, objectives) -> Outcome:
+        for stale in ("result.json", "log.txt"):
+            (run_dir / stale).unlink(missing_ok=True)
+        k = tcfg.hardware.processes
+        if tcfg.hardware.device == "cpu":
+            tcfg = cpu_threads(tcfg, self.slots * k)
+        path = write_config(tcfg, run_dir)
+        cmd, env = command(tcfg, path)
+        env["HARNESS_QUIET"] = "1"  # the driver's bar is the progress display; logs stay readable
+        if tcfg.hardware.device == "cpu":
+            if self.slots * k > 1:  # spin-waiting OpenMP threads of processes sharing cores collapse (8-80x)
+                env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        else:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            ids = visible.split(",") if visible else [str(i) for i in range(self.slots * k)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * k:(slot + 1) * k])
+        n = tcfg.trial
+        with open(run_dir / "log.txt", "ab") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_set_pdeathsig)
+            self.procs[n] = proc
+            try:
+                if self.stopping:  # a stop came while this trial was starting
+                    os.killpg(proc.pid, signal.SIGTERM)
+                started(proc.pid)
+                while True:
+                    try:
+                        rc = proc.wait(timeout=every)
+                        break
+                    except subprocess.TimeoutExpired:
+                        beat()
+            finally:
+                self.procs.pop(n, None)
+        return outcome(rc, read_record(run_dir / "result.json"), run_dir / "log.txt", objectives)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """End every running trial's process group (SIGTERM first; SIGKILL for a second interrupt)."""
+        self.stopping = True
+        for proc in list(self.procs.values()):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass

@@ -16,46 +16,16 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from harness.data import _package_dir, cache_dir, tiny_vocab
 
-# Target presets per architecture family: regexes searched in full module names. Named presets,
-# not lists, keep Optuna's categorical choices plain values.
-_BERT = {
-    "attn_qv": r"attention\.self\.(query|value)$",
-    "attn": r"attention\.(self\.(query|key|value)|output\.dense)$",
-    "mlp": r"layer\.\d+\.(intermediate|output)\.dense$",
-}
-_LLAMA = {
-    "attn_qv": r"self_attn\.(q|v)_proj$",
-    "attn": r"self_attn\.(q|k|v|o)_proj$",
-    "mlp": r"mlp\.(gate|up|down)_proj$",
-}
-PRESETS = {
-    fam: {**p, "all_linear": f"({p['attn']})|({p['mlp']})"} for fam, p in {"bert": _BERT, "llama": _LLAMA}.items()
-}
-# The classification head is new and trained in full: keep it out of quantization. A causal LM
-# keeps its pretrained output layer; transformers' own default already leaves lm_head unquantized.
-HEADS = {"bert": ["classifier"], "llama": ["score"]}
-
-
-def heads(cfg) -> list[str] | None:
-    return HEADS[cfg.model.family] if cfg.task.type == "classification" else None
-
-
-class ModelError(ValueError):
-    """A model or adapter setting that cannot work with this model."""
-
-
-def check_targets(family: str, targets) -> None:
-    """Static check (no model loaded): a preset name must exist for the family."""
-    if isinstance(targets, str) and targets not in PRESETS[family]:
-        raise ModelError(
-            f"lora.targets={targets!r} is not a preset for {family} models; "
-            f"presets: {sorted(PRESETS[family])} (or give a list of module names)")
+# The target presets, the head names and ModelError live in harness/presets.py (no torch): the
+# config schema checks a preset name without importing torch.
+from harness.presets import HEADS, PRESETS, ModelError, check_targets, heads
 
 
 def _linear_names(model) -> list[str]:
@@ -120,7 +90,10 @@ def _tiny_dir(mcfg) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                    cls_token="[CLS]", sep_token="[SEP]")
     model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(model_type, vocab_size=len(vocab), pad_token_id=0, **spec)
+    # a real model's vocab_size (llama_1b_random) keeps its embedding/lm_head cost; the word-level
+    # tokenizer only ever emits the first len(vocab) ids
+    vocab_size = max(spec.pop("vocab_size", 0), len(vocab))
+    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, **spec)
     with torch.random.fork_rng(devices=[]):  # building the cache must not reset the trial's seeded RNG
         torch.manual_seed(0)
         model = AutoModel.from_config(config)
@@ -187,11 +160,29 @@ def quantization_config(cfg):
     return None
 
 
+@contextmanager
+def _hub_errors(m):
+    """from_pretrained's OSError for a hub id (offline and not cached, no such repo) as one ModelError
+    line. `python -m harness` checks the id before compute (harness/preflight.py); this covers a trial
+    started from its config file."""
+    try:
+        yield
+    except OSError as e:
+        if m.source != "hub":
+            raise
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+
+        from harness.preflight import hub_hint
+
+        raise ModelError(f"{hub_hint(m.path, HF_HUB_OFFLINE)} ({str(e).strip().splitlines()[0]})") from None
+
+
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
     m = cfg.model
-    tok = AutoTokenizer.from_pretrained(weights_path(m), revision=m.revision, trust_remote_code=m.trust_remote_code)
+    with _hub_errors(m):
+        tok = AutoTokenizer.from_pretrained(weights_path(m), revision=m.revision, trust_remote_code=m.trust_remote_code)
     if tok.pad_token is None:  # decoder LMs ship without one; EOS is the usual stand-in
         tok.pad_token = tok.eos_token
     return tok
@@ -227,7 +218,7 @@ def _quantized_dir(cfg, num_labels: int, device) -> Path:
     out = cache_dir() / "models" / f"{m.name}-{q.mode}-{key}"
     if (out / "config.json").is_file():
         return out
-    with torch.random.fork_rng(devices=[]):  # the throwaway head init must not shift the trial's RNG
+    with torch.random.fork_rng(devices=[]), _hub_errors(m):  # the throwaway head init must not shift the RNG
         model = AutoModelForSequenceClassification.from_pretrained(
             src, num_labels=num_labels, revision=m.revision, trust_remote_code=m.trust_remote_code,
             quantization_config=quantization_config(cfg), dtype=torch.float32, device_map={"": device})
@@ -251,8 +242,9 @@ def load_base(cfg, num_labels: int, device: str | int, tokenizer):
     if qconf is not None and cfg.hardware.device == "cpu" and cfg.task.type == "classification":
         # no quantization_config argument at all (even None would override the one saved with the copy)
         src = {"pretrained_model_name_or_path": str(_quantized_dir(cfg, num_labels, device))}
-    model = auto.from_pretrained(**src, trust_remote_code=m.trust_remote_code, dtype=dtype, device_map={"": device},
-                                 **extra)
+    with _hub_errors(m):
+        model = auto.from_pretrained(**src, trust_remote_code=m.trust_remote_code, dtype=dtype,
+                                     device_map={"": device}, **extra)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_avx512bf16_repack(model)
     return model

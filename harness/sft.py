@@ -18,133 +18,20 @@ sweeps and analysis that optimise `accuracy` work on sft studies unchanged.
 """
 from __future__ import annotations
 
-import hashlib
-import random
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import torch
 
-from harness import metrics
-from harness.data import (DataError, PackageFile, Splits, _package_dir, check_sizes, fetch_package_file,
-                          get_loader, read_records, tiny_vocab)
+from harness import data, metrics
+from harness.data import Pair, Splits
 from harness.models import ModelError
-
-
-@dataclass(frozen=True)
-class Pair:
-    prompt: str
-    target: str
-    system: str | None = None
-
-
-# ---------------------------------------------------------------------------- datasets
-# Each loader returns (pairs, provenance).
-
-# The word2vec analogy questions (Mikolov et al. 2013, Apache-2.0), 19,544 lines "Athens Greece
-# Baghdad Iraq" in 14 sections, ship as a test file in the gensim wheel. gensim is large and
-# compiled, so the wheel is only downloaded (for one pinned platform, so the checksum holds
-# everywhere), never installed; the one file is kept.
-ANALOGIES = PackageFile(
-    requirement="gensim==4.4.0", member="gensim/test/test_data/questions-words.txt", out="questions-words.txt",
-    sha256="91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
-    pip_args=("--only-binary", ":all:", "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-              "--implementation", "cp", "--abi", "cp311"),
-    hint="or use data=chatterbot (installed by the setup)")
-
-
-def _analogies(cfg):
-    path = fetch_package_file(ANALOGIES)
-    pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip() or line.startswith(":"):  # ": capital-common-countries" section headers
-            continue
-        words = line.split()
-        if len(words) != 4:
-            raise DataError(f"{path}:{lineno}: expected 4 words, got {line!r}")
-        a, b, c, d = words
-        pairs.append(Pair(f"{a} is to {b} as {c} is to", d))
-    return pairs, {"source": ANALOGIES.requirement, "sha256": ANALOGIES.sha256, "file": ANALOGIES.member}
-
-
-def _chatterbot(cfg):
-    """English question -> answer pairs of chatterbot-corpus (BSD, 2,026 pairs in 19 topics): the
-    first two turns of each conversation. Answers run to a sentence or two (median 9 words)."""
-    import yaml
-
-    root = _package_dir("chatterbot_corpus") / "data" / "english"
-    pairs = []
-    for f in sorted(root.glob("*.yml")):
-        for conv in yaml.safe_load(f.read_text(encoding="utf-8")).get("conversations", []):
-            if len(conv) >= 2:
-                pairs.append(Pair(str(conv[0]).strip(), str(conv[1]).strip()))
-    return pairs, {"source": "chatterbot-corpus/english"}
-
-
-def _pairs(rows: list[dict], cfg, where: str) -> list[Pair]:
-    """Rows -> pairs using data.prompt_field / input_field / target_field / system_field."""
-    if not cfg.prompt_field or not cfg.target_field:
-        raise DataError(f"{where}: set data.prompt_field and data.target_field (the prompt and target columns)")
-    out = []
-    for row in rows:
-        prompt = str(row[cfg.prompt_field])
-        if cfg.input_field and row.get(cfg.input_field):  # Alpaca-style optional input
-            prompt = f"{prompt}\n\n{row[cfg.input_field]}"
-        system = row.get(cfg.system_field) if cfg.system_field else None
-        out.append(Pair(prompt, str(row[cfg.target_field]), str(system) if system else None))
-    return out
-
-
-def _jsonl(cfg):
-    rows = read_records(cfg.path, [cfg.prompt_field, cfg.target_field])
-    return _pairs(rows, cfg, str(cfg.path)), {"source": str(Path(cfg.path).resolve())}
-
-
-def _hub(cfg):
-    import datasets  # only users with internet need it at run time
-
-    ds = datasets.load_dataset(cfg.path, split=cfg.split or "train")
-    for key in (cfg.prompt_field, cfg.target_field, cfg.input_field, cfg.system_field):
-        if key and key not in ds.column_names:
-            raise DataError(f"hub dataset {cfg.path} has no column {key!r}; it has {ds.column_names}")
-    return _pairs(list(ds), cfg, f"hub:{cfg.path}"), {"source": f"hub:{cfg.path}", "fingerprint": ds._fingerprint}
-
-
-def _tiny(cfg):
-    """Generated pairs for tests, in the tiny tokenizer's vocabulary: a sentence holding one word of
-    one list -> the word at the same place in the other list (learnable by a 2-layer model)."""
-    words = tiny_vocab()
-    pos, neg = words[: len(words) // 2], words[len(words) // 2:]
-    rng = random.Random(1234)
-    pairs = []
-    for i in range(200):
-        k = i % len(pos)
-        prompt = rng.sample(neg, rng.randint(1, 4)) + [pos[k]]
-        rng.shuffle(prompt)
-        pairs.append(Pair(" ".join(prompt), neg[k]))
-    return pairs, {"source": "generated"}
-
-
-LOADERS: dict[str, Callable] = {
-    "analogies": _analogies, "chatterbot": _chatterbot, "jsonl": _jsonl, "hub": _hub, "tiny_sft": _tiny,
-}
 
 
 def load_splits(cfg) -> Splits:
     """A fixed random test split (data.split_seed) and a training set that is a prefix of one seeded
-    order of the rest (data.subset_seed): smaller training sets are inside larger ones."""
-    pairs, prov = get_loader(cfg.name, LOADERS, "sft")(cfg)
-    check_sizes(cfg, len(pairs))
-    order = list(range(len(pairs)))
-    random.Random(cfg.split_seed).shuffle(order)
-    test_idx, pool = sorted(order[: cfg.test_size]), order[cfg.test_size:]
-    random.Random(cfg.subset_seed).shuffle(pool)
-    train = [pairs[i] for i in pool[: cfg.train_size]]
-    digest = hashlib.sha256("\n".join(f"{p.prompt}\t{p.target}" for p in train).encode()).hexdigest()[:16]
-    return Splits(train=train, test=[pairs[i] for i in test_idx], labels=[], pool_size=len(pool),
-                  provenance={**prov, "n_total": len(pairs), "train_sha": digest})
+    order of the rest (data.subset_seed): smaller training sets are inside larger ones. The
+    datasets (data=analogies, chatterbot, jsonl, hub, tiny_sft) live in harness/data.py."""
+    return data.load_splits(cfg, "sft")
 
 
 # ---------------------------------------------------------------------------- formatting

@@ -52,6 +52,12 @@ def submit(cfg, overrides: list[str]) -> int:
     """Submit cfg.launcher.workers jobs; with launcher.wait, block and report failures."""
     ex = executor(cfg)
     cmd = worker_command(overrides)
+    if cfg.get("sweep"):  # create the study (and queue its grid) once, here, before K workers race to
+        from harness.study import Driver, base_overrides, check
+
+        check(cfg, base_overrides(overrides))
+        new = Driver(cfg, cmd[3:]).open()
+        print(f"[harness] study {cfg.study} {'created' if new else 'exists'} in the storage; submitting workers")
     with ex.batch():  # one job array
         jobs = [ex.submit(run_worker, cmd, os.getcwd()) for _ in range(cfg.launcher.workers)]
     print(f"[harness] submitted {len(jobs)} worker job(s) to {ex.cluster}: {' '.join(j.job_id for j in jobs)}")

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import warnings
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -35,147 +32,42 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
-
-# result.json keys that can be objectives; those measured at intermediate evals can feed a pruner.
-METRICS = ("accuracy", "eval_loss", "best_intermediate_accuracy", "train_loss", "flops", "train_flops",
-           "device_seconds", "wall_seconds", "tokens", "peak_memory_bytes", "trainable_params", "cost_usd")
-INTERMEDIATE = {"accuracy": "accuracy", "eval_loss": "loss"}  # objective -> key of the eval dict
-ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "peak_memory_bytes",
-                "trainable_params", "cost_usd")
-PRUNED_EXIT = 3  # harness.train's exit code for a pruned trial
-
-
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # heartbeats, stale-trial retry and fail_stale_trials are "experimental" since Optuna 2.8; the
-    # ask/tell loop records heartbeats itself, which Optuna warns is meant for Study.optimize
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
-def _where(cfg) -> str:
-    return cfg.sweep.file or f"sweep {cfg.sweep.name}"
-
-
-# ---------------------------------------------------------------------------- Optuna parts
-
-
-def make_storage(cfg, heartbeat: bool = False):
-    """Optuna storage for `storage.url`; the driver's RDB storage records heartbeats."""
-    import optuna
-
-    url, sw = cfg.storage.url, cfg.sweep
-    if url.startswith("journal://"):
-        path = Path(url.removeprefix("journal://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path)))
-    kwargs = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # trials report while the driver writes
-    if heartbeat:
-        kwargs.update(heartbeat_interval=sw.heartbeat_interval, grace_period=sw.grace_period,
-                      heartbeat_stale_trial_callback=retry_callback(sw))
-    return optuna.storages.RDBStorage(url, **kwargs)
-
-
-def retry_callback(sw):
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    return RetryHeartbeatStaleTrialCallback(max_retry=sw.max_retry)
-
-
-def _build(kind: str, name: str, cls, args: dict, where: str):
-    try:
-        return cls(**args)
-    except TypeError as e:
-        raise ConfigError(f"{where}: sweep.{kind}_args do not fit {kind}={name}: {e}") from None
-
-
-def make_sampler(cfg):
-    import optuna
-
-    sw = cfg.sweep
-    args = {"seed": sw.sampler_seed, **OmegaConf.to_container(sw.sampler_args)}
-    cls = {"tpe": optuna.samplers.TPESampler, "motpe": optuna.samplers.TPESampler,  # TPE is multi-objective
-           "random": optuna.samplers.RandomSampler, "nsga2": optuna.samplers.NSGAIISampler,
-           # grid: the driver enqueues every point itself (fixed params), the sampler is never consulted
-           "grid": optuna.samplers.RandomSampler}[sw.sampler]
-    return _build("sampler", sw.sampler, cls, args, _where(cfg))
-
-
-def make_pruner(cfg):
-    import optuna
-
-    sw = cfg.sweep
-    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-           "hyperband": optuna.pruners.HyperbandPruner}[sw.pruner]
-    return _build("pruner", sw.pruner, cls, OmegaConf.to_container(sw.pruner_args), _where(cfg))
-
-
-def directions(sw) -> list[str]:
-    return list(sw.objectives.values())
-
-
-def trial_reporter(cfg):
-    """For the trial process: reporter(step, eval_metrics) -> prune? through the study's storage.
-
-    None where nothing can prune (no pruner, or several objectives: Optuna cannot prune those)."""
-    import optuna
-
-    sw = cfg.sweep
-    if sw.pruner == "none" or len(sw.objectives) != 1:
-        return None
-    _quiet_optuna()
-    storage = make_storage(cfg)
-    # load_study does not restore the pruner: pass the configured one
-    study = optuna.load_study(study_name=cfg.study, storage=storage, pruner=make_pruner(cfg))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(cfg.study), cfg.trial)
-    trial = optuna.Trial(study, trial_id)
-    key = INTERMEDIATE[next(iter(sw.objectives))]
-
-    def report(step: int, metrics: dict) -> bool:
-        trial.report(float(metrics[key]), step)
-        return trial.should_prune()
-
-    return report
-
+from harness.launch import Outcome, ProcessRunner
+from harness.record import ATTR_METRICS, INTERMEDIATE, METRICS, TrialPaths
+from harness.optuna_parts import (dashboard_command, directions, make_pruner,
+                                  make_sampler, make_storage, mask_url, pop_waiting_trial, quiet_optuna,
+                                  retry_callback, strip_password, tally, trial_handle, where)
 
 # ---------------------------------------------------------------------------- validation
 
 
 def check(cfg: DictConfig, base: list[str]) -> None:
     """Everything about the sweep that can be wrong, before any trial runs."""
-    sw, where = cfg.sweep, _where(cfg)
+    sw, where_ = cfg.sweep, where(cfg)
     for key in sw.space:
         target = space_mod.VIRTUAL.get(key, key)
         if OmegaConf.select(cfg, target, default="<absent>") == "<absent>" or target.split(".")[0] in ("sweep", "trial"):
             close = difflib.get_close_matches(target, space_mod.flat(OmegaConf.to_container(cfg)), n=1)
             hint = f"did you mean `{close[0]}`? " if close else ""
-            raise ConfigError(f"{where}: sweep.space.{key}: no such config key `{target}`; {hint}search spaces use "
+            raise ConfigError(f"{where_}: sweep.space.{key}: no such config key `{target}`; {hint}search spaces use "
                               f"the config's dotted names (see `python -m harness --cfg`)")
         if target in sw.space and target != key:
-            raise ConfigError(f"{where}: sweep.space has both {key} and {target}; keep one")
+            raise ConfigError(f"{where_}: sweep.space has both {key} and {target}; keep one")
         if any(o.split("=", 1)[0].lstrip("+~") == target for o in base):
-            raise ConfigError(f"{where}: sweep.space.{key} is searched, but the command line also sets {target}; "
+            raise ConfigError(f"{where_}: sweep.space.{key} is searched, but the command line also sets {target}; "
                               "drop it from the command line (or copy the sweep file and change its space)")
     if "seed" in sw.space:
-        raise ConfigError(f"{where}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
+        raise ConfigError(f"{where_}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
     for metric in sw.objectives:
         if metric not in METRICS:
-            raise ConfigError(f"{where}: sweep.objectives.{metric}: unknown metric; choose from {', '.join(METRICS)}")
+            raise ConfigError(f"{where_}: sweep.objectives.{metric}: unknown metric; choose from {', '.join(METRICS)}")
     if sw.pruner != "none":
         metric = next(iter(sw.objectives))
         if metric not in INTERMEDIATE:
-            raise ConfigError(f"{where}: sweep.pruner={sw.pruner} needs an objective measured at intermediate evals "
+            raise ConfigError(f"{where_}: sweep.pruner={sw.pruner} needs an objective measured at intermediate evals "
                               f"({', '.join(INTERMEDIATE)}), not {metric}")
         if not cfg.train.eval_every:
-            raise ConfigError(f"{where}: sweep.pruner={sw.pruner} needs intermediate evals: set train.eval_every > 0")
+            raise ConfigError(f"{where_}: sweep.pruner={sw.pruner} needs intermediate evals: set train.eval_every > 0")
     make_sampler(cfg), make_pruner(cfg)
     # every value an axis can take must give a valid config (a typo'd preset fails now, not in trial 7)
     for key, p in sw.space.items():
@@ -184,35 +76,14 @@ def check(cfg: DictConfig, base: list[str]) -> None:
             try:
                 complete(load_with_choices([*base, *space_mod.to_overrides({key: v}, cfg)])[0])
             except ConfigError as e:
-                raise ConfigError(f"{where}: sweep.space.{key} value {v!r} gives an invalid config:\n{e}") from None
+                raise ConfigError(f"{where_}: sweep.space.{key} value {v!r} gives an invalid config:\n{e}") from None
     for i, ref in enumerate(sw.enqueue):
         if set(ref) != set(sw.space):
-            raise ConfigError(f"{where}: sweep.enqueue[{i}] must give every axis of the space "
+            raise ConfigError(f"{where_}: sweep.enqueue[{i}] must give every axis of the space "
                               f"({', '.join(sw.space)}); got {', '.join(ref) or 'nothing'}")
 
 
 # ---------------------------------------------------------------------------- bookkeeping
-
-
-def tally(trials) -> dict:
-    """done counts toward the budget; a FAIL that was retried does not (its retry does)."""
-    from optuna.trial import TrialState as S
-
-    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
-    c = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "retried": 0}
-    for t in trials:
-        if t.state == S.COMPLETE:
-            c["complete"] += 1
-        elif t.state == S.PRUNED:
-            c["pruned"] += 1
-        elif t.state == S.FAIL:
-            c["retried" if t.number in retried else "failed"] += 1
-        elif t.state == S.RUNNING:
-            c["running"] += 1
-        elif t.state == S.WAITING:
-            c["waiting"] += 1
-    c["done"] = c["complete"] + c["pruned"] + c["failed"]
-    return c
 
 
 def _pid_alive(pid: int) -> bool:
@@ -223,24 +94,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _tail(path: Path, n: int = 3) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return " | ".join(ln.strip()[:300] for ln in lines[-n:])
-
-
-def _set_pdeathsig() -> None:
-    # Linux: the trial dies with its driver (kill -9 included), so no orphan keeps writing.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
@@ -260,22 +113,52 @@ def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
 # ---------------------------------------------------------------------------- the driver
 
 
+# Config roots and keys that name, place, track or schedule a study but cannot change a trial's result.
+NOT_THE_EXPERIMENT = ("study", "trial", "out_dir", "storage", "tracking", "launcher", "sweep", "seed",
+                      "hardware.threads")
+
+
+def experiment_config(cfg: DictConfig) -> dict:
+    """The base config that defines the study's experiment, flat: everything but the searched axes,
+    the seed (set per trial) and NOT_THE_EXPERIMENT. A resume must match it."""
+    searched = {space_mod.VIRTUAL.get(k, k) for k in cfg.sweep.space}
+    return {k: v for k, v in space_mod.flat(OmegaConf.to_container(cfg, resolve=True)).items()
+            if k not in searched and not any(k == x or k.startswith(x + ".") for x in NOT_THE_EXPERIMENT)}
+
+
+def config_changes(old: dict, new: dict, allowed: list[str]) -> list[str]:
+    """`key: was -> now` for every experiment key a resume would change, except the allowed ones."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys
+            if old.get(k, "<absent>") != new.get(k, "<absent>")
+            and not any(k == a or k.startswith(a + ".") for a in allowed)]
+
+
+def mask_override(o: str) -> str:
+    key, eq, value = o.partition("=")
+    return f"{key}={mask_url(value)}" if eq and key.lstrip("+~") == "storage.url" else o
+
+
 def base_overrides(overrides: list[str]) -> list[str]:
     """The command line every trial starts from (the driver adds params, seed and trial number)."""
     return [o for o in overrides if o.split("=", 1)[0] not in ("trial", "--cfg")]
 
 
 class Driver:
-    def __init__(self, cfg: DictConfig, overrides: list[str]):
+    """open() the study, then while there is a next trial within the budget: submit it to the runner
+    (a ProcessRunner by default; tests inject an in-process one) and record its outcome."""
 
-        _quiet_optuna()
+    def __init__(self, cfg: DictConfig, overrides: list[str], runner=None):
+
+        quiet_optuna()
         self.cfg, self.sw = cfg, cfg.sweep
         self.base = base_overrides(overrides)
         self.root = Path(cfg.out_dir) / cfg.study
         self.me = f"{socket.gethostname()}:{os.getpid()}"
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.procs: dict[int, subprocess.Popen] = {}
+        self.signal = 0  # the signal that stopped the driver, if any
+        self.url = mask_url(cfg.storage.url)  # what is printed and recorded: never the password
         self.storage = make_storage(cfg, heartbeat=True)
         self.heartbeat = hasattr(self.storage, "record_heartbeat")
         self.points = None
@@ -284,6 +167,7 @@ class Driver:
         n = self.sw.n_trials
         self.budget = n if self.points is None else min(n or len(self.points), len(self.points))
         self.slots = list(range(self._parallel()))
+        self.runner = runner or ProcessRunner(len(self.slots))
 
     def _parallel(self) -> int:
         p = self.sw.parallel
@@ -292,7 +176,7 @@ class Driver:
 
             gpus = torch.cuda.device_count()
             if p * self.cfg.hardware.processes > gpus:
-                raise ConfigError(f"{_where(self.cfg)}: sweep.parallel={p} x hardware.processes="
+                raise ConfigError(f"{where(self.cfg)}: sweep.parallel={p} x hardware.processes="
                                   f"{self.cfg.hardware.processes} needs {p * self.cfg.hardware.processes} GPUs; "
                                   f"{gpus} visible")
         return p
@@ -305,7 +189,7 @@ class Driver:
         trials_dir = self.root / "trials"  # looked at before the names: another worker may be creating both
         if (trials_dir.is_dir() and any(trials_dir.iterdir())
                 and self.cfg.study not in optuna.get_all_study_names(self.storage)):
-            raise ConfigError(f"{trials_dir} holds trials of an earlier study that {self.cfg.storage.url} does not "
+            raise ConfigError(f"{trials_dir} holds trials of an earlier study that {self.url} does not "
                               f"know; delete {self.root} or set study=<new name>")
         try:  # atomic in the storage: of several workers starting together, exactly one creates the study
             self.study = optuna.create_study(study_name=self.cfg.study, storage=self.storage, load_if_exists=False,
@@ -320,8 +204,10 @@ class Driver:
         if new:
             self.study.set_user_attr("space", space_spec)
             self.study.set_user_attr("sweep_file", self.sw.file)
-            self.study.set_user_attr("overrides", self.base)
+            self.study.set_user_attr("overrides", [mask_override(o) for o in self.base])
             self.study.set_user_attr("objectives", list(self.sw.objectives))
+            self.study.set_metric_names(list(self.sw.objectives))  # optuna-dashboard's axis names
+            self.study.set_user_attr("config", experiment_config(self.cfg))
             for ref in self.sw.enqueue:
                 for s in self.sw.seeds:
                     self.study.enqueue_trial(dict(ref), user_attrs={"seed": s, "point": space_mod.point_key(dict(ref), s)},
@@ -336,7 +222,15 @@ class Driver:
                                   f"{directions(self.sw)}; set study=<new name>")
             if old is not None and old != space_spec:
                 raise ConfigError(f"study {self.cfg.study} exists with another search space ({old}); resuming it with "
-                                  f"{_where(self.cfg)}'s space would mix two studies: set study=<new name>")
+                                  f"{where(self.cfg)}'s space would mix two studies: set study=<new name>")
+            old_cfg = self.study.user_attrs.get("config")
+            changes = config_changes(old_cfg, experiment_config(self.cfg), list(self.sw.allow_changes)) \
+                if old_cfg is not None else []
+            if changes:
+                keys = ",".join(c.split(":")[0] for c in changes)
+                raise ConfigError(f"study {self.cfg.study} was created with another config ({'; '.join(changes[:6])}"
+                                  f"{'; ...' if len(changes) > 6 else ''}): resuming would mix two experiments. Set "
+                                  f"study=<new name>, or if these cannot affect results, '+sweep.allow_changes=[{keys}]'")
             if self.points is not None:
                 for _ in range(600):  # the creating worker may still be queueing the grid
                     if (self.storage.get_study_user_attrs(self.study_id).get("grid_queued")
@@ -380,7 +274,6 @@ class Driver:
 
     def next_trial(self, t0: float):
         """Ask for the next trial within the budget, or None. Called under the lock."""
-        import optuna
 
         if self.stopping.is_set() or (self.sw.timeout and time.time() - t0 > self.sw.timeout):
             return None
@@ -392,10 +285,10 @@ class Driver:
         if self.points is not None:
             # grid: claim a queued point (WAITING -> RUNNING, compare-and-set in the storage); never
             # ask(), which would sample a point outside the grid when another worker took the last one
-            tid = self.study._pop_waiting_trial_id()
+            tid = pop_waiting_trial(self.study)
             if tid is None:
                 return None
-            trial = optuna.Trial(self.study, tid)
+            trial = trial_handle(self.study, tid)
         else:
             trial = self.study.ask()
         trial.set_user_attr("driver", self.me)  # lets a later driver on this host see it died
@@ -413,93 +306,43 @@ class Driver:
 
     # -- one trial
     def run_trial(self, trial, params: dict, seed: int, slot: int) -> tuple[str, dict]:
+        """Compose the trial's config, hand it to the runner, record how it ended in the study."""
         from optuna.trial import TrialState
 
         n = trial.number
-        run_dir = self.root / "trials" / str(n)
+        run_dir = TrialPaths(self.cfg.out_dir, self.cfg.study, n).dir
         overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), f"seed={seed}", f"trial={n}"]
-        attrs = {"overrides": overrides, "run_dir": str(run_dir), "seed": seed, "params": params}
-        rec, reason = None, None
+        attrs = {"overrides": [mask_override(o) for o in overrides], "run_dir": str(run_dir), "seed": seed,
+                 "params": params}
+        trial_id = self._tid(n)
+        beat = (lambda: self.storage.record_heartbeat(trial_id)) if self.heartbeat else (lambda: None)
         try:
             tcfg = complete(load_with_choices(overrides)[0])
             run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ("result.json", "log.txt"):
-                (run_dir / stale).unlink(missing_ok=True)
-            from harness.launch import command, write_config
-
-            path = write_config(tcfg, run_dir)
-            cmd, env = command(tcfg, path)
-            env["HARNESS_QUIET"] = "1"  # the driver's bar is the progress display; logs stay readable
-            if tcfg.hardware.device == "cpu":
-                env["HARNESS_CONCURRENT_PROCS"] = str(len(self.slots) * tcfg.hardware.processes)
-            else:
-                # slot i owns devices [i*k, (i+1)*k) of those visible to the driver
-                k = tcfg.hardware.processes
-                visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-                ids = visible.split(",") if visible else [str(i) for i in range(len(self.slots) * k)]
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * k:(slot + 1) * k])
-            log = open(run_dir / "log.txt", "ab")
-            with log:
-                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=_set_pdeathsig)
-                self.procs[n] = proc
-                trial_id = self._tid(n)
-                self.storage.set_trial_user_attr(trial_id, "pid", proc.pid)
-                while True:
-                    try:
-                        rc = proc.wait(timeout=self.sw.heartbeat_interval)
-                        break
-                    except subprocess.TimeoutExpired:
-                        if self.heartbeat:
-                            self.storage.record_heartbeat(trial_id)
-            self.procs.pop(n, None)
-            result = run_dir / "result.json"
-            if result.is_file():
-                rec = json.loads(result.read_text())
-            state, values, reason = self._outcome(rc, rec, run_dir / "log.txt")
+            out = self.runner.run(tcfg, run_dir, slot, lambda pid: self.storage.set_trial_user_attr(trial_id, "pid", pid),
+                                  beat, self.sw.heartbeat_interval, list(self.sw.objectives))
         except ConfigError as e:
-            state, values, reason = TrialState.FAIL, None, f"config: {e}"
+            out = Outcome("FAIL", reason=f"config: {e}")
         except Exception as e:  # noqa: BLE001 - one broken trial never stops the study
-            state, values, reason = TrialState.FAIL, None, f"driver: {type(e).__name__}: {e}"
-        interrupted = self.stopping.is_set() and state == TrialState.FAIL
+            out = Outcome("FAIL", reason=f"driver: {type(e).__name__}: {e}")
+        interrupted = self.stopping.is_set() and out.state == "FAIL"
         if interrupted:
-            reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
-        if rec:
-            attrs.update({k: rec.get(k) for k in ATTR_METRICS})
+            out.reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
+        if out.record:
+            attrs.update({k: getattr(out.record, k, None) for k in ATTR_METRICS})
         # always both keys: a retry inherits the user_attrs of the attempt it repeats
-        attrs["fail_reason"] = reason if state == TrialState.FAIL else None
-        attrs["prune_reason"] = reason if state == TrialState.PRUNED else None
+        attrs["fail_reason"] = out.reason if out.state == "FAIL" else None
+        attrs["prune_reason"] = out.reason if out.state == "PRUNED" else None
         with self.lock:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
-            if state == TrialState.COMPLETE:
-                self.study.tell(trial, values)
+            if out.state == "COMPLETE":
+                self.study.tell(trial, out.values)
             else:
-                self.study.tell(trial, state=state)
+                self.study.tell(trial, state=TrialState[out.state])
             if interrupted:
                 retry_callback(self.sw)(self.study, self._frozen(n))
-        return state.name, {**attrs, "number": n, "values": values}
-
-    def _outcome(self, rc: int, rec: dict | None, log: Path):
-        from optuna.trial import TrialState
-
-        if rc == PRUNED_EXIT:
-            return TrialState.PRUNED, None, (rec or {}).get("reason") or "pruned"
-        if rc < 0:
-            sig = signal.Signals(-rc).name
-            hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if sig == "SIGKILL" else ""
-            return TrialState.FAIL, None, f"trial process killed by {sig}{hint}; log: {_tail(log)}"
-        if rc != 0:
-            if rec and rec.get("status") == "failed" and rec.get("reason"):
-                return TrialState.FAIL, None, rec["reason"]
-            return TrialState.FAIL, None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})"
-        if not rec:
-            return TrialState.FAIL, None, f"exit code 0 but no result.json; log: {_tail(log)}"
-        values = [rec.get(k) for k in self.sw.objectives]
-        bad = [k for k, v in zip(self.sw.objectives, values) if v is None or not math.isfinite(v)]
-        if bad:
-            return TrialState.FAIL, None, f"objective {', '.join(bad)} is {rec.get(bad[0])}"
-        return TrialState.COMPLETE, values, None
+        return out.state, {**attrs, "number": n, "values": out.values}
 
     # -- the loop
     def run(self) -> int:
@@ -510,12 +353,12 @@ class Driver:
         budget = "until the timeout" if self.budget is None else f"{max(self.budget - c['done'], 0)} to go"
         if new:
             print(f"new study {self.cfg.study}: {budget} ({self.sw.sampler}, "
-                  f"{', '.join(f'{k} {d}' for k, d in self.sw.objectives.items())}); storage {self.cfg.storage.url}",
+                  f"{', '.join(f'{k} {d}' for k, d in self.sw.objectives.items())}); storage {self.url}",
                   file=sys.stderr)
         else:
             print(f"resuming study {self.cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} "
                   f"failed, {budget}", file=sys.stderr)
-        print(f"  watch: optuna-dashboard {self.cfg.storage.url}", file=sys.stderr)
+        print(f"  watch: {dashboard_command(self.cfg.storage.url)}", file=sys.stderr)
         bar = tqdm(total=self.budget, initial=min(c["done"], self.budget or c["done"]), unit="trial",
                    desc=self.cfg.study, dynamic_ncols=True, file=sys.stderr)
         self._postfix(bar)
@@ -523,9 +366,10 @@ class Driver:
         free = list(self.slots)
         running = {}
         pool = ThreadPoolExecutor(max_workers=len(self.slots))
+        restore = self._catch_signals()
         try:
             while True:
-                while free:
+                while free and not self.stopping.is_set():
                     with self.lock:
                         job = self.next_trial(t0)
                     if job is None:
@@ -539,7 +383,7 @@ class Driver:
                     if c["running"] and (self.budget is None or c["done"] < self.budget):
                         # trials of another (or a dead) driver: wait for them to finish or go stale
                         bar.set_description(f"{self.cfg.study} (waiting on {c['running']} running elsewhere)")
-                        time.sleep(min(self.sw.heartbeat_interval, 5))
+                        self.stopping.wait(min(self.sw.heartbeat_interval, 5))
                         continue
                     break
                 finished, _ = wait(running, timeout=self.sw.heartbeat_interval, return_when=FIRST_COMPLETED)
@@ -547,26 +391,42 @@ class Driver:
                     free.append(running.pop(f))
                     state, info = f.result()
                     bar.write(self._line(state, info))
-                    if state != "FAIL" or "interrupted" not in info.get("fail_reason", ""):
+                    if state != "FAIL" or "interrupted" not in (info.get("fail_reason") or ""):
                         bar.update(1)
                 self._postfix(bar)
-        except KeyboardInterrupt:
+        except BaseException:  # the storage failed (or worse): end the running trials, do not wait an hour
             self.stopping.set()
-            print("\ninterrupted: stopping running trials (they will be retried on resume)...", file=sys.stderr)
-            for proc in list(self.procs.values()):
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            for f in list(running):
-                state, info = f.result()
+            self.runner.stop(signal.SIGTERM)
+            raise
+        finally:
+            restore()
             bar.close()
             pool.shutdown()
-            self.summary()
-            return 130
-        bar.close()
-        pool.shutdown()
-        return self.summary()
+        code = self.summary()
+        return 128 + self.signal if self.signal else code
+
+    def _catch_signals(self):
+        """SIGINT (Ctrl-C) and SIGTERM (what SLURM and Kubernetes send before a kill): stop asking,
+        SIGTERM the running trials' process groups and let the loop record them as interrupted (FAIL,
+        retried on the next run). The handler only sets flags and signals children: the storage is
+        never left half-written by an exception raised mid-call. A second signal exits at once; the
+        trials it leaves RUNNING are failed and retried by the next driver on this host (dead pid)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handle(signum, frame):
+            if self.stopping.is_set():
+                self.runner.stop(signal.SIGKILL)
+                print("\ninterrupted again: exiting now", file=sys.stderr)
+                os._exit(128 + signum)
+            self.signal = signum
+            self.stopping.set()
+            print(f"\n{signal.Signals(signum).name}: stopping the running trials (they are retried when you rerun "
+                  f"the command; press Ctrl-C again to exit at once)...", file=sys.stderr)
+            self.runner.stop(signal.SIGTERM)
+
+        old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in old.items()]
 
     def _postfix(self, bar) -> None:
         c = tally(self.study.get_trials(deepcopy=False))
@@ -599,7 +459,7 @@ class Driver:
         trials = self.study.get_trials(deepcopy=False)
         c = tally(trials)
         print(f"\nstudy {self.cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
-              + (f", {c['retried']} retried" if c["retried"] else "") + f"  (storage {self.cfg.storage.url})")
+              + (f", {c['retried']} retried" if c["retried"] else "") + f"  (storage {self.url})")
         if not c["complete"]:
             fails = [t for t in trials if t.state == TrialState.FAIL][-3:]
             for t in fails:
@@ -622,7 +482,7 @@ class Driver:
         except (OSError, KeyError, ConfigError) as e:
             print(f"(no rerun command for trial {best.number}: {e})")
         print(f"trials: {self.root}/trials/<n>/{{config.yaml,log.txt,result.json}}; "
-              f"dashboard: optuna-dashboard {self.cfg.storage.url}")
+              f"dashboard: {dashboard_command(self.cfg.storage.url)}")
         return 0
 
 
@@ -650,7 +510,27 @@ def table(trials, axes: list[str], objectives) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def run_study(cfg: DictConfig, overrides: list[str]) -> int:
+def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:
     """`python -m harness sweep=NAME ...`: validate everything, then run or resume the study."""
+    import optuna
+    import sqlalchemy.exc
+
     check(cfg, base_overrides(overrides))  # before the storage exists: a bad sweep leaves nothing behind
-    return Driver(cfg, overrides).run()
+    try:
+        return Driver(cfg, overrides, runner).run()
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as e:
+        raise ConfigError(storage_error(cfg.storage.url, e)) from None
+
+
+def storage_error(url: str, e: BaseException) -> str:
+    """One line for a storage that cannot be reached, read or written (never the password)."""
+    cause = e.__cause__ or e.__context__ or e
+    detail = next((ln.strip() for ln in str(getattr(cause, "orig", None) or cause).splitlines() if ln.strip()),
+                  type(cause).__name__)
+    _, password = strip_password(url)
+    if password:
+        detail = detail.replace(password, "***")
+    hint = ("is the server up and the URL right?" if "connect" in detail.lower() or "refused" in detail.lower()
+            else "is it a study file, and is its directory writable?" if url.startswith(("sqlite", "journal"))
+            else "check the URL and the server")
+    return f"storage {mask_url(url)}: {type(cause).__name__}: {detail[:300]} ({hint})"

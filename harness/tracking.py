@@ -6,18 +6,24 @@ history = train loss / lr / eval curves, summary = the record's metrics and cost
 from __future__ import annotations
 
 import json
+import netrc
 import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from harness.config import ROOT
+from harness.config import INSTALLED, ROOT
 
-LIBS = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna", "hydra-core", "wandb")
+LIBS = ("harness", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna", "hydra-core", "wandb")
 
 
 def git_sha() -> str | None:
+    """The checkout's commit (-dirty with uncommitted changes); None for an installed package, whose
+    version is in `versions` (its site-packages may sit inside some other git repository)."""
+    if INSTALLED:
+        return None
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
@@ -37,16 +43,46 @@ def provenance(device) -> dict:
         except metadata.PackageNotFoundError:
             pass
     hw = {"device": str(device), "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+          "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "torch_threads": torch.get_num_threads()}
     if getattr(device, "type", "") == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     return {"git_sha": git_sha(), "python": platform.python_version(), "versions": versions, "hardware": hw}
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: SLURM, cgroups (cpusets) and taskset restrict them, and
+    os.cpu_count() (every CPU of the machine) would oversubscribe. macOS has no sched_getaffinity."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)  # readers never see half a record
+
+
+def wandb_key_configured() -> bool:
+    """Where wandb.init looks for credentials (wandb 0.31, wbauth): WANDB_API_KEY or
+    WANDB_IDENTITY_TOKEN_FILE, the .netrc entry `wandb login` writes, or api_key in its settings file."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+    home = Path.home()
+    files = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [home / ".netrc", home / "_netrc"]
+    for f in files:
+        try:
+            if f.is_file() and netrc.netrc(f).authenticators(host):
+                return True
+        except (netrc.NetrcParseError, OSError):
+            pass  # wandb warns and ignores an unreadable netrc too
+    settings = Path(os.environ.get("WANDB_CONFIG_DIR", home / ".config" / "wandb")) / "settings"
+    try:
+        return "api_key" in settings.read_text()
+    except OSError:
+        return False
 
 
 class Run:
@@ -61,15 +97,15 @@ class Run:
             os.environ.setdefault(k, v)
         import wandb
 
-        lora = cfg.lora
-        tags = [f"trial:{cfg.trial}", f"model:{cfg.model.name}", f"data:{cfg.data.name}", f"r:{lora.r}",
-                f"alpha:{lora.alpha:g}", f"targets:{lora.targets if isinstance(lora.targets, str) else 'custom'}",
-                f"n:{cfg.data.train_size}", f"quant:{cfg.quant.mode}", f"lr:{cfg.train.lr:g}", f"seed:{cfg.seed}"]
-        if cfg.get("sweep"):  # the searched axes above, plus which sweep file made the trial
+        # No value tags: the searched values are in the run's config (filter and group on them there);
+        # a tag per value floods W&B's tag list. The sweep tag says which sweep file made the run, and
+        # WANDB_TAGS (comma-separated) adds the user's own, as wandb.init would without `tags=`.
+        tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+        if cfg.get("sweep") and cfg.sweep.name:
             tags.append(f"sweep:{cfg.sweep.name}")
         self.run = wandb.init(
             project=cfg.tracking.project, entity=cfg.tracking.entity, mode=cfg.tracking.mode,
-            group=cfg.study, job_type="trial", name=f"{cfg.study}-{cfg.trial}", tags=tags,
+            group=cfg.study, job_type="trial", name=f"{cfg.study}-{cfg.trial}", tags=tags or None,
             config=config, dir=str(run_dir), reinit="finish_previous",
         )
 

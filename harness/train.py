@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     cfg = config_mod.read(argv[0])
     reporter = None
     if cfg.get("sweep") and int(os.environ.get("RANK", "0")) == 0:
-        from harness.study import trial_reporter  # rank 0 alone talks to Optuna
+        from harness.optuna_parts import trial_reporter  # rank 0 alone talks to Optuna
 
         reporter = trial_reporter(cfg)
     try:

@@ -30,3 +30,39 @@ def tiny_cfg(tmp_path):
         return complete(load([*TINY, f"out_dir={tmp_path}", f"study={study}", *overrides]))
 
     return make
+
+
+PG_URL = os.environ.get("HARNESS_TEST_PG_URL")  # set by .ci/run (bash .ci/postgres); None without a server
+
+
+@pytest.fixture
+def fresh_pg():
+    """fresh_pg(n) -> n URLs of new, empty PostgreSQL databases (random names), dropped afterwards: the
+    first-run path of a new machine, which a database that already holds Optuna's schema hides."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL or "postgresql://absent/absent")
+    admin = dict(host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database,
+                 autocommit=True)
+    made: list[str] = []
+
+    def make(n: int = 1) -> list[str]:
+        if not PG_URL:
+            pytest.skip("HARNESS_TEST_PG_URL is unset: start PostgreSQL with "
+                        "`HARNESS_TEST_PG_URL=$(sudo bash .ci/postgres)` (.ci/run does this in CI)")
+        names = [f"harness_test_{uuid.uuid4().hex[:10]}" for _ in range(n)]
+        with psycopg.connect(**admin) as conn:
+            for name in names:
+                conn.execute(f"create database {name}")
+                made.append(name)
+        return [url.set(database=name).render_as_string(hide_password=False) for name in names]
+
+    yield make
+    if not made:
+        return
+    with psycopg.connect(**admin) as conn:
+        for name in made:
+            conn.execute(f"drop database if exists {name} with (force)")

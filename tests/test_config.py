@@ -67,3 +67,26 @@ def test_unknown_key_is_rejected():
 def test_trust_remote_code_is_off_by_default():
     for option in ("minilm", "smollm2_135m", "llama3_8b"):
         assert complete(load([f"model={option}"])).model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model=gpt7"], "Available options in 'model': hub, llama3_8b, minilm"),
+    (["lora.r=0", "train.lr=0"], "lora.r: Input should be greater than or equal to 1 (got 0); train.lr:"),
+    (["data=local"], "data.path is not set (data=local needs it): add data.path=FILE"),
+    (["data=local", "model=hub"], "(also unset: model.path)"),
+    (["seed=-1"], "seed: Input should be greater than or equal to 0"),
+    (["sweep=lora_rank", "sweep.seeds=[0,-3]"], "seeds must be between 0 and 2**32-1"),
+])
+def test_config_errors_are_one_line_naming_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        complete(load(overrides))
+    assert "\n" not in str(e.value) and needle in str(e.value), str(e.value)
+
+
+def test_validating_a_config_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from harness.config import complete, load; complete(load([])); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONF_DIR.parent, check=True)
+    assert out.stdout.strip() == "False"  # a bad input costs ~1 s, not a torch import

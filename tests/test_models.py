@@ -102,3 +102,18 @@ def test_qlora_gradients_match_an_fp32_model_holding_the_dequantized_weights(tin
     for name in g4:
         assert torch.allclose(g4[name], g32[name], rtol=1e-3, atol=1e-6), name
     assert any(g.abs().sum() > 0 for g in g4.values())
+
+
+def test_llama_1b_random_has_the_shape_of_llama_3_2_1b():
+    """The GPU speed model: built from config with random weights, but Llama-3.2-1B's parameter count
+    (1,235,814,400 with the tied 128,256-row embedding), counted on the meta device (nothing allocated)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.config import complete, load
+
+    spec = dict(complete(load(["model=llama_1b_random"])).model.tiny)
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 1_235_814_400

@@ -188,7 +188,8 @@ sweep:
 def test_a_trial_left_running_by_a_driver_elsewhere_is_failed_after_the_grace_period_and_retried(tmp_path):
     """The heartbeat path (RDB storages): a RUNNING trial of a driver on another host goes stale."""
     from harness.config import complete, load as compose
-    from harness.study import Driver, tally
+    from harness.optuna_parts import tally
+    from harness.study import Driver
 
     ov = sweep(tmp_path, "hb", """\
 sweep:
@@ -212,30 +213,90 @@ sweep:
     assert tally(trials) == {**tally(trials), "done": 0, "waiting": 2, "retried": 1}  # the retry + point r=4
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_running_trial_and_the_rerun_retries_it(tmp_path, capsys):
-    ov = sweep(tmp_path, "intr", """\
+def _running_trial(tmp_path, name):
+    try:
+        return next((t for t in load(tmp_path, name).get_trials(states=(TrialState.RUNNING,))
+                     if "pid" in t.user_attrs), None)
+    except Exception:  # noqa: BLE001 - the study may not exist yet
+        return None
+
+
+def _gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_driver_within_seconds_and_the_rerun_does_every_point_once(tmp_path, capsys, sig):
+    """Ctrl-C, or the SIGTERM SLURM/Kubernetes send before a kill: the running trial is ended (its
+    process group gone), recorded FAIL "interrupted" and retried by the rerun; 0 lost, 0 duplicated."""
+    name = f"sig{sig.value}"
+    ov = sweep(tmp_path, name, """\
 sweep:
   space: {lora.r: {choices: [2, 4]}}
   sampler: grid
-""")
+""") + ["train.max_steps=40"]  # still in start-up or training when signalled
     driver = subprocess.Popen([sys.executable, "-m", "harness", *ov], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-
-    def running():
-        try:
-            return next((t for t in load(tmp_path, "intr").get_trials(states=(TrialState.RUNNING,))
-                         if "pid" in t.user_attrs), None)
-        except Exception:  # noqa: BLE001 - the study may not exist yet
-            return None
-
-    victim = _wait(running, 120, "a running trial")
-    driver.send_signal(signal.SIGINT)
+    victim = _wait(lambda: _running_trial(tmp_path, name), 120, "a running trial")
+    t0 = time.time()
+    driver.send_signal(sig)
     out, err = driver.communicate(timeout=60)
-    assert driver.returncode == 130 and "interrupted" in err
-    stopped = load(tmp_path, "intr").trials[victim.number]
+    assert time.time() - t0 < 20, f"the driver took {time.time() - t0:.0f} s to stop"
+    assert driver.returncode == 128 + sig.value and "stopping the running trials" in err, err[-2000:]
+    assert _gone(victim.user_attrs["pid"]), "the trial's process group outlived the driver"
+    stopped = load(tmp_path, name).trials[victim.number]
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"].startswith("interrupted")
     assert main(ov) == 0
-    study = load(tmp_path, "intr")
+    study = load(tmp_path, name)
     assert sorted(t.params["lora.r"] for t in study.trials if t.state == TrialState.COMPLETE) == [2, 4]
     assert any(t.system_attrs.get("failed_trial") == victim.number for t in study.trials)
+
+
+def test_a_second_ctrl_c_exits_at_once_and_the_rerun_still_does_every_point_once(tmp_path, capsys):
+    ov = sweep(tmp_path, "twice", """\
+sweep:
+  space: {lora.r: {choices: [2, 4]}}
+  sampler: grid
+""") + ["train.max_steps=40"]
+    driver = subprocess.Popen([sys.executable, "-m", "harness", *ov], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    victim = _wait(lambda: _running_trial(tmp_path, "twice"), 120, "a running trial")
+    driver.send_signal(signal.SIGINT)
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=30)
+    assert driver.returncode == 130 and "Traceback" not in err, err[-2000:]
+    _wait(lambda: _gone(victim.user_attrs["pid"]), 10, "the trial's process group to end")
+    assert main(ov) == 0
+    study = load(tmp_path, "twice")
+    assert sorted(t.params["lora.r"] for t in study.trials if t.state == TrialState.COMPLETE) == [2, 4]
+
+
+def test_a_study_is_one_experiment_a_resume_with_another_base_config_is_refused(tmp_path):
+    """The base config is stored at creation; a resume that changes it (not the budget or parallelism) is
+    refused with the differing keys, unless the user vouches for them in sweep.allow_changes."""
+    from harness.config import ConfigError, complete, load as compose
+    from harness.study import Driver
+
+    ov = sweep(tmp_path, "one", """\
+sweep:
+  space: {lora.r: {choices: [2, 4]}}
+  sampler: grid
+  parallel: 1
+  seeds: [0]
+""")
+
+    def opened(*extra):
+        return Driver(complete(compose([*ov, *extra])), [*ov, *extra]).open()
+
+    assert opened() is True
+    assert opened("sweep.parallel=2", "sweep.seeds=[0,1]", "hardware.threads=2") is False  # schedule and budget
+    with pytest.raises(ConfigError, match=r"eval\.max_examples: None -> 4.*study=<new name>.*allow_changes"):
+        opened("eval.max_examples=4")
+    with pytest.raises(ConfigError, match=r"lora\.dropout: 0\.05 -> 0\.1"):
+        opened("lora.dropout=0.1", "eval.max_examples=4", "+sweep.allow_changes=[eval.max_examples]")
+    assert opened("eval.max_examples=4", "+sweep.allow_changes=[eval.max_examples]") is False
+    assert opened("study=one_b", "eval.max_examples=4") is True  # a new name is a new experiment

@@ -1,0 +1,252 @@
+"""Optuna parts shared by the driver, the trial process and analysis: storages (with first-run
+locking), samplers, pruners, the reporter a trial uses to prune, the trial tally, and wrappers
+around the private Optuna calls the driver needs (each with its why).
+
+This module imports nothing of the harness but the config error, so the trial side (train.py,
+launch.py) can use it without importing the driver.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness.config import ConfigError
+from harness.record import INTERMEDIATE
+
+
+def quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats, stale-trial retry and fail_stale_trials are "experimental" since Optuna 2.8; the
+    # ask/tell loop records heartbeats itself, which Optuna warns is meant for Study.optimize
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def where(cfg) -> str:
+    return cfg.sweep.file or f"sweep {cfg.sweep.name}"
+
+
+# ---------------------------------------------------------------------------- Optuna parts
+
+
+def make_storage(cfg, heartbeat: bool = False):
+    """Optuna storage for `storage.url`; the driver's RDB storage records heartbeats."""
+    import optuna
+
+    url, sw = with_password(cfg.storage.url), cfg.sweep
+    if url.startswith("journal://"):
+        path = Path(url.removeprefix("journal://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    kwargs = {}
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # trials report while the driver writes
+    if heartbeat:
+        kwargs.update(heartbeat_interval=sw.heartbeat_interval, grace_period=sw.grace_period,
+                      heartbeat_stale_trial_callback=retry_callback(sw))
+    with schema_lock(url):  # RDBStorage() creates the schema on first use: one process at a time
+        return optuna.storages.RDBStorage(url, **kwargs)
+
+
+# Any fixed 64-bit key: every harness process on a database serialises its schema creation on it.
+_PG_LOCK_KEY = 0x6861726E657373  # "harness"
+
+
+@contextmanager
+def schema_lock(url: str):
+    """Serialise Optuna's first-run schema creation across processes (optuna#1092: two workers on an
+    empty database both run CREATE TYPE/TABLE and one dies with UniqueViolation). PostgreSQL: a
+    session advisory lock on its own connection; SQLite: flock() on the database file. Other
+    backends (MySQL, ...) get no lock: create the schema once before starting workers there."""
+    if url.startswith("sqlite:///"):
+        import fcntl
+
+        # flock on the database file itself: no lock file left behind, and independent of SQLite's
+        # own fcntl() record locks on Linux, so it cannot deadlock with them ("a" never truncates)
+        with open(url.removeprefix("sqlite:///"), "ab") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("select pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
+def retry_callback(sw):
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return RetryHeartbeatStaleTrialCallback(max_retry=sw.max_retry)
+
+
+def _build(kind: str, name: str, cls, args: dict, where: str):
+    try:
+        return cls(**args)
+    except TypeError as e:
+        raise ConfigError(f"{where}: sweep.{kind}_args do not fit {kind}={name}: {e}") from None
+
+
+def make_sampler(cfg):
+    import optuna
+
+    sw = cfg.sweep
+    args = {"seed": sw.sampler_seed, **OmegaConf.to_container(sw.sampler_args)}
+    cls = {"tpe": optuna.samplers.TPESampler, "motpe": optuna.samplers.TPESampler,  # TPE is multi-objective
+           "random": optuna.samplers.RandomSampler, "nsga2": optuna.samplers.NSGAIISampler,
+           # grid: the driver enqueues every point itself (fixed params), the sampler is never consulted
+           "grid": optuna.samplers.RandomSampler}[sw.sampler]
+    return _build("sampler", sw.sampler, cls, args, where(cfg))
+
+
+def make_pruner(cfg):
+    import optuna
+
+    sw = cfg.sweep
+    cls = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+           "hyperband": optuna.pruners.HyperbandPruner}[sw.pruner]
+    return _build("pruner", sw.pruner, cls, OmegaConf.to_container(sw.pruner_args), where(cfg))
+
+
+def directions(sw) -> list[str]:
+    return list(sw.objectives.values())
+
+
+def trial_reporter(cfg):
+    """For the trial process: reporter(step, eval_metrics) -> prune? through the study's storage.
+
+    None where nothing can prune (no pruner, or several objectives: Optuna cannot prune those)."""
+    import optuna
+
+    sw = cfg.sweep
+    if sw.pruner == "none" or len(sw.objectives) != 1:
+        return None
+    quiet_optuna()
+    storage = make_storage(cfg)
+    # load_study does not restore the pruner: pass the configured one
+    study = optuna.load_study(study_name=cfg.study, storage=storage, pruner=make_pruner(cfg))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(cfg.study), cfg.trial)
+    trial = trial_handle(study, trial_id)
+    key = INTERMEDIATE[next(iter(sw.objectives))]
+
+    def report(step: int, metrics: dict) -> bool:
+        trial.report(float(metrics[key]), step)
+        return trial.should_prune()
+
+    return report
+
+
+def tally(trials) -> dict:
+    """done counts toward the budget; a FAIL that was retried does not (its retry does)."""
+    from optuna.trial import TrialState as S
+
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    c = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0, "retried": 0}
+    for t in trials:
+        if t.state == S.COMPLETE:
+            c["complete"] += 1
+        elif t.state == S.PRUNED:
+            c["pruned"] += 1
+        elif t.state == S.FAIL:
+            c["retried" if t.number in retried else "failed"] += 1
+        elif t.state == S.RUNNING:
+            c["running"] += 1
+        elif t.state == S.WAITING:
+            c["waiting"] += 1
+    c["done"] = c["complete"] + c["pruned"] + c["failed"]
+    return c
+
+
+# ---------------------------------------------------------------------------- private Optuna calls
+
+
+def pop_waiting_trial(study):
+    """Claim one queued (WAITING) trial: WAITING -> RUNNING as a compare-and-set in the storage, so of
+    several workers exactly one gets it; None when the queue is empty. Private in Optuna 5
+    (`Study._pop_waiting_trial_id`): the public ask() would sample a fresh point outside the grid
+    when the queue is empty, and a grid worker must never do that."""
+    return study._pop_waiting_trial_id()
+
+
+def trial_handle(study, trial_id: int):
+    """A live `optuna.Trial` for a trial that already exists (claimed above, or created by the driver
+    for a trial process). Optuna documents no public way to re-attach to a running trial by id; the
+    constructor is what ask() itself uses."""
+    import optuna
+
+    return optuna.Trial(study, trial_id)
+
+
+# ---------------------------------------------------------------------------- secrets in storage URLs
+
+PASSWORD_ENV = "HARNESS_STORAGE_PASSWORD"  # how a trial process gets the password its config.yaml lacks
+
+
+def _parsed(url: str):
+    if "://" not in url or url.startswith(("sqlite:", "journal:")):
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except ArgumentError:
+        return None
+
+
+def mask_url(url: str) -> str:
+    """A storage URL fit to print or record: the password replaced by ***."""
+    u = _parsed(url)
+    return url if u is None or u.password is None else u.render_as_string(hide_password=True)
+
+
+def strip_password(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password): config.yaml, the record and W&B get the first;
+    the trial process gets the second in its environment (PASSWORD_ENV)."""
+    u = _parsed(url)
+    if u is None or u.password is None:
+        return url, None
+    # URL.set() ignores None; _replace is the namedtuple API (public despite the underscore)
+    return u._replace(password=None).render_as_string(hide_password=False), str(u.password)
+
+
+def with_password(url: str) -> str:
+    """The URL to connect with: the password from PASSWORD_ENV where the URL has a user but none."""
+    u, pw = _parsed(url), os.environ.get(PASSWORD_ENV)
+    if u is None or u.password is not None or not pw or not u.username:
+        return url
+    return u.set(password=pw).render_as_string(hide_password=False)
+
+
+def dashboard_command(url: str) -> str:
+    """`optuna-dashboard ...` that opens this storage (the password masked). `journal://` is the
+    harness's own scheme, not a URL optuna-dashboard knows: it takes the journal file's path, and
+    --storage-class JournalFileStorage says what it is (without it, it guesses from the file, which
+    then must already exist)."""
+    if url.startswith("journal://"):
+        return f"optuna-dashboard {shlex.quote(url.removeprefix('journal://'))} --storage-class JournalFileStorage"
+    return f"optuna-dashboard {shlex.quote(mask_url(url))}"

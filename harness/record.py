@@ -1,0 +1,83 @@
+"""The trial record (trials/<n>/result.json) as a type, and where a trial's files live.
+
+train.py writes the record; the driver reads its `status` as the trial's one outcome and tells Optuna
+its objectives; `python -m harness` prints it; analysis reads it back. The objective names a sweep
+may use and the metrics copied into the Optuna trial's attributes are derived from the fields here,
+so a new metric is added in one place. Torch-free: the driver and analysis import it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+Status = Literal["complete", "pruned", "failed"]
+
+
+class TrialRecord(BaseModel):
+    """The fields every consumer relies on. Tasks add their own metrics (exact_match, rouge_l, bleu,
+    perplexity, ...) and train.py its setup/provenance blocks: those are kept as extra fields."""
+    model_config = ConfigDict(extra="allow")
+
+    status: Status
+    reason: str | None = None
+    study: str | None = None
+    trial: int | None = None
+    # quality (on the fixed test split)
+    accuracy: float | None = None
+    eval_loss: float | None = None
+    best_intermediate_accuracy: float | None = None
+    train_loss: float | None = None
+    baseline_accuracy: float | None = None
+    majority_accuracy: float | None = None
+    # cost
+    flops: float | None = None
+    train_flops: float | None = None
+    eval_flops: float | None = None
+    tokens: int | None = None
+    device_seconds: float | None = None
+    wall_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    trainable_params: int | None = None
+    cost_usd: float | None = None
+    steps: int | None = None
+    evals: list[dict] = []
+
+
+# What a sweep can optimise: every numeric field above (and for tasks that record them, their metrics).
+_NUMERIC = ("float | None", "int | None")
+TASK_METRICS = ("exact_match", "rouge_l", "bleu", "perplexity")  # task=sft adds these
+METRICS = tuple(k for k, f in TrialRecord.model_fields.items()
+                if str(f.annotation) in _NUMERIC and k not in ("trial", "steps", "baseline_accuracy",
+                                                                  "majority_accuracy")) + TASK_METRICS
+INTERMEDIATE = {"accuracy": "accuracy", "eval_loss": "loss"}      # objective -> key of an intermediate eval
+# copied into the Optuna trial's user_attrs (the dashboard and the driver's table show them)
+ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "peak_memory_bytes",
+                "trainable_params", "cost_usd")
+
+
+def read_record(path: Path) -> TrialRecord | None:
+    """The record at path; None when there is none or it is unreadable (a process killed mid-write)."""
+    try:
+        return TrialRecord.model_validate(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError, ValidationError):
+        return None
+
+
+class TrialPaths:
+    """Where trial n of a study keeps its files: <out_dir>/<study>/trials/<n>/."""
+
+    def __init__(self, out_dir: str | Path, study: str, trial: int):
+        self.dir = Path(out_dir) / study / "trials" / str(trial)
+
+    @classmethod
+    def of(cls, cfg) -> TrialPaths:
+        return cls(cfg.out_dir, cfg.study, cfg.trial)
+
+    config = property(lambda self: self.dir / "config.yaml")
+    result = property(lambda self: self.dir / "result.json")
+    log = property(lambda self: self.dir / "log.txt")
+    predictions = property(lambda self: self.dir / "predictions.jsonl")
+    checkpoint = property(lambda self: self.dir / "checkpoint")
