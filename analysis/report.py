@@ -162,7 +162,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
            "p-values Holm-corrected across the study's comparisons (α = 0.05)."]
     md += [""] + (comparison_sentences(cmp, effect) if not cmp.empty else ["- no two configurations differ in exactly "
                                                                            "one searched axis."]) + [""]
-    rec = recommendation(work, work_axes, epsilon, cost)
+    rec = recommendation(work, axes, epsilon, cost)  # tuned or not, a configuration names every axis
     md += ["## Recommendation", *rec, ""]
     if not refs.empty:
         md += ["## Reference arms"]

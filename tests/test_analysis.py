@@ -284,19 +284,19 @@ defaults:
   - override /model: tiny_bert
   - override /data: tiny
 study: tiny_driver
-train: {max_steps: 4, lr: 1.0e-2, eval_every: 2}
+train: {max_steps: 4, lr: 1.0e-2, eval_every: 2, max_grad_norm: 1.0e+30}
 hardware: {threads: 1}
 tracking: {mode: offline}
 sweep:
   space:
     lora.r: {choices: [2, 8]}
-    data.train_size: {choices: [160, 5000]}   # 5000 > the 200 tiny examples: that trial fails
+    train.lr: {choices: [1.0e-2, 1.0e+30]}   # 1e30 diverges (NaN loss): that trial fails
   sampler: random
   n_trials: 3
   enqueue:
-    - {lora.r: 2, data.train_size: 160}
-    - {lora.r: 8, data.train_size: 160}
-    - {lora.r: 2, data.train_size: 5000}
+    - {lora.r: 2, train.lr: 1.0e-2}
+    - {lora.r: 8, train.lr: 1.0e-2}
+    - {lora.r: 2, train.lr: 1.0e+30}
 """
 
 
