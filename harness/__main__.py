@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.record import TrialPaths
+from harness.record import trial_dir
 
 
 def _fmt(x) -> str:
@@ -82,7 +82,7 @@ def _run(cfg, overrides: list[str]) -> int:
     print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
           f"(${rec['cost_usd']:.5f}), peak memory {rec['peak_memory_bytes'] / 2**20:.0f} MiB, "
           f"{rec['trainable_params']:,} trainable params")
-    run_dir = TrialPaths(cfg.out_dir, rec["study"], rec["trial"]).dir
+    run_dir = trial_dir(cfg.out_dir, rec["study"], rec["trial"])
     print(f"record   {run_dir}/result.json")
     wb = rec.get("wandb") or {}
     if wb.get("mode") == "offline":

@@ -66,18 +66,6 @@ def read_record(path: Path) -> TrialRecord | None:
         return None
 
 
-class TrialPaths:
-    """Where trial n of a study keeps its files: <out_dir>/<study>/trials/<n>/."""
-
-    def __init__(self, out_dir: str | Path, study: str, trial: int):
-        self.dir = Path(out_dir) / study / "trials" / str(trial)
-
-    @classmethod
-    def of(cls, cfg) -> TrialPaths:
-        return cls(cfg.out_dir, cfg.study, cfg.trial)
-
-    config = property(lambda self: self.dir / "config.yaml")
-    result = property(lambda self: self.dir / "result.json")
-    log = property(lambda self: self.dir / "log.txt")
-    predictions = property(lambda self: self.dir / "predictions.jsonl")
-    checkpoint = property(lambda self: self.dir / "checkpoint")
+def trial_dir(out_dir: str | Path, study: str, trial: int) -> Path:
+    """Where trial n of a study keeps its files (config.yaml, log.txt, result.json, ...)."""
+    return Path(out_dir) / study / "trials" / str(trial)

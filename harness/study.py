@@ -35,7 +35,7 @@ from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.checkpoint import resume_dir
 from harness.launch import Outcome, ProcessRunner
-from harness.record import ATTR_METRICS, INTERMEDIATE, METRICS, TrialPaths
+from harness.record import ATTR_METRICS, INTERMEDIATE, METRICS, trial_dir
 from harness.optuna_parts import (dashboard_command, directions, make_pruner,
                                   make_sampler, make_storage, mask_url, pop_waiting_trial, quiet_optuna,
                                   retry_callback, strip_password, tally, trial_handle, where)
@@ -312,7 +312,7 @@ class Driver:
         from optuna.trial import TrialState
 
         n = trial.number
-        run_dir = TrialPaths(self.cfg.out_dir, self.cfg.study, n).dir
+        run_dir = trial_dir(self.cfg.out_dir, self.cfg.study, n)
         overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), f"seed={seed}", f"trial={n}"]
         resume = resume_dir(self.root, self.storage.get_trial_system_attrs(self._tid(n)))
         if resume is not None:  # the retry of an interrupted attempt continues from its last checkpoint

@@ -10,6 +10,7 @@ import netrc
 import os
 import platform
 import subprocess
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from harness.config import INSTALLED, ROOT
 LIBS = ("harness", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "optuna", "hydra-core", "wandb")
 
 
+@cache  # once per process: the driver stamps every trial's config.yaml with it (two git calls each)
 def git_sha() -> str | None:
     """The checkout's commit (-dirty with uncommitted changes); None for an installed package, whose
     version is in `versions` (its site-packages may sit inside some other git repository)."""

@@ -25,6 +25,7 @@ from harness import checkpoint as ckpt
 from harness import config as config_mod
 from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
 from harness.progress import Progress
+from harness.record import trial_dir
 from harness.tracking import Run, provenance, usable_cpus, write_json
 
 # The task-specific parts (data, items, collate, evaluate) live in one module per task; the loop,
@@ -41,7 +42,7 @@ class TrialPruned(RuntimeError):
 
 
 def run_dir_of(cfg) -> Path:
-    return Path(cfg.out_dir) / cfg.study / "trials" / str(cfg.trial)
+    return trial_dir(cfg.out_dir, cfg.study, cfg.trial)
 
 
 def _eval_log(ev: dict) -> dict:
