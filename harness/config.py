@@ -256,6 +256,9 @@ class SweepCfg(_Strict):
     timeout: float | None = Field(default=None, gt=0)  # seconds for this invocation of the driver
     seeds: list[int] = [0]          # each configuration runs once per seed, one trial each
     enqueue: list[dict[str, Scalar]] = []   # configurations to run first (e.g. the reference)
+    # reference arms outside the space, once per seed, e.g. {method: head_only, train.lr: 0.01}: their
+    # overrides replace the searched axes; they never count as the study's best (harness/report.py)
+    references: list[dict[str, Scalar]] = []
     parallel: int = Field(default=1, ge=1)  # trials at once from one driver
     heartbeat_interval: int = Field(default=10, ge=1)  # seconds; RDB storages
     grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried

@@ -43,8 +43,8 @@ def configurations(trials, objectives: dict[str, str]) -> list[dict]:
     trials, seeds, and mean / 95% half-width of each objective, mean flops and device-seconds."""
     groups: dict[str, list] = {}
     for t in trials:
-        if t.state.name != "COMPLETE":
-            continue
+        if t.state.name != "COMPLETE" or t.user_attrs.get("reference"):
+            continue  # reference arms (sweep.references) are beside the search, never its best
         groups.setdefault(json.dumps(t.params, sort_keys=True, default=str), []).append(t)
     out = []
     for key, ts in groups.items():

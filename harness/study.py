@@ -83,6 +83,22 @@ def check(cfg: DictConfig, base: list[str]) -> None:
         if set(ref) != set(sw.space):
             raise ConfigError(f"{where_}: sweep.enqueue[{i}] must give every axis of the space "
                               f"({', '.join(sw.space)}); got {', '.join(ref) or 'nothing'}")
+    for i, ref in enumerate(sw.get("references") or []):
+        if not ref:
+            raise ConfigError(f"{where_}: sweep.references[{i}] is empty: give its overrides, e.g. {{method: head_only}}")
+        try:
+            complete(load_with_choices([*base, *reference_overrides(ref)])[0])
+        except ConfigError as e:
+            raise ConfigError(f"{where_}: sweep.references[{i}] gives an invalid config:\n{e}") from None
+
+
+def reference_overrides(ref) -> list[str]:
+    """A reference arm's overrides (`quant: none` is the group choice quant=none, like on the command line)."""
+    return [f"{k}={space_mod.format_value(v)}" for k, v in dict(ref).items()]
+
+
+def reference_key(ref, seed: int) -> str:
+    return "reference:" + space_mod.point_key(dict(ref), seed)
 
 
 # ---------------------------------------------------------------------------- bookkeeping
@@ -168,6 +184,9 @@ class Driver:
             self.points = [(p, s) for p in space_mod.grid(self.sw.space) for s in self.sw.seeds]
         n = self.sw.n_trials
         self.budget = n if self.points is None else min(n or len(self.points), len(self.points))
+        self.references = [(dict(r), s) for r in (self.sw.get("references") or []) for s in self.sw.seeds]
+        if self.budget is not None:
+            self.budget += len(self.references)  # reference arms run beside the search budget
         self.slots = list(range(self._parallel()))
         self.runner = runner or ProcessRunner(len(self.slots))
 
@@ -214,6 +233,7 @@ class Driver:
                 for s in self.sw.seeds:
                     self.study.enqueue_trial(dict(ref), user_attrs={"seed": s, "point": space_mod.point_key(dict(ref), s)},
                                              skip_if_exists=True)
+            self._queue_references()
             self._queue_grid()
             self.study.set_user_attr("grid_queued", True)
         else:
@@ -240,7 +260,17 @@ class Driver:
                         break  # queued, or a study that has been running for a while
                     time.sleep(0.1)
                 self._queue_grid()  # points a raised budget adds (resume); not atomic across workers
+            self._queue_references()  # arms added to the sweep file since (resume)
         return new
+
+    def _queue_references(self) -> None:
+        """Queue each reference arm once per seed, unless a trial holds it already (so a resume adds
+        only new ones). The trial carries its overrides in user_attrs; its params stay empty."""
+        claimed = {t.user_attrs.get("point") for t in self.study.get_trials(deepcopy=False)}
+        for ref, s in self.references:
+            if reference_key(ref, s) not in claimed:
+                self.study.enqueue_trial({}, user_attrs={"seed": s, "point": reference_key(ref, s),
+                                                         "reference": reference_overrides(ref)})
 
     def _queue_grid(self) -> None:
         """Queue every (point, seed) within the budget that no trial holds yet. Workers then only pop
@@ -296,6 +326,8 @@ class Driver:
         trial.set_user_attr("driver", self.me)  # lets a later driver on this host see it died
         if self.heartbeat:
             self.storage.record_heartbeat(self._tid(trial.number))
+        if trial.user_attrs.get("reference"):  # a reference arm: its overrides, not the space's axes
+            return trial, {}, trial.user_attrs["seed"]
         params = space_mod.suggest(trial, self.sw.space)
         fresh = "seed" not in trial.user_attrs
         seed = trial.user_attrs.get("seed", self.sw.seeds[0])
@@ -313,7 +345,8 @@ class Driver:
 
         n = trial.number
         run_dir = trial_dir(self.cfg.out_dir, self.cfg.study, n)
-        overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), f"seed={seed}", f"trial={n}"]
+        overrides = [*self.base, *space_mod.to_overrides(params, self.cfg), *trial.user_attrs.get("reference", []),
+                     f"seed={seed}", f"trial={n}"]
         resume = resume_dir(self.root, self.storage.get_trial_system_attrs(self._tid(n)))
         if resume is not None:  # the retry of an interrupted attempt continues from its last checkpoint
             overrides.append(f"train.resume_from={resume}")
