@@ -132,9 +132,24 @@ def postfix(bar, study, sw) -> None:
     bar.set_postfix(post, refresh=True)
 
 
+def reference_lines(trials, objectives: dict[str, str]) -> list[str]:
+    """'reference method=head_only train.lr=0.01: accuracy 0.59 ± 0.07 (3 seeds)', one per arm."""
+    arms: dict[str, list[float]] = {}
+    m = next(iter(objectives))
+    for t in trials:
+        if t.state.name == "COMPLETE" and t.user_attrs.get("reference") and t.user_attrs.get(m) is not None:
+            arms.setdefault(" ".join(t.user_attrs["reference"]), []).append(float(t.user_attrs[m]))
+    out = []
+    for arm, vals in arms.items():
+        ci = t_half_width(vals)
+        out.append(f"reference {arm}: {m} {_num(sum(vals) / len(vals))}" + ("" if math.isnan(ci) else f" ± {_num(ci)}")
+                   + f" ({len(vals)} seed{'s' if len(vals) != 1 else ''})")
+    return out
+
+
 def trial_line(state: str, info: dict) -> str:
     """One line per finished trial, written above the progress bar."""
-    params = " ".join(f"{k}={_value(v)}" for k, v in info["params"].items())
+    params = " ".join(f"{k}={_value(v)}" for k, v in info["params"].items()) or " ".join(info.get("reference") or [])
     head = f"trial {info['number']:>3} {state:<8} {params} seed={info['seed']}"
     if state == "COMPLETE":
         return (f"{head}  accuracy={_num(info.get('accuracy'))} flops={_num(info.get('flops'))} "
@@ -179,8 +194,12 @@ def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str, rerun_comman
               + (" (top 10)" if n > 10 else "") + ":")
         print(summary_table(done, axes, objectives))
         print(best_line(done, axes, objectives))
-        best_trials = best_configuration(done, objectives)["trials"]
-        best = next(t for t in done if t.number == best_trials[0])
+        for line in reference_lines(done, objectives):
+            print(line)
+        b = best_configuration(done, objectives)
+        if b is None:  # only reference arms completed
+            return 0
+        best = next(t for t in done if t.number == b["trials"][0])
     else:
         rows = sorted(pareto, key=lambda t: t.values[1:] + t.values[:1])
         print(f"Pareto set ({len(rows)} trials):")

@@ -380,7 +380,7 @@ class Driver:
                 self.study.tell(trial, state=TrialState[out.state])
             if interrupted:
                 retry_callback(self.sw)(self.study, self._frozen(n))
-        return out.state, {**attrs, "number": n, "values": out.values}
+        return out.state, {**attrs, "number": n, "values": out.values, "reference": trial.user_attrs.get("reference")}
 
     # -- the loop
     def run(self) -> int:
