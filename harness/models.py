@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from harness.data import _package_dir, cache_dir, tiny_vocab
+from harness.data import tiny_vocab
+from harness.sources import cache_dir, package_dir
 
 # The target presets, the head names and ModelError live in harness/presets.py (no torch): the
 # config schema checks a preset name without importing torch.
@@ -105,7 +106,7 @@ def _gguf_dir(mcfg) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pkg, rel = mcfg.path.split("/", 1)
-    gguf = _package_dir(pkg) / rel
+    gguf = package_dir(pkg) / rel
     if not gguf.is_file():
         raise ModelError(f"{gguf} not found; run the README setup (make setup)")
     out = cache_dir() / "models" / mcfg.name
@@ -129,7 +130,7 @@ def weights_path(mcfg) -> str:
         return str(_gguf_dir(mcfg))
     if mcfg.source == "package":
         pkg, _, rel = mcfg.path.partition("/")
-        path = _package_dir(pkg) / rel
+        path = package_dir(pkg) / rel
         if not (path / "config.json").is_file():
             raise ModelError(f"no config.json in {path}; run the README setup (make setup)")
         return str(path)

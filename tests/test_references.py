@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import ConfigError, complete, load
-from harness.launch import Outcome, outcome, write_config
+from harness.launch import outcome, write_config
 from harness.report import best_configuration
 from harness.study import Driver, check
 
