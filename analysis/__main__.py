@@ -42,9 +42,8 @@ def _err(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(sys.argv[1:] if argv is None else argv)
+    from analysis import figures, plotting, runs, tables
     from harness.config import ConfigError, load
-
-    from analysis import figures, runs, tables
 
     overrides = list(args.overrides)
     if args.group:
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                       tune=args.tune)
             written += paths
         else:
-            lora, _, axes = figures.split(loaded)
+            lora, _, axes = plotting.split(loaded)
             rec = report.recommendation(lora, axes, args.epsilon / 100, args.cost)
     for path in written:
         print(f"wrote    {path}")

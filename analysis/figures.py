@@ -18,137 +18,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.stats import LABELS, configurations, pareto_mask, saturating_fit, t_interval  # noqa: E402,F401
+from analysis.plotting import (  # noqa: E402
+    ACC_CI,
+    AXIS_TITLES,
+    MARKERS,
+    OKABE_ITO,
+    REFERENCES,
+    STYLE,
+    WIDTHS,
+    Skip,
+    baseline_line,
+    complete,
+    config_label,
+    legend_below,
+    log_x,
+    match,
+    mean_bars,
+    new_figure,
+    reference_lines,
+    reference_name,
+    seed_dots,
+    split,
+)
+from analysis.stats import (  # noqa: E402,F401 - pareto_mask: tests
+    LABELS,
+    configurations,
+    pareto_mask,
+    saturating_fit,
+    t_interval,
+)
 
 ci95 = t_interval  # the name tables and older callers use
-
-# Okabe & Ito (2008), "Color Universal Design". Yellow last and unused: too faint on white.
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-WIDTHS = {"1col": 3.3, "2col": 6.9}  # inches: one and two columns of a two-column paper
-STYLE = {
-    "font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
-    "ytick.labelsize": 7, "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO[:7]), "axes.spines.top": False,
-    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.5, "lines.linewidth": 1.2,
-    "lines.markersize": 4, "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42,  # editable text in PDFs
-    "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
-}
-AXIS_TITLES = {"lora.r": "LoRA rank r", "lora.alpha": "LoRA alpha α", "lora.alpha_over_r": "α / r",
-               "lora.targets": "adapted modules (trainable parameters)", "data.train_size": "training-set size (examples)",
-               "train.lr": "learning rate"}
-CONFIG_KEYS = ("lora.targets", "lora.r", "lora.alpha", "data.train_size", "train.lr", "lora.dropout",
-               "train.max_steps", "quant.mode", "model.name", "data.name")
-REFERENCES = {"head_only": ("head only (linear probe)", ":", "#D55E00"), "full": ("full fine-tune", "-.", "#000000")}
-ACC = "accuracy on the test split"
-ACC_CI = "accuracy (mean ± 95% CI over seeds)"
-
-
-class Skip(Exception):
-    """The study's data does not support this figure; the message says why."""
-
-
-# ---------------------------------------------------------------------------- data helpers
-
-
-def complete(df: pd.DataFrame) -> pd.DataFrame:
-    return df[(df["status"] == "complete") & df["accuracy"].notna()]
-
-
-def varying(df: pd.DataFrame, keys=CONFIG_KEYS) -> list[str]:
-    """The config keys that take more than one value among these trials."""
-    return [k for k in keys if k in df and df[k].astype(str).nunique() > 1]
-
-
-def split(loaded) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(LoRA trials, reference-arm trials, searched axes) among the complete trials."""
-    df = complete(loaded.trials)
-    method = df["method"].fillna("lora") if "method" in df else pd.Series("lora", index=df.index)
-    axes = [a for a in loaded.axes if a != "method"]
-    return df[method == "lora"], df[method != "lora"], axes
-
-
-def config_label(row, keys) -> str:
-    return ", ".join(f"{LABELS.get(k, k)}={_fmt(row[k])}" for k in keys) or "all trials"
-
-
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else str(v)
-
-
-def _match(df: pd.DataFrame, row, keys) -> pd.DataFrame:
-    return df[np.logical_and.reduce([df[k].astype(str) == str(row[k]) for k in keys])] if keys else df
-
-
-# ---------------------------------------------------------------------------- drawing helpers
-
-
-def _log_x(ax, values, ticks: bool = False) -> None:
-    """Log x axis; within one decade, a few plain labels (matplotlib's minor log labels overlap there)."""
-    from matplotlib import ticker
-
-    ax.set_xscale("log")
-    v = np.asarray(values, float)
-    if ticks:
-        vals = sorted(set(v))
-        ax.set_xticks(vals, [f"{x:g}" for x in vals])
-        ax.xaxis.set_minor_locator(ticker.NullLocator())
-        return
-    lo, hi = float(np.min(v)), float(np.max(v))
-    if lo > 0 and hi / lo < 10:
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
-        ax.xaxis.set_minor_locator(ticker.NullLocator())
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.3g}"))
-
-
-def _baseline(ax, df: pd.DataFrame) -> None:
-    """The zero-shot reference: the base model with its untrained head, same test split."""
-    b = df["baseline_accuracy"].dropna() if "baseline_accuracy" in df else pd.Series(dtype=float)
-    if not b.empty:
-        ax.axhline(b.median(), color="0.35", ls="--", lw=0.9, label="zero-shot (base model)", zorder=1)
-
-
-def _reference_lines(ax, refs: pd.DataFrame) -> None:
-    """head_only / full as horizontal lines at their mean, their 95% interval shaded."""
-    for method, g in refs.groupby("method"):
-        name, ls, color = REFERENCES.get(method, (method, ":", "0.3"))
-        mean, half, n = t_interval(g["accuracy"])
-        ax.axhline(mean, color=color, ls=ls, lw=1.0, zorder=1,
-                   label=f"{reference_name(method, g)} ({n} seed{'s' if n != 1 else ''}, {g['flops'].mean():.2g} FLOPs)")
-        if n > 1:
-            ax.axhspan(mean - half, mean + half, color=color, alpha=0.08, lw=0, zorder=0)
-
-
-def reference_name(method: str, g: pd.DataFrame) -> str:
-    """'head only (linear probe), lr 0.01': a reference arm runs at its own learning rate."""
-    name = REFERENCES.get(method, (method,))[0]
-    lrs = sorted(set(g["train.lr"].dropna())) if "train.lr" in g else []
-    return name + (f", lr {', '.join(f'{v:g}' for v in lrs)}" if lrs else "")
-
-
-def _seeds(ax, x, y, color) -> None:
-    ax.scatter(x, y, s=7, color=color, alpha=0.3, linewidths=0, zorder=2)
-
-
-def _means(ax, x, configs: pd.DataFrame, color, marker, label, line: bool = True):
-    ax.errorbar(x, configs["mean"], yerr=configs["ci"].fillna(0), color=color, marker=marker, capsize=2.5,
-                ls="-" if line else "none", label=label, zorder=3)
-
-
-def _legend_below(fig, axes, ncol: int) -> None:
-    handles, labels = {}, {}
-    for ax in np.asarray(axes).flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                labels[lab], handles[lab] = lab, h
-    if handles:
-        fig.legend(list(handles.values()), list(labels), loc="outside lower center", ncol=ncol)
-
-
-def _new(width: str, rows: int = 1, cols: int = 1, height: float | None = None, **kw):
-    w = WIDTHS[width]
-    h = height or (w * 0.62 if cols == 1 else w / cols * 0.9) * rows
-    return plt.subplots(rows, cols, figsize=(w, h), layout="constrained", squeeze=False, **kw)
-
 
 # ---------------------------------------------------------------------------- registry
 
@@ -174,7 +74,7 @@ def accuracy_vs_compute(loaded, width: str):
     if len(configs) < 2:
         raise Skip(f"needs 2 configurations with cost, has {len(configs)}")
     panels = [("flops", "compute (FLOPs, train + eval; mean over seeds)"), ("device_hours", "device time (device-hours)")]
-    fig, axs = _new(width, *((2, 1) if width == "1col" else (1, 2)), height=4.6 if width == "1col" else 2.9)
+    fig, axs = new_figure(width, *((2, 1) if width == "1col" else (1, 2)), height=4.6 if width == "1col" else 2.9)
     key = axes[0] if axes else None
     groups = sorted(configs[key].astype(str).unique()) if key else ["all"]
     col = {g: OKABE_ITO[i % 7] for i, g in enumerate(groups)}
@@ -182,8 +82,8 @@ def accuracy_vs_compute(loaded, width: str):
         for i, g in enumerate(groups):
             sub = configs[configs[key].astype(str) == g] if key else configs
             trials = lora[lora[key].astype(str) == g] if key else lora
-            _seeds(ax, trials[x], trials["accuracy"], col[g])
-            _means(ax, sub[x], sub, col[g], MARKERS[i % 8], f"{LABELS.get(key, key)}={g}" if key else "configurations",
+            seed_dots(ax, trials[x], trials["accuracy"], col[g])
+            mean_bars(ax, sub[x], sub, col[g], MARKERS[i % 8], f"{LABELS.get(key, key)}={g}" if key else "configurations",
                    line=False)
         front = configs[pareto_mask(configs[x], configs["mean"])].sort_values(x)
         ax.step(front[x], front["mean"], where="post", color="black", lw=0.9, zorder=4)
@@ -198,11 +98,11 @@ def accuracy_vs_compute(loaded, width: str):
             mean, half, _n = t_interval(g["accuracy"])
             ax.errorbar([g[x].mean()], [mean], yerr=[0 if np.isnan(half) else half], color=color, marker="X",
                         ms=6, capsize=2.5, ls="none", label=reference_name(method, g), zorder=4)
-        _baseline(ax, lora)
-        _log_x(ax, pd.concat([configs[x], refs[x]]))
+        baseline_line(ax, lora)
+        log_x(ax, pd.concat([configs[x], refs[x]]))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ACC_CI)
-    _legend_below(fig, axs, ncol=2 if width == "1col" else min(4, len(groups) + 2))
+    legend_below(fig, axs, ncol=2 if width == "1col" else min(4, len(groups) + 2))
     return fig
 
 
@@ -220,13 +120,13 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
     shown = groups[:max_lines]
     if not numeric:  # categories in order of trainable parameters: the cost they add
         cats = list(configs.groupby(axis)["trainable_params"].mean().sort_values().index.astype(str))
-    fig, axs = _new(width, height=(2.2 + 0.15 * len(shown)) if width == "1col" else 3.0)
+    fig, axs = new_figure(width, height=(2.2 + 0.15 * len(shown)) if width == "1col" else 3.0)
     ax = axs[0, 0]
     for i, g in enumerate(shown):
         g = g.sort_values(axis)
         color, marker = OKABE_ITO[i % 7], MARKERS[i % 8]
         name = config_label(g.iloc[0], others) if others else f"mean ± 95% CI ({int(g['n'].max())} seeds)"
-        trials = _match(lora, g.iloc[0], others)
+        trials = match(lora, g.iloc[0], others)
         if numeric:
             dodge = 1 + 0.03 * (i - (len(shown) - 1) / 2)  # lines apart on the log axis: bars stay readable
             xs, txs = g[axis] * dodge, trials[axis] * dodge * 0.985  # seeds just left of their bar
@@ -234,8 +134,8 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
             off = 0.12 * (i - (len(shown) - 1) / 2)
             xs = np.array([cats.index(str(v)) for v in g[axis]]) + off
             txs = np.array([cats.index(str(v)) for v in trials[axis]]) + off - 0.05
-        _seeds(ax, txs, trials["accuracy"], color)
-        _means(ax, xs, g, color, marker, name, line=numeric)
+        seed_dots(ax, txs, trials["accuracy"], color)
+        mean_bars(ax, xs, g, color, marker, name, line=numeric)
         if axis == "data.train_size":
             fit = saturating_fit(trials[axis], trials["accuracy"])
             if fit:
@@ -245,19 +145,19 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
                 ax.errorbar([fit["at"]], [fit["prediction"]], yerr=[[fit["prediction"] - lo], [hi - fit["prediction"]]],
                             color=color, marker="o", mfc="white", capsize=2.5, zorder=3,
                             label=f"fit a - b·n^-c, predicted at {fit['at']:,.0f}" if i == 0 else None)
-    _reference_lines(ax, refs)
-    _baseline(ax, lora)
+    reference_lines(ax, refs)
+    baseline_line(ax, lora)
     if numeric:
         vals = sorted(set(configs[axis].astype(float)))
         if vals[0] > 0 and vals[-1] / vals[0] >= 4:
-            _log_x(ax, vals + ([2 * vals[-1]] if axis == "data.train_size" else []), ticks=True)
+            log_x(ax, vals + ([2 * vals[-1]] if axis == "data.train_size" else []), ticks=True)
     else:
         params = configs.groupby(axis)["trainable_params"].mean()
         ax.set_xticks(range(len(cats)), [f"{c}\n{params[c]:,.0f}" if c in params else c for c in cats])
         ax.grid(axis="x", visible=False)
     ax.set_xlabel(AXIS_TITLES.get(axis, axis))
     ax.set_ylabel(ACC_CI)
-    _legend_below(fig, axs, ncol=1 if width == "1col" else 2)
+    legend_below(fig, axs, ncol=1 if width == "1col" else 2)
     return fig
 
 
@@ -280,7 +180,7 @@ def alpha_rank_heatmap(loaded, width: str):
         raise Skip("alpha is tied to rank in this study (one alpha per rank): nothing to separate")
     grid = ok.pivot_table(index="lora.alpha", columns="lora.r", values="accuracy", aggfunc="mean").sort_index(
         ascending=False)
-    fig, axs = _new(width, height=2.6 if width == "1col" else 3.0)
+    fig, axs = new_figure(width, height=2.6 if width == "1col" else 3.0)
     ax = axs[0, 0]
     ax.grid(False)
     im = ax.imshow(grid.values, cmap="viridis", aspect="auto")  # viridis: perceptually uniform, CVD-safe
@@ -323,7 +223,7 @@ def training_curves(loaded, width: str):
     h_all = history[history["trial"].isin(trials)]
     evals = h_all.dropna(subset=["eval/accuracy"])
     intermediate = not evals.empty and (evals.groupby("trial")["step"].nunique() > 1).any()
-    fig, axs = _new(width, *((2, 1) if width == "1col" else (1, 2)) if intermediate else (1, 1),
+    fig, axs = new_figure(width, *((2, 1) if width == "1col" else (1, 2)) if intermediate else (1, 1),
                     height=(4.6 if width == "1col" else 2.9) if intermediate else 2.6)
     ax_loss = axs.flat[0]
     _, _, axes = split(loaded)
@@ -347,11 +247,11 @@ def training_curves(loaded, width: str):
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("train loss (EMA 0.9, nats)")
     if intermediate:
-        _baseline(axs.flat[1], loaded.trials)
+        baseline_line(axs.flat[1], loaded.trials)
         axs.flat[1].set_xlim(ax_loss.get_xlim())
         axs.flat[1].set_xlabel("optimizer step")
         axs.flat[1].set_ylabel(ACC_CI)
-    _legend_below(fig, axs, ncol=1 if width == "1col" else 2)
+    legend_below(fig, axs, ncol=1 if width == "1col" else 2)
     return fig
 
 
@@ -375,7 +275,7 @@ def param_importance(loaded, width: str, min_trials: int = 8):
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params,
         target=lambda t: acc[t.number])
     names = list(imp)[::-1]
-    fig, axs = _new(width, height=0.35 * len(names) + 0.8)
+    fig, axs = new_figure(width, height=0.35 * len(names) + 0.8)
     ax = axs[0, 0]
     ax.barh(range(len(names)), [imp[n] for n in names], color=OKABE_ITO[0])
     ax.set_yticks(range(len(names)), names)

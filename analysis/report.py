@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.figures import reference_name, split
+from analysis.plotting import reference_name, split
 from analysis.tables import _p, best_configs, comparison_table, to_latex
 
 COSTS = {"flops": ("flops", "FLOPs"), "device_hours": ("device_hours", "device-hours"), "usd": ("cost_usd", "USD")}

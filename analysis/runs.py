@@ -69,7 +69,7 @@ def searched_axes(df: pd.DataFrame) -> list[str]:
     recorded = df["sweep_axes"].dropna() if "sweep_axes" in df else pd.Series(dtype=object)
     if not recorded.empty:
         return [a for a in json.loads(recorded.iloc[0]) if a in df]
-    from analysis.figures import CONFIG_KEYS
+    from analysis.plotting import CONFIG_KEYS
 
     ok = df[df["status"] == "complete"] if "status" in df else df  # a diverged lr=1e30 trial is no axis
     return [k for k in CONFIG_KEYS if k in ok and ok[k].astype(str).nunique() > 1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.figures import complete, reference_name, split
+from analysis.plotting import complete, reference_name, split
 from analysis.stats import LABELS, comparisons, configurations, pareto_mask, t_interval
 
 

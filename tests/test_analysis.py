@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.config import ConfigError, ROOT, complete, load
+from harness.config import ROOT, ConfigError, complete, load
 
 # (overrides) per trial; the grid varies rank, alpha, training-set size and seed so every figure
 # has data. "lora.r=0" cannot run and lr=1e30 diverges (NaN loss): both FAIL, as in the driver.
@@ -161,7 +161,7 @@ def test_frame_cache_is_reused_until_an_input_changes(study_dir, tmp_path):
 
 
 def _assert_written(folder: Path, name: str) -> None:
-    from analysis.figures import WIDTHS
+    from analysis.plotting import WIDTHS
 
     for width in WIDTHS:
         for ext in ("pdf", "png"):
@@ -211,7 +211,7 @@ def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
 
     FIGURES = figure_names(loaded)
     out = tmp_path / "report"
-    assert main([f"study=tiny_study", f"out_dir={study_dir.parent}", "--out", str(out)]) == 0
+    assert main(["study=tiny_study", f"out_dir={study_dir.parent}", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "11 trials" in printed and "2 failed" in printed and "1 pruned" in printed
     # 4 tiny steps leave every trial at chance accuracy: importance has no variance to attribute and
@@ -230,7 +230,8 @@ def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
 def test_pareto_points_drawn_are_exactly_the_non_dominated_configuration_means(loaded):
     import matplotlib.pyplot as plt
 
-    from analysis.figures import accuracy_vs_compute, split
+    from analysis.figures import accuracy_vs_compute
+    from analysis.plotting import split
     from analysis.stats import configurations
 
     varied = _varied(loaded)
@@ -306,7 +307,8 @@ def test_a_study_run_by_the_real_driver_reads_back_identically(tmp_path, capsys)
     import optuna
 
     from analysis.__main__ import main as analysis_main
-    from analysis.runs import Study, load as load_frame
+    from analysis.runs import Study
+    from analysis.runs import load as load_frame
     from harness.__main__ import main as harness_main
 
     (tmp_path / "sweep").mkdir()

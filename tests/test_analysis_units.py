@@ -72,7 +72,8 @@ def _synthetic(with_refs: bool = True):
 def test_reference_arms_are_rows_and_lines_not_configurations():
     import matplotlib.pyplot as plt
 
-    from analysis.figures import axis_figure, split
+    from analysis.figures import axis_figure
+    from analysis.plotting import split
     from analysis.tables import best_configs, comparison_table
 
     loaded = _synthetic()
