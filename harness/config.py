@@ -257,6 +257,7 @@ class SweepCfg(_Strict):
     seeds: list[int] = [0]          # each configuration runs once per seed, one trial each
     enqueue: list[dict[str, Scalar]] = []   # configurations to run first (e.g. the reference)
     parallel: int = Field(default=1, ge=1)  # trials at once from one driver
+    workers: Literal["warm", "cold"] = "warm"  # warm: K long-lived trial workers (harness/warm.py); cold: a process per trial
     heartbeat_interval: int = Field(default=10, ge=1)  # seconds; RDB storages
     grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
     max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died

@@ -92,8 +92,10 @@ def fresh_head(model, cfg) -> None:
     if cfg.task.type != "classification":
         return  # a causal LM's output layer is pretrained, not new
     transformers.set_seed(cfg.seed)
-    for name in HEADS[cfg.model.family]:
-        for module in getattr(model, name).modules():
+    # (peft appends its default head names to the modules_to_save list it is given, presets.HEADS's own
+    # list: names repeat there, and a name may be listed that this architecture does not have)
+    for head in [getattr(model, name) for name in dict.fromkeys(HEADS[cfg.model.family]) if hasattr(model, name)]:
+        for module in head.modules():
             # _init_weights: transformers' per-architecture init that from_pretrained applies to missing
             # weights; no public call re-initialises one module (initialize_weights skips loaded ones)
             model._init_weights(module)
