@@ -77,8 +77,8 @@ def setup(cfg) -> Accelerator:
                   "ACCELERATE_USE_CPU=1; `--cpu` and MULTI_CPU configs start one)")
         if accelerator.is_main_process:  # the driver reads the reason from the record
             run_dir_of(cfg).mkdir(parents=True, exist_ok=True)
-            write_json(run_dir_of(cfg) / "result.json", {"status": "failed", "reason": reason, "study": cfg.study,
-                                                         "trial": cfg.trial, "world_size": world})
+            rec = TrialRecord(status="failed", reason=reason, study=cfg.study, trial=cfg.trial, world_size=world)
+            write_json(run_dir_of(cfg) / "result.json", rec.model_dump())
         raise TrialFailed(reason)
     if on_cpu:
         # the driver resolves hardware.threads into config.yaml (launch.cpu_threads); a single run splits
@@ -285,8 +285,8 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
 
 
 def run_file(path, cache: dict | None = None) -> int:
-    """One trial from its config.yaml; the exit code: 0 complete (or failed: the record says so and
-    TrialFailed propagates), 2 bad input, 3 pruned. A warm worker calls it trial after trial."""
+    """One trial from its config.yaml; the exit code: 0 complete, 2 bad input, 3 pruned (a failed trial
+    raises TrialFailed, its record says why). A warm worker calls it trial after trial."""
     cfg = config_mod.read(path)
     reporter = None
     if cfg.get("sweep") and int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone talks to Optuna

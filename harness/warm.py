@@ -72,7 +72,7 @@ def _reset_accelerate() -> None:
 
 def run_one(config: str, log: str, cache: dict) -> int:
     """One trial in this process; the exit code `python -m harness.train` would have given."""
-    from harness import train
+    from harness import train  # here, not at the top: the driver imports this module and stays torch-free
 
     with _output_to(log):
         try:
@@ -92,6 +92,7 @@ def run_one(config: str, log: str, cache: dict) -> int:
 def serve() -> int:
     """The worker's loop: a trial per line on stdin until it closes."""
     reply = os.fdopen(os.dup(1), "w")  # the runner reads replies here; fd 1 itself follows each trial's log
+    os.dup2(2, 1)  # until then a stray print goes where errors go, never into the reply pipe
     cache: dict = {}
     for line in sys.stdin:
         job = json.loads(line)
