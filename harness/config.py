@@ -260,6 +260,7 @@ class SweepCfg(_Strict):
     # overrides replace the searched axes; they never count as the study's best (harness/report.py)
     references: list[dict[str, Scalar]] = []
     parallel: int = Field(default=1, ge=1)  # trials at once from one driver
+    workers: Literal["warm", "cold"] = "warm"  # warm: K long-lived trial workers (harness/warm.py); cold: a process per trial
     heartbeat_interval: int = Field(default=10, ge=1)  # seconds; RDB storages
     grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
     max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died

@@ -194,7 +194,7 @@ def _tail(path: Path, n: int = 3) -> str:
     return " | ".join(ln.strip()[:300] for ln in lines[-n:])
 
 
-def _set_pdeathsig() -> None:
+def set_pdeathsig() -> None:
     # Linux: the trial dies with its driver (kill -9 included), so no orphan keeps writing.
     try:
         import ctypes
@@ -218,6 +218,27 @@ def cpu_threads(cfg: DictConfig, concurrent: int) -> DictConfig:
     return cfg
 
 
+def trial_env(tcfg: DictConfig, slot: int, slots: int, env: dict | None = None) -> dict:
+    """The environment of the trial process(es) (or warm worker) in slot `slot` of `slots`: quiet progress,
+    passive OpenMP waits where processes share cores, and on GPUs the slot's devices [slot*k, (slot+1)*k)."""
+    from harness.optuna_parts import PASSWORD_ENV, strip_password
+
+    env = dict(os.environ) if env is None else env
+    _, password = strip_password(tcfg.storage.url)
+    if password:
+        env[PASSWORD_ENV] = password
+    env["HARNESS_QUIET"] = "1"  # the driver's bar is the progress display; logs stay readable
+    k = tcfg.hardware.processes
+    if tcfg.hardware.device == "cpu":
+        if slots * k > 1:  # spin-waiting OpenMP threads of processes sharing cores collapse (8-80x)
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(slots * k)]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * k:(slot + 1) * k])
+    return env
+
+
 class ProcessRunner:
     """Runs each trial in a fresh process group (`python -m harness.train`, or `accelerate launch`
     for N processes) that dies with the driver; slot i of `slots` owns devices [i*k, (i+1)*k) on
@@ -236,18 +257,11 @@ class ProcessRunner:
             tcfg = cpu_threads(tcfg, self.slots * k)
         path = write_config(tcfg, run_dir)
         cmd, env = command(tcfg, path)
-        env["HARNESS_QUIET"] = "1"  # the driver's bar is the progress display; logs stay readable
-        if tcfg.hardware.device == "cpu":
-            if self.slots * k > 1:  # spin-waiting OpenMP threads of processes sharing cores collapse (8-80x)
-                env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        else:
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = visible.split(",") if visible else [str(i) for i in range(self.slots * k)]
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[slot * k:(slot + 1) * k])
+        env = trial_env(tcfg, slot, self.slots, env)
         n = tcfg.trial
         with open(run_dir / "log.txt", "ab") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_set_pdeathsig)
+                                    preexec_fn=set_pdeathsig)
             self.procs[n] = proc
             try:
                 if self.stopping:  # a stop came while this trial was starting

@@ -34,7 +34,8 @@ from harness import report
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.checkpoint import resume_dir
-from harness.launch import Outcome, ProcessRunner
+from harness.launch import Outcome
+from harness.warm import make_runner
 from harness.record import ATTR_METRICS, INTERMEDIATE, METRICS, trial_dir
 from harness.optuna_parts import (dashboard_command, directions, make_pruner,
                                   make_sampler, make_storage, mask_url, pop_waiting_trial, quiet_optuna,
@@ -164,7 +165,7 @@ def base_overrides(overrides: list[str]) -> list[str]:
 
 class Driver:
     """open() the study, then while there is a next trial within the budget: submit it to the runner
-    (a ProcessRunner by default; tests inject an in-process one) and record its outcome."""
+    (warm workers by default, warm.make_runner; tests inject an in-process one) and record its outcome."""
 
     def __init__(self, cfg: DictConfig, overrides: list[str], runner=None):
 
@@ -188,7 +189,7 @@ class Driver:
         if self.budget is not None:
             self.budget += len(self.references)  # reference arms run beside the search budget
         self.slots = list(range(self._parallel()))
-        self.runner = runner or ProcessRunner(len(self.slots))
+        self.runner = runner or make_runner(cfg, len(self.slots))
 
     def _parallel(self) -> int:
         p = self.sw.parallel
@@ -433,6 +434,7 @@ class Driver:
             restore()
             bar.close()
             pool.shutdown()
+            getattr(self.runner, "close", lambda: None)()  # warm workers exit; a fresh process per trial has none
         code = self.summary()
         return 128 + self.signal if self.signal else code
 
