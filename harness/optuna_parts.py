@@ -253,3 +253,17 @@ def dashboard_command(url: str) -> str:
     if url.startswith("journal://"):
         return f"optuna-dashboard {shlex.quote(url.removeprefix('journal://'))} --storage-class JournalFileStorage"
     return f"optuna-dashboard {shlex.quote(mask_url(url))}"
+
+
+def storage_error(url: str, e: BaseException) -> str:
+    """One line for a storage that cannot be reached, read or written (never the password)."""
+    cause = e.__cause__ or e.__context__ or e
+    detail = next((ln.strip() for ln in str(getattr(cause, "orig", None) or cause).splitlines() if ln.strip()),
+                  type(cause).__name__)
+    _, password = strip_password(url)
+    if password:
+        detail = detail.replace(password, "***")
+    hint = ("is the server up and the URL right?" if "connect" in detail.lower() or "refused" in detail.lower()
+            else "is it a study file, and is its directory writable?" if url.startswith(("sqlite", "journal"))
+            else "check the URL and the server")
+    return f"storage {mask_url(url)}: {type(cause).__name__}: {detail[:300]} ({hint})"

@@ -53,7 +53,8 @@ def submit(cfg, overrides: list[str]) -> int:
     ex = executor(cfg)
     cmd = worker_command(overrides)
     if cfg.get("sweep"):  # create the study (and queue its grid) once, here, before K workers race to
-        from harness.study import Driver, base_overrides, check
+        from harness.study import Driver, base_overrides
+        from harness.sweep_check import check
 
         check(cfg, base_overrides(overrides))
         new = Driver(cfg, cmd[3:]).open()

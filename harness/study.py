@@ -1,23 +1,28 @@
-"""The study driver: `python -m harness sweep=NAME` runs an Optuna study of isolated trial processes.
+"""The study driver: `python -m harness sweep=NAME` runs (or resumes) an Optuna study.
 
-Per trial: ask -> params (space.py) -> compose base overrides + params with Hydra, validate ->
-runs/<study>/trials/<n>/config.yaml -> `python -m harness.train` in its own process (log.txt) ->
-result.json -> tell. Exit code 3 is PRUNED; any other failure (exception, NaN, killed process,
-missing result) is FAIL with `fail_reason` in the trial's user_attrs, and the study goes on.
+It reads as: open the study (create it, or load it and check the experiment is the same) -> while
+there is a next trial within the budget: compose its config (base overrides + params + seed),
+submit it to a runner -> record the outcome in the study. The runner is injected: warm trial workers
+by default (harness/warm.py: one long-lived process per slot that keeps the base model loaded),
+fresh `python -m harness.train` processes with `sweep.workers=cold` (harness/launch.py), an
+in-process fake in tests. A trial's result.json `status` is its outcome (COMPLETE, PRUNED, FAIL with
+`fail_reason`); one failed trial never stops the study. What is validated before the study exists
+is in harness/sweep_check.py; the console output in harness/report.py.
 
 Resume is the same command: the study is loaded by name from `storage.url`. A trial left RUNNING by a
 dead driver is failed and retried (same params, same seed): at once when that driver ran on this
 host and its pid is gone, otherwise after `sweep.grace_period` seconds without a heartbeat (RDB
-storages; Optuna's heartbeat + RetryHeartbeatStaleTrialCallback). Grid points are enqueued one at a
-time and identified by a `point` user_attr, so none is lost or run twice across restarts.
+storages; Optuna's heartbeat + RetryHeartbeatStaleTrialCallback). The worker that creates the study
+queues every grid point (identified by a `point` user_attr) and each reference arm; workers claim
+queued trials, so none is lost or run twice across restarts and workers.
 
 Seeds: each configuration runs once per `sweep.seeds` entry, one trial per seed (user_attr `seed`,
 also in the config). A grid enumerates (point, seed); other samplers enqueue the other seeds of a
-freshly sampled configuration right after it. `n_trials` counts trials, seed repeats included.
+freshly sampled configuration right after it. `n_trials` counts trials, seed repeats included;
+reference arms come on top.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import signal
@@ -32,75 +37,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness import report
 from harness import space as space_mod
-from harness.config import ConfigError, complete, load_with_choices
 from harness.checkpoint import resume_dir
+from harness.config import ConfigError, complete, load_with_choices
 from harness.launch import Outcome
+from harness.optuna_parts import (dashboard_command, directions, make_pruner, make_sampler, make_storage, mask_url,
+                                  pop_waiting_trial, quiet_optuna, retry_callback, storage_error, tally,
+                                  trial_handle, where)
+from harness.record import ATTR_METRICS, trial_dir
+from harness.sweep_check import check, config_changes, experiment_config, reference_key, reference_overrides
 from harness.warm import make_runner
-from harness.record import ATTR_METRICS, INTERMEDIATE, METRICS, trial_dir
-from harness.optuna_parts import (dashboard_command, directions, make_pruner,
-                                  make_sampler, make_storage, mask_url, pop_waiting_trial, quiet_optuna,
-                                  retry_callback, strip_password, tally, trial_handle, where)
-
-# ---------------------------------------------------------------------------- validation
-
-
-def check(cfg: DictConfig, base: list[str]) -> None:
-    """Everything about the sweep that can be wrong, before any trial runs."""
-    sw, where_ = cfg.sweep, where(cfg)
-    for key in sw.space:
-        target = space_mod.VIRTUAL.get(key, key)
-        if OmegaConf.select(cfg, target, default="<absent>") == "<absent>" or target.split(".")[0] in ("sweep", "trial"):
-            close = difflib.get_close_matches(target, space_mod.flat(OmegaConf.to_container(cfg)), n=1)
-            hint = f"did you mean `{close[0]}`? " if close else ""
-            raise ConfigError(f"{where_}: sweep.space.{key}: no such config key `{target}`; {hint}search spaces use "
-                              f"the config's dotted names (see `python -m harness --cfg`)")
-        if target in sw.space and target != key:
-            raise ConfigError(f"{where_}: sweep.space has both {key} and {target}; keep one")
-        if any(o.split("=", 1)[0].lstrip("+~") == target for o in base):
-            raise ConfigError(f"{where_}: sweep.space.{key} is searched, but the command line also sets {target}; "
-                              "drop it from the command line (or copy the sweep file and change its space)")
-    if "seed" in sw.space:
-        raise ConfigError(f"{where_}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
-    for metric in sw.objectives:
-        if metric not in METRICS:
-            raise ConfigError(f"{where_}: sweep.objectives.{metric}: unknown metric; choose from {', '.join(METRICS)}")
-    if sw.pruner != "none":
-        metric = next(iter(sw.objectives))
-        if metric not in INTERMEDIATE:
-            raise ConfigError(f"{where_}: sweep.pruner={sw.pruner} needs an objective measured at intermediate evals "
-                              f"({', '.join(INTERMEDIATE)}), not {metric}")
-        if not cfg.train.eval_every:
-            raise ConfigError(f"{where_}: sweep.pruner={sw.pruner} needs intermediate evals: set train.eval_every > 0")
-    make_sampler(cfg), make_pruner(cfg)
-    # every value an axis can take must give a valid config (a typo'd preset fails now, not in trial 7)
-    for key, p in sw.space.items():
-        vals = space_mod.values_of(p) if (p.choices is not None or sw.sampler == "grid") else [p.low, p.high]
-        for v in vals:
-            try:
-                complete(load_with_choices([*base, *space_mod.to_overrides({key: v}, cfg)])[0])
-            except ConfigError as e:
-                raise ConfigError(f"{where_}: sweep.space.{key} value {v!r} gives an invalid config:\n{e}") from None
-    for i, ref in enumerate(sw.enqueue):
-        if set(ref) != set(sw.space):
-            raise ConfigError(f"{where_}: sweep.enqueue[{i}] must give every axis of the space "
-                              f"({', '.join(sw.space)}); got {', '.join(ref) or 'nothing'}")
-    for i, ref in enumerate(sw.get("references") or []):
-        if not ref:
-            raise ConfigError(f"{where_}: sweep.references[{i}] is empty: give its overrides, e.g. {{method: head_only}}")
-        try:
-            complete(load_with_choices([*base, *reference_overrides(ref)])[0])
-        except ConfigError as e:
-            raise ConfigError(f"{where_}: sweep.references[{i}] gives an invalid config:\n{e}") from None
-
-
-def reference_overrides(ref) -> list[str]:
-    """A reference arm's overrides (`quant: none` is the group choice quant=none, like on the command line)."""
-    return [f"{k}={space_mod.format_value(v)}" for k, v in dict(ref).items()]
-
-
-def reference_key(ref, seed: int) -> str:
-    return "reference:" + space_mod.point_key(dict(ref), seed)
-
 
 # ---------------------------------------------------------------------------- bookkeeping
 
@@ -130,27 +75,6 @@ def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------- the driver
-
-
-# Config roots and keys that name, place, track or schedule a study but cannot change a trial's result.
-NOT_THE_EXPERIMENT = ("study", "trial", "out_dir", "storage", "tracking", "launcher", "sweep", "seed",
-                      "hardware.threads", "train.log_every", "train.checkpoint_every", "train.resume_from")
-
-
-def experiment_config(cfg: DictConfig) -> dict:
-    """The base config that defines the study's experiment, flat: everything but the searched axes,
-    the seed (set per trial) and NOT_THE_EXPERIMENT. A resume must match it."""
-    searched = {space_mod.VIRTUAL.get(k, k) for k in cfg.sweep.space}
-    return {k: v for k, v in space_mod.flat(OmegaConf.to_container(cfg, resolve=True)).items()
-            if k not in searched and not any(k == x or k.startswith(x + ".") for x in NOT_THE_EXPERIMENT)}
-
-
-def config_changes(old: dict, new: dict, allowed: list[str]) -> list[str]:
-    """`key: was -> now` for every experiment key a resume would change, except the allowed ones."""
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys
-            if old.get(k, "<absent>") != new.get(k, "<absent>")
-            and not any(k == a or k.startswith(a + ".") for a in allowed)]
 
 
 def mask_override(o: str) -> str:
@@ -477,17 +401,3 @@ def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:
         return Driver(cfg, overrides, runner).run()
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as e:
         raise ConfigError(storage_error(cfg.storage.url, e)) from None
-
-
-def storage_error(url: str, e: BaseException) -> str:
-    """One line for a storage that cannot be reached, read or written (never the password)."""
-    cause = e.__cause__ or e.__context__ or e
-    detail = next((ln.strip() for ln in str(getattr(cause, "orig", None) or cause).splitlines() if ln.strip()),
-                  type(cause).__name__)
-    _, password = strip_password(url)
-    if password:
-        detail = detail.replace(password, "***")
-    hint = ("is the server up and the URL right?" if "connect" in detail.lower() or "refused" in detail.lower()
-            else "is it a study file, and is its directory writable?" if url.startswith(("sqlite", "journal"))
-            else "check the URL and the server")
-    return f"storage {mask_url(url)}: {type(cause).__name__}: {detail[:300]} ({hint})"
