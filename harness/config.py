@@ -16,12 +16,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The sweep/launcher schema and the error wording live in their own modules; their names stay
 # importable from here (`from harness.config import SweepCfg, ConfigError, one_line`).
 from harness.config_errors import ConfigError, check_missing, format_validation_error, one_line  # noqa: F401
 from harness.config_sweep import MAX_SEED, LauncherCfg, ParamCfg, Scalar, SweepCfg, _Strict  # noqa: F401
+from harness.lora_fields import ALIASES, check_init, is_field, unknown_field
 
 PKG = Path(__file__).resolve().parent
 ROOT = PKG.parent
@@ -72,7 +73,7 @@ TaskCfg = Annotated[ClassificationTask | SftTask, Field(discriminator="type")]
 
 class ModelCfg(_Strict):
     name: str
-    family: Literal["bert", "llama"]
+    family: str    # bert, llama (our presets) or any model_type PEFT knows (harness/presets.py)
     source: Literal["package", "gguf_package", "hub", "tiny"]
     path: str | None
     revision: str | None = None
@@ -109,11 +110,35 @@ class DataCfg(_Strict):
 
 
 class LoraCfg(_Strict):
+    """Every field of peft's LoraConfig (harness/lora_fields.py lists them without importing peft),
+    under our names for the first four: r, alpha (lora_alpha), dropout (lora_dropout), targets
+    (target_modules: a preset, "all-linear" or module names). Fields not named here (rank_pattern,
+    alpha_pattern, layers_to_transform, ...) pass to LoraConfig as given; peft checks their values."""
+    model_config = ConfigDict(extra="allow")
+
     r: int = Field(ge=1, description="LoRA rank")
     alpha: float = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
     targets: str | list[str]
     bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False            # scale alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)
+    use_dora: bool = False              # weight-decomposed LoRA (Liu et al. 2024): more compute per token
+    init_lora_weights: bool | str = True  # true: PEFT's default (A Kaiming, B zero); pissa, olora, gaussian, ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _peft_spellings(cls, v):
+        if not isinstance(v, dict):
+            return v
+        v = dict(v)
+        for peft_name, ours in ALIASES.items():
+            if peft_name in v:
+                if ours in v and v[ours] != v[peft_name]:
+                    raise ValueError(f"lora.{peft_name} and lora.{ours} are the same field; give one")
+                v[ours] = v.pop(peft_name)
+        if v.get("targets") == "all-linear":  # PEFT's spelling of our preset
+            v["targets"] = "all_linear"
+        return v
 
     @field_validator("targets")
     @classmethod
@@ -121,6 +146,19 @@ class LoraCfg(_Strict):
         if not v:
             raise ValueError("lora.targets is empty: name a preset (attn_qv, attn, mlp, all_linear) or modules")
         return v
+
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _init(cls, v):
+        check_init(v)
+        return v
+
+    @model_validator(mode="after")
+    def _peft_fields(self):
+        for name in self.model_extra or {}:
+            if not is_field(f"lora.{name}"):
+                raise ValueError(unknown_field(name))
+        return self
 
 
 class QuantCfg(_Strict):
@@ -144,6 +182,20 @@ class TrainCfg(_Strict):
     log_every: int = Field(default=10, ge=0)  # a progress line every k steps (trial log); 0 = off
     checkpoint_every: int = Field(default=0, ge=0)  # harness/checkpoint.py; 0 = off
     resume_from: str | None = None  # a checkpoint folder to continue from
+    # trials/<n>/adapter/: all (every trial), best (a study keeps the best configuration's seeds), none;
+    # null = all for a single run, best in a study (harness/adapters.py)
+    save_adapter: Literal["best", "all", "none"] | None = None
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # harness/optim.py
+    lr_scheduler_type: str = "linear"   # transformers.get_scheduler: linear, cosine, constant_with_warmup, ...
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _scheduler(cls, v):
+        from harness.optim import SCHEDULERS  # a static list: no torch here
+
+        if v not in SCHEDULERS:
+            raise ValueError(f"train.lr_scheduler_type={v!r}: choose from {', '.join(SCHEDULERS)}")
+        return v
 
 
 
@@ -228,12 +280,12 @@ class ExperimentCfg(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        from harness.presets import check_targets  # static preset table; no torch, no model
+        from harness.presets import ENCODERS, check_targets  # static preset table; no torch, no model
 
         check_targets(self.model.family, self.lora.targets)
         if self.task.type == "sft":
-            if self.model.family != "llama":
-                raise ValueError(f"task=sft needs a decoder model (family llama); model={self.model.name} is "
+            if self.model.family in ENCODERS:
+                raise ValueError(f"task=sft needs a decoder model; model={self.model.name} is "
                                  f"{self.model.family}: use model=smollm2_135m, tiny_llama or a hub decoder")
             if self.task.max_target_tokens >= self.model.max_length:
                 raise ValueError(f"task.max_target_tokens={self.task.max_target_tokens} leaves no room for the prompt "
@@ -241,6 +293,10 @@ class ExperimentCfg(_Strict):
         if self.quant.mode != "none" and self.hardware.device == "cpu" and self.quant.compute_dtype == "float16":
             raise ValueError("quant.compute_dtype=float16 is not supported on CPU; use bfloat16 or float32")
         hw = self.hardware
+        from harness.optim import device_error
+
+        if device_error(self.train.optim, hw.device):
+            raise ValueError(device_error(self.train.optim, hw.device))
         if self.train.keep_effective_batch and self.train.batch_size % hw.processes:
             raise ValueError(f"train.batch_size={self.train.batch_size} does not split over {hw.processes} processes "
                              "(it is the global batch, kept across process counts): make it a multiple, or set "
@@ -295,9 +351,17 @@ def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
                 return compose(config_name="config", overrides=overrides, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
             m = _NO_OVERRIDE.search(str(e))
-            if m and is_schema_key(m.group(1), ExperimentCfg):
-                overrides = [f"+{o}" if o.split("=", 1)[0] == m.group(1) else o for o in overrides]
+            if m and (is_schema_key(m.group(1), ExperimentCfg) or is_field(m.group(1))):
+                # a peft LoraConfig field (lora.rank_pattern) too; PEFT's spelling (lora.lora_alpha) as ours
+                key = m.group(1)
+                if key.startswith("lora.") and key[5:] in ALIASES:
+                    overrides = [f"lora.{ALIASES[key[5:]]}={o.split('=', 1)[1]}" if o.split("=", 1)[0] == key else o
+                                 for o in overrides]
+                else:
+                    overrides = [f"+{o}" if o.split("=", 1)[0] == key else o for o in overrides]
                 continue
+            if m and m.group(1).startswith("lora.") and m.group(1).count(".") == 1:
+                raise ConfigError(unknown_field(m.group(1)[5:])) from None
             if m:
                 raise ConfigError(f"{m.group(1)}: no such config key; {did_you_mean(m.group(1), ExperimentCfg)}") from None
             msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import report
+from harness import adapters, report
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.checkpoint import resume_dir
@@ -400,6 +400,7 @@ class Driver:
             restore()
             bar.close()
             pool.shutdown()
+        adapters.keep_best(self.study, self.storage, self.cfg)  # save_adapter=best: the best configuration's seeds
         code = self.summary()
         return 128 + self.signal if self.signal else code
 

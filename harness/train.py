@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from harness import adapters, optim
 from harness import checkpoint as ckpt
 from harness import config as config_mod
 from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
@@ -224,10 +225,7 @@ def run(cfg, reporter=None) -> dict:
 
     # --- train
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    from transformers import get_linear_schedule_with_warmup
-
-    sched = get_linear_schedule_with_warmup(opt, int(t.warmup_ratio * t.max_steps), t.max_steps)
+    opt, sched = optim.build(trainable, t, accelerator.device)  # train.optim + train.lr_scheduler_type
     model, opt = accelerator.prepare(model, opt)
     model.train()
     stream = train_batches(train_items, global_batch, cfg.seed, t.group_by_length)
@@ -314,6 +312,8 @@ def run(cfg, reporter=None) -> dict:
         if main and "predictions" in final:  # per item, for error analysis and item-level pairing
             _write_predictions(run_dir / "predictions.jsonl", final.pop("predictions"), test_items, splits.labels)
         eval_tok += final["tokens"]
+        if main:  # trials/<n>/adapter/ (train.save_adapter; harness/adapters.py)
+            adapters.save(accelerator.unwrap_model(model), tokenizer, run_dir, cfg, splits.labels)
         evals.append({"step": step, "accuracy": final["accuracy"], "loss": final["loss"], **final.get("metrics", {})})
         tracker.log(_eval_log(final), step=step)
 

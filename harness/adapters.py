@@ -1,0 +1,102 @@
+"""What a trial keeps: its PEFT adapter in trials/<n>/adapter/, and what a study keeps of them.
+
+trials/<n>/adapter/ holds what `peft.PeftModel.from_pretrained(base, dir)` loads: adapter_model.safetensors
+(the LoRA matrices and, for classification, the trained head: peft saves modules_to_save with the
+adapter), adapter_config.json (base_model_name_or_path = the unquantized base), the tokenizer, and
+harness_adapter.json (task, labels, base, quantization: what `python -m harness.export` needs).
+
+train.save_adapter: all (every trial keeps its adapter; the default of a single run), best (each
+trial saves, and at the end of the study (or of each resume) only the best configuration's seeds
+keep theirs; the default in a study), none. Best is report.best_configuration's: the highest mean of
+the first objective over seeds, ties to lower FLOPs. Each finished trial's config.yaml and result.json
+(and a kept adapter under 50 MB) are attached to its Optuna trial with optuna.artifacts, stored
+under runs/<study>/artifacts/, so optuna-dashboard shows them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ADAPTER = "adapter"
+META = "harness_adapter.json"
+ATTACH_LIMIT = 50 * 2**20  # bytes: a bigger adapter stays on disk only (the dashboard would copy it)
+
+
+def policy(cfg) -> str:
+    """train.save_adapter, its null resolved: best in a study, all for a single run."""
+    return cfg.train.save_adapter or ("best" if cfg.get("sweep") else "all")
+
+
+def save(model, tokenizer, run_dir: Path, cfg, labels: list[str] | None = None) -> Path | None:
+    """Write trials/<n>/adapter/ (main process only; model unwrapped from DDP). None when nothing is
+    kept: save_adapter=none, or method head_only/full (no PEFT adapter: their weights are the model)."""
+    if policy(cfg) == "none" or cfg.method != "lora":
+        return None
+    from harness.models import weights_path
+
+    out = Path(run_dir) / ADAPTER
+    base = weights_path(cfg.model)
+    for pcfg in model.peft_config.values():  # the CPU 4-bit path loads a quantized copy: name the original
+        pcfg.base_model_name_or_path = base
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    meta = {"task": cfg.task.type, "labels": labels, "base": base, "revision": cfg.model.revision,
+            "family": cfg.model.family, "quant": cfg.quant.mode, "study": cfg.study, "trial": cfg.trial}
+    (out / META).write_text(json.dumps(meta, indent=1) + "\n")
+    return out
+
+
+def _finished(t) -> bool:
+    return t.state.name in ("COMPLETE", "PRUNED", "FAIL")
+
+
+def keep_best(study, storage, cfg) -> list[int]:
+    """At the end of a study (and of each resume): with save_adapter=best, delete the adapters of every
+    finished trial outside the best configuration; attach files to the Optuna trials. Returns the
+    trial numbers whose adapters are kept."""
+    from harness import report
+    from harness.record import trial_dir
+
+    trials = study.get_trials(deepcopy=False)
+    dirs = {t.number: trial_dir(cfg.out_dir, cfg.study, t.number) / ADAPTER for t in trials}
+    if policy(cfg) == "best":
+        best = report.best_configuration(trials, dict(cfg.sweep.objectives))
+        keep = set(best["trials"]) if best else set()
+        removed = [t.number for t in trials if _finished(t) and t.number not in keep and dirs[t.number].is_dir()]
+        for n in removed:
+            shutil.rmtree(dirs[n])
+        kept = sorted(n for n in keep if dirs[n].is_dir())
+        what = ", ".join(f"{k}={v}" for k, v in best["params"].items()) if best else "none"
+        print(f"[harness] adapters kept: trials {kept or 'none'} (best configuration {what}; "
+              f"{len(removed)} other adapter(s) removed) in {Path(cfg.out_dir) / cfg.study}/trials/<n>/adapter",
+              file=sys.stderr, flush=True)
+    else:
+        kept = sorted(n for n, d in dirs.items() if d.is_dir())
+    attach(trials, storage, cfg, set(kept))
+    return kept
+
+
+def attach(trials, storage, cfg, kept: set[int]) -> None:
+    """config.yaml + result.json of each finished trial (and the weights of a kept adapter) as Optuna
+    artifacts, each file once (a resume attaches only what is new)."""
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+
+    from harness.record import trial_dir
+
+    root = Path(cfg.out_dir) / cfg.study / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(base_path=str(root))
+    for t in trials:
+        if not _finished(t):
+            continue
+        tdir = trial_dir(cfg.out_dir, cfg.study, t.number)
+        files = [tdir / "config.yaml", tdir / "result.json"]
+        weights = tdir / ADAPTER / "adapter_model.safetensors"
+        if t.number in kept and weights.is_file() and weights.stat().st_size <= ATTACH_LIMIT:
+            files.append(weights)
+        have = {m.filename for m in get_all_artifact_meta(t, storage=storage)}
+        for f in files:
+            if f.is_file() and f.name not in have:
+                upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=t, storage=storage)

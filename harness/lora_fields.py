@@ -1,0 +1,89 @@
+"""PEFT's LoraConfig fields and per-model-type target modules, readable without importing peft.
+
+`python -m harness --cfg` must not import torch, and `import peft` does. So the schema reads a
+small data file, harness/peft_lora.json, generated from the installed peft by
+`python -m harness.lora_fields` (tests/test_lora_fields.py fails when it no longer matches peft:
+regenerate it after upgrading peft).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import sys
+from functools import cache
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "peft_lora.json"
+
+# Our names for the four fields the harness has always had; PEFT's spellings are aliases of them.
+ALIASES = {"lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "targets"}
+# Fields the harness sets itself from the rest of the config (task, model, mode): not a user's.
+HARNESS_SET = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path",
+               "revision", "inference_mode"}
+# init_lora_weights values a trial can run: the others need a data pass or a config object the
+# harness does not build (eva, corda, lora_ga), or a quantization peft does itself (loftq).
+INIT_SUPPORTED = ("gaussian", "pissa", "olora", "orthogonal")
+INIT_PISSA_NITER = re.compile(r"pissa_niter_\d+")
+
+
+def generate() -> dict:
+    """The data file's content, from the installed peft (imports torch)."""
+    import dataclasses
+
+    import peft
+    from peft import LoraConfig
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
+
+    fields = {f.name: str(f.type) for f in dataclasses.fields(LoraConfig)}
+    return {"peft_version": peft.__version__, "fields": fields, "targets": {k: list(v) for k, v in targets.items()}}
+
+
+@cache
+def _data() -> dict:
+    return json.loads(DATA.read_text())
+
+
+def fields() -> dict[str, str]:
+    """LoraConfig field name -> its type, as peft declares it."""
+    return _data()["fields"]
+
+
+def peft_targets(model_type: str) -> list[str] | None:
+    """PEFT's default target modules for a transformers model_type (None: PEFT has none)."""
+    return _data()["targets"].get(model_type)
+
+
+def model_types() -> list[str]:
+    return sorted(_data()["targets"])
+
+
+def is_field(key: str) -> bool:
+    """`lora.<name>` where name is a LoraConfig field (or alias) a user may set."""
+    section, _, name = key.partition(".")
+    return section == "lora" and "." not in name and (name in ALIASES or (name in fields() and name not in HARNESS_SET))
+
+
+def unknown_field(name: str) -> str:
+    """The one-line error for lora.<name> that peft's LoraConfig does not have."""
+    if name in HARNESS_SET:
+        return f"lora.{name} is set by the harness (from task, model and method); leave it out of the lora settings"
+    known = [*fields(), *ALIASES, "alpha", "dropout", "targets"]
+    close = difflib.get_close_matches(name, [k for k in known if k not in HARNESS_SET], n=1, cutoff=0.6)
+    hint = f"did you mean `lora.{close[0]}`? " if close else ""
+    return (f"lora.{name} is not a field of peft {_data()['peft_version']}'s LoraConfig; {hint}"
+            "(every LoraConfig field is accepted: https://huggingface.co/docs/peft/package_reference/lora)")
+
+
+def check_init(value) -> None:
+    """init_lora_weights: true/false or one of the initialisations a trial can run."""
+    if isinstance(value, bool) or value in INIT_SUPPORTED or (isinstance(value, str) and INIT_PISSA_NITER.fullmatch(value)):
+        return
+    raise ValueError(f"lora.init_lora_weights={value!r} is not supported here; use true (PEFT's default), false, "
+                     f"{', '.join(INIT_SUPPORTED)} or pissa_niter_N (eva, corda, lora_ga, loftq need a data pass or "
+                     "a config object the harness does not build)")
+
+
+if __name__ == "__main__":  # regenerate the data file after a peft upgrade
+    DATA.write_text(json.dumps(generate(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {DATA}", file=sys.stderr)
