@@ -8,9 +8,9 @@ harness_adapter.json (task, labels, base, quantization: what `python -m harness.
 train.save_adapter: all (every trial keeps its adapter; the default of a single run), best (each
 trial saves, and at the end of the study (or of each resume) only the best configuration's seeds
 keep theirs; the default in a study), none. Best is report.best_configuration's: the highest mean of
-the first objective over seeds, ties to lower FLOPs. Each finished trial's config.yaml and result.json
-(and a kept adapter under 50 MB) are attached to its Optuna trial with optuna.artifacts, stored
-under runs/<study>/artifacts/, so optuna-dashboard shows them.
+the first objective over seeds, ties to lower FLOPs. Each trial's config.yaml and result.json are
+attached to its Optuna trial with optuna.artifacts (stored under runs/<study>/artifacts/), and a kept
+adapter's weights (under 50 MB) to the study, so optuna-dashboard shows them.
 """
 from __future__ import annotations
 
@@ -52,51 +52,66 @@ def _finished(t) -> bool:
     return t.state.name in ("COMPLETE", "PRUNED", "FAIL")
 
 
-def keep_best(study, storage, cfg) -> list[int]:
+def keep_best(study, cfg) -> list[int]:
     """At the end of a study (and of each resume): with save_adapter=best, delete the adapters of every
-    finished trial outside the best configuration; attach files to the Optuna trials. Returns the
-    trial numbers whose adapters are kept."""
+    finished trial outside the best configuration, say what was kept, and attach the kept adapters'
+    weights to the study. Returns the trial numbers whose adapters are kept."""
     from harness import report
     from harness.record import trial_dir
 
     trials = study.get_trials(deepcopy=False)
     dirs = {t.number: trial_dir(cfg.out_dir, cfg.study, t.number) / ADAPTER for t in trials}
-    if policy(cfg) == "best":
-        best = report.best_configuration(trials, dict(cfg.sweep.objectives))
-        keep = set(best["trials"]) if best else set()
-        removed = [t.number for t in trials if _finished(t) and t.number not in keep and dirs[t.number].is_dir()]
-        for n in removed:
-            shutil.rmtree(dirs[n])
-        kept = sorted(n for n in keep if dirs[n].is_dir())
-        what = ", ".join(f"{k}={v}" for k, v in best["params"].items()) if best else "none"
-        print(f"[harness] adapters kept: trials {kept or 'none'} (best configuration {what}; "
-              f"{len(removed)} other adapter(s) removed) in {Path(cfg.out_dir) / cfg.study}/trials/<n>/adapter",
-              file=sys.stderr, flush=True)
-    else:
-        kept = sorted(n for n, d in dirs.items() if d.is_dir())
-    attach(trials, storage, cfg, set(kept))
+    if policy(cfg) != "best":
+        return sorted(n for n, d in dirs.items() if d.is_dir())
+    best = report.best_configuration(trials, dict(cfg.sweep.objectives))
+    keep = set(best["trials"]) if best else set()
+    removed = [t.number for t in trials if _finished(t) and t.number not in keep and dirs[t.number].is_dir()]
+    for n in removed:
+        shutil.rmtree(dirs[n])
+    kept = sorted(n for n in keep if dirs[n].is_dir())
+    what = ", ".join(f"{k}={v}" for k, v in best["params"].items()) if best else "none"
+    print(f"[harness] adapters kept: trials {kept or 'none'} (best configuration {what}; "
+          f"{len(removed)} other adapter(s) removed) in {Path(cfg.out_dir) / cfg.study}/trials/<n>/adapter",
+          file=sys.stderr, flush=True)
+    _attach_kept(study, cfg, {n: dirs[n] for n in kept})
     return kept
 
 
-def attach(trials, storage, cfg, kept: set[int]) -> None:
-    """config.yaml + result.json of each finished trial (and the weights of a kept adapter) as Optuna
-    artifacts, each file once (a resume attaches only what is new)."""
-    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
-
-    from harness.record import trial_dir
+def _store(cfg):
+    from optuna.artifacts import FileSystemArtifactStore
 
     root = Path(cfg.out_dir) / cfg.study / "artifacts"
     root.mkdir(parents=True, exist_ok=True)
-    store = FileSystemArtifactStore(base_path=str(root))
-    for t in trials:
-        if not _finished(t):
+    return FileSystemArtifactStore(base_path=str(root))
+
+
+def attach_trial(trial, run_dir: Path, cfg) -> None:
+    """config.yaml and result.json of a trial as Optuna artifacts of it (the driver calls this before
+    tell(): Optuna refuses to change a finished trial). A failure is a warning: the study goes on."""
+    from optuna.artifacts import upload_artifact
+
+    try:
+        store = _store(cfg)
+        for f in (Path(run_dir) / "config.yaml", Path(run_dir) / "result.json"):
+            if f.is_file():
+                upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=trial)
+    except OSError as e:
+        print(f"[harness] warning: trial {trial.number}: artifacts not attached ({e})", file=sys.stderr)
+
+
+def _attach_kept(study, cfg, kept: dict[int, Path]) -> None:
+    """A kept adapter's weights (under ATTACH_LIMIT) as a study artifact trial-<n>.adapter_model.safetensors
+    (its trial is finished, so it cannot take one itself), once per file across resumes."""
+    import tempfile
+
+    from optuna.artifacts import get_all_artifact_meta, upload_artifact
+
+    have = {m.filename for m in get_all_artifact_meta(study)}
+    store = _store(cfg)
+    for n, d in kept.items():
+        weights, name = d / "adapter_model.safetensors", f"trial-{n}.adapter_model.safetensors"
+        if name in have or not weights.is_file() or weights.stat().st_size > ATTACH_LIMIT:
             continue
-        tdir = trial_dir(cfg.out_dir, cfg.study, t.number)
-        files = [tdir / "config.yaml", tdir / "result.json"]
-        weights = tdir / ADAPTER / "adapter_model.safetensors"
-        if t.number in kept and weights.is_file() and weights.stat().st_size <= ATTACH_LIMIT:
-            files.append(weights)
-        have = {m.filename for m in get_all_artifact_meta(t, storage=storage)}
-        for f in files:
-            if f.is_file() and f.name not in have:
-                upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=t, storage=storage)
+        with tempfile.TemporaryDirectory() as tmp:  # the artifact takes its file's name
+            shutil.copy(weights, Path(tmp) / name)
+            upload_artifact(artifact_store=store, file_path=str(Path(tmp) / name), study_or_trial=study)

@@ -341,6 +341,7 @@ class Driver:
         with self.lock:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
+            adapters.attach_trial(trial, run_dir, self.cfg)  # config.yaml + result.json as Optuna artifacts
             if out.state == "COMPLETE":
                 self.study.tell(trial, out.values)
             else:
@@ -400,7 +401,7 @@ class Driver:
             restore()
             bar.close()
             pool.shutdown()
-        adapters.keep_best(self.study, self.storage, self.cfg)  # save_adapter=best: the best configuration's seeds
+        adapters.keep_best(self.study, self.cfg)  # save_adapter=best: the best configuration's seeds
         code = self.summary()
         return 128 + self.signal if self.signal else code
 
