@@ -290,6 +290,10 @@ class ExperimentCfg(_Strict):
             if self.task.max_target_tokens >= self.model.max_length:
                 raise ValueError(f"task.max_target_tokens={self.task.max_target_tokens} leaves no room for the prompt "
                                  f"in model.max_length={self.model.max_length}; lower it or raise model.max_length")
+        init = self.lora.init_lora_weights
+        if isinstance(init, str) and init.startswith("pissa") and self.quant.mode != "none" and self.method == "lora":
+            raise ValueError(f"lora.init_lora_weights={init} rewrites the base weights (W - BA), which peft refuses on a "
+                             f"quant.mode={self.quant.mode} base: add quant=none")
         if self.quant.mode != "none" and self.hardware.device == "cpu" and self.quant.compute_dtype == "float16":
             raise ValueError("quant.compute_dtype=float16 is not supported on CPU; use bfloat16 or float32")
         hw = self.hardware

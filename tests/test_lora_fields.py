@@ -123,3 +123,20 @@ def test_dora_formula_within_10_percent_of_torch_flop_counter(tiny_cfg):
     model.train()
     got = _measured(model, _batch(cfg, model), train_step=True)
     assert train_flops(counts, BATCH * LENGTH, checkpointing=False) == pytest.approx(got, rel=0.10)
+
+
+def test_lora_variants_sweep_composes_and_every_point_validates():
+    from harness import space, study
+
+    cfg = complete(load(["sweep=lora_variants"]))
+    study.check(cfg, ["sweep=lora_variants"])  # the driver's check: every axis value gives a valid config
+    points = space.grid(cfg.sweep.space)
+    assert len(points) == 8 and cfg.quant.mode == "none" and cfg.sweep.seeds == [0, 1, 2]
+    for p in points:
+        lora = complete(load(["sweep=lora_variants", *space.to_overrides(p, cfg)])).lora
+        assert (lora.use_rslora, lora.use_dora, lora.init_lora_weights) == tuple(p.values())
+
+
+def test_pissa_on_a_quantized_base_fails_before_compute():
+    with pytest.raises(ConfigError, match="peft refuses on a quant.mode=nf4 base: add quant=none"):
+        complete(load(["lora.init_lora_weights=pissa"]))
