@@ -203,6 +203,21 @@ class EvalCfg(_Strict):
     batch_size: int = Field(ge=1)
     baseline: bool = True
     max_examples: int | None = Field(default=None, ge=1)
+    # extra metrics through `evaluate` (harness/eval_metrics.py): exact_match, rouge_l, bleu, accuracy,
+    # f1 (local modules) or any evaluate name (hub/cache; checked here, before compute)
+    metrics: list[str] = []
+
+    @field_validator("metrics")
+    @classmethod
+    def _resolvable(cls, v):
+        if v:
+            from harness.eval_metrics import MetricError, check
+
+            try:
+                check(v)
+            except MetricError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class HardwareCfg(_Strict):

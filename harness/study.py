@@ -30,7 +30,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import adapters, report
+from harness import adapters, eval_metrics, report
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.checkpoint import resume_dir
@@ -61,7 +61,7 @@ def check(cfg: DictConfig, base: list[str]) -> None:
     if "seed" in sw.space:
         raise ConfigError(f"{where_}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
     for metric in sw.objectives:
-        if metric not in METRICS:
+        if metric not in METRICS and not eval_metrics.provides(cfg.eval.metrics, metric):  # any eval.metrics key too
             raise ConfigError(f"{where_}: sweep.objectives.{metric}: unknown metric; choose from {', '.join(METRICS)}")
     if sw.pruner != "none":
         metric = next(iter(sw.objectives))
@@ -334,7 +334,7 @@ class Driver:
         if interrupted:
             out.reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
         if out.record:
-            attrs.update({k: getattr(out.record, k, None) for k in ATTR_METRICS})
+            attrs.update({k: getattr(out.record, k, None) for k in (*ATTR_METRICS, *self.sw.objectives)})
         # always both keys: a retry inherits the user_attrs of the attempt it repeats
         attrs["fail_reason"] = out.reason if out.state == "FAIL" else None
         attrs["prune_reason"] = out.reason if out.state == "PRUNED" else None
