@@ -52,18 +52,20 @@ def _finished(t) -> bool:
     return t.state.name in ("COMPLETE", "PRUNED", "FAIL")
 
 
-def keep_best(study, cfg) -> list[int]:
-    """At the end of a study (and of each resume): with save_adapter=best, delete the adapters of every
-    finished trial outside the best configuration, say what was kept, and attach the kept adapters'
-    weights to the study. Returns the trial numbers whose adapters are kept."""
+def keep_best(study, cfg, rerun_command=None) -> list[int]:
+    """At the end of a study (and of each resume): write runs/<study>/best.yaml; with save_adapter=best,
+    delete the adapters of every finished trial outside the best configuration, say what was kept,
+    and attach the kept adapters' weights to the study. Returns the trial numbers whose adapters are kept."""
     from harness import report
     from harness.record import trial_dir
 
     trials = study.get_trials(deepcopy=False)
     dirs = {t.number: trial_dir(cfg.out_dir, cfg.study, t.number) / ADAPTER for t in trials}
+    best = report.best_configuration(trials, dict(cfg.sweep.objectives))
+    if best:
+        write_best(cfg, best, next(t for t in trials if t.number == best["trials"][0]), rerun_command)
     if policy(cfg) != "best":
         return sorted(n for n, d in dirs.items() if d.is_dir())
-    best = report.best_configuration(trials, dict(cfg.sweep.objectives))
     keep = set(best["trials"]) if best else set()
     removed = [t.number for t in trials if _finished(t) and t.number not in keep and dirs[t.number].is_dir()]
     for n in removed:
@@ -75,6 +77,34 @@ def keep_best(study, cfg) -> list[int]:
           file=sys.stderr, flush=True)
     _attach_kept(study, cfg, {n: dirs[n] for n in kept})
     return kept
+
+
+def write_best(cfg, best: dict, first, rerun_command=None) -> Path | None:
+    """runs/<study>/best.yaml: the best configuration's first-seed trial config, renamed to study
+    <study>-best (trial 0, no sweep), runnable as `python -m harness.train runs/<study>/best.yaml`;
+    its header names the configuration, its mean, the seeds, and the `python -m harness` rerun command."""
+    from omegaconf import OmegaConf, open_dict
+
+    src = Path(first.user_attrs.get("run_dir", "")) / "config.yaml"
+    if not src.is_file():
+        return None
+    tcfg = OmegaConf.load(src)
+    metric = next(iter(cfg.sweep.objectives))
+    head = [f"# best configuration of study {cfg.study}: {metric} {best[metric]:.4g} (mean of {len(best['seeds'])} "
+            f"seed(s) {best['seeds']}, trials {best['trials']}): "
+            + (", ".join(f"{k}={v}" for k, v in best["params"].items()) or "the one configuration"),
+            f"# run it: python -m harness.train {Path(cfg.out_dir) / cfg.study / 'best.yaml'}   (seed {tcfg.seed})"]
+    try:
+        if rerun_command:
+            head.append(f"# or: {rerun_command(tcfg, first.user_attrs['overrides'])}")
+    except (OSError, KeyError, ValueError):
+        pass
+    with open_dict(tcfg):
+        tcfg.study, tcfg.trial, tcfg.sweep = f"{cfg.study}-best", 0, None
+        tcfg.train.resume_from = None
+    out = Path(cfg.out_dir) / cfg.study / "best.yaml"
+    out.write_text("\n".join(head) + "\n" + OmegaConf.to_yaml(tcfg))
+    return out
 
 
 def _store(cfg):

@@ -401,7 +401,7 @@ class Driver:
             restore()
             bar.close()
             pool.shutdown()
-        adapters.keep_best(self.study, self.cfg)  # save_adapter=best: the best configuration's seeds
+        adapters.keep_best(self.study, self.cfg, rerun_command)  # best.yaml; save_adapter=best: prune the others
         code = self.summary()
         return 128 + self.signal if self.signal else code
 

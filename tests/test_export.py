@@ -101,7 +101,7 @@ def test_keep_best_keeps_the_best_configurations_seeds_and_attaches_artifacts(tm
         d = tmp_path / "s" / "trials" / str(n)
         (d / "adapter").mkdir(parents=True)
         (d / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
-        (d / "config.yaml").write_text("lr: 1\n")
+        (d / "config.yaml").write_text(f"seed: {seed}\nstudy: s\ntrial: {n}\nsweep: {{}}\ntrain: {{lr: {lr}}}\n")
         (d / "result.json").write_text("{}")
         study.enqueue_trial({"train.lr": lr})
         trial = study.ask()
@@ -109,11 +109,15 @@ def test_keep_best_keeps_the_best_configurations_seeds_and_attaches_artifacts(tm
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("accuracy", acc)
         trial.set_user_attr("flops", 1.0)
+        trial.set_user_attr("run_dir", str(d))
         adapters.attach_trial(trial, d, cfg)  # the driver's call, before tell
         study.tell(trial, acc)
     assert adapters.keep_best(study, cfg) == [0, 1]
     assert [(tmp_path / "s" / "trials" / str(n) / "adapter").is_dir() for n in range(4)] == [True, True, False, False]
     assert "adapters kept: trials [0, 1]" in capsys.readouterr().err
+    best = (tmp_path / "s" / "best.yaml").read_text()
+    assert "accuracy 0.7 (mean of 2 seed(s) [0, 1], trials [0, 1]): train.lr=0.1" in best
+    assert OmegaConf.create(best).train.lr == 0.1 and OmegaConf.create(best).study == "s-best"
     assert sorted(m.filename for m in get_all_artifact_meta(study.trials[2], storage=storage)) == ["config.yaml", "result.json"]
     study_files = lambda: sorted(m.filename for m in get_all_artifact_meta(study))  # noqa: E731
     assert study_files() == ["trial-0.adapter_model.safetensors", "trial-1.adapter_model.safetensors"]
