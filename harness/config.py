@@ -16,13 +16,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 # The sweep/launcher schema and the error wording live in their own modules; their names stay
 # importable from here (`from harness.config import SweepCfg, ConfigError, one_line`).
 from harness.config_errors import ConfigError, check_missing, format_validation_error, one_line  # noqa: F401
 from harness.config_sweep import MAX_SEED, LauncherCfg, ParamCfg, Scalar, SweepCfg, _Strict  # noqa: F401
-from harness.lora_fields import ALIASES, check_init, is_field, unknown_field
+from harness.lora_fields import ALIASES, LoraCfg, is_field, unknown_field
 
 PKG = Path(__file__).resolve().parent
 ROOT = PKG.parent
@@ -107,58 +107,6 @@ class DataCfg(_Strict):
     test_size: int = Field(ge=1)
     split_seed: int = 0
     subset_seed: int = 0
-
-
-class LoraCfg(_Strict):
-    """Every field of peft's LoraConfig (harness/lora_fields.py lists them without importing peft),
-    under our names for the first four: r, alpha (lora_alpha), dropout (lora_dropout), targets
-    (target_modules: a preset, "all-linear" or module names). Fields not named here (rank_pattern,
-    alpha_pattern, layers_to_transform, ...) pass to LoraConfig as given; peft checks their values."""
-    model_config = ConfigDict(extra="allow")
-
-    r: int = Field(ge=1, description="LoRA rank")
-    alpha: float = Field(gt=0)
-    dropout: float = Field(ge=0, lt=1)
-    targets: str | list[str]
-    bias: Literal["none", "all", "lora_only"] = "none"
-    use_rslora: bool = False            # scale alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)
-    use_dora: bool = False              # weight-decomposed LoRA (Liu et al. 2024): more compute per token
-    init_lora_weights: bool | str = True  # true: PEFT's default (A Kaiming, B zero); pissa, olora, gaussian, ...
-
-    @model_validator(mode="before")
-    @classmethod
-    def _peft_spellings(cls, v):
-        if not isinstance(v, dict):
-            return v
-        v = dict(v)
-        for peft_name, ours in ALIASES.items():
-            if peft_name in v:
-                if ours in v and v[ours] != v[peft_name]:
-                    raise ValueError(f"lora.{peft_name} and lora.{ours} are the same field; give one")
-                v[ours] = v.pop(peft_name)
-        if v.get("targets") == "all-linear":  # PEFT's spelling of our preset
-            v["targets"] = "all_linear"
-        return v
-
-    @field_validator("targets")
-    @classmethod
-    def _non_empty(cls, v):
-        if not v:
-            raise ValueError("lora.targets is empty: name a preset (attn_qv, attn, mlp, all_linear) or modules")
-        return v
-
-    @field_validator("init_lora_weights")
-    @classmethod
-    def _init(cls, v):
-        check_init(v)
-        return v
-
-    @model_validator(mode="after")
-    def _peft_fields(self):
-        for name in self.model_extra or {}:
-            if not is_field(f"lora.{name}"):
-                raise ValueError(unknown_field(name))
-        return self
 
 
 class QuantCfg(_Strict):
@@ -295,7 +243,10 @@ class ExperimentCfg(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        from harness.presets import ENCODERS, check_targets  # static preset table; no torch, no model
+        from harness.presets import (  # static preset table; no torch, no model
+            ENCODERS,
+            check_targets,
+        )
 
         check_targets(self.model.family, self.lora.targets)
         if self.task.type == "sft":

@@ -1,4 +1,5 @@
-"""PEFT's LoraConfig fields and per-model-type target modules, readable without importing peft.
+"""PEFT's LoraConfig fields and per-model-type target modules, readable without importing peft, and
+the `lora:` section of the config schema built on them (LoraCfg; harness.config re-exports it).
 
 `python -m harness --cfg` must not import torch, and `import peft` does. So the schema reads a
 small data file, harness/peft_lora.json, generated from the installed peft by
@@ -13,6 +14,9 @@ import re
 import sys
 from functools import cache
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DATA = Path(__file__).resolve().parent / "peft_lora.json"
 
@@ -33,7 +37,9 @@ def generate() -> dict:
 
     import peft
     from peft import LoraConfig
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets,
+    )
 
     fields = {f.name: str(f.type) for f in dataclasses.fields(LoraConfig)}
     return {"peft_version": peft.__version__, "fields": fields, "targets": {k: list(v) for k, v in targets.items()}}
@@ -82,6 +88,58 @@ def check_init(value) -> None:
     raise ValueError(f"lora.init_lora_weights={value!r} is not supported here; use true (PEFT's default), false, "
                      f"{', '.join(INIT_SUPPORTED)} or pissa_niter_N (eva, corda, lora_ga, loftq need a data pass or "
                      "a config object the harness does not build)")
+
+
+class LoraCfg(BaseModel):
+    """Every field of peft's LoraConfig (harness/lora_fields.py lists them without importing peft),
+    under our names for the first four: r, alpha (lora_alpha), dropout (lora_dropout), targets
+    (target_modules: a preset, "all-linear" or module names). Fields not named here (rank_pattern,
+    alpha_pattern, layers_to_transform, ...) pass to LoraConfig as given; peft checks their values."""
+    model_config = ConfigDict(extra="allow")
+
+    r: int = Field(ge=1, description="LoRA rank")
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    targets: str | list[str]
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False            # scale alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)
+    use_dora: bool = False              # weight-decomposed LoRA (Liu et al. 2024): more compute per token
+    init_lora_weights: bool | str = True  # true: PEFT's default (A Kaiming, B zero); pissa, olora, gaussian, ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _peft_spellings(cls, v):
+        if not isinstance(v, dict):
+            return v
+        v = dict(v)
+        for peft_name, ours in ALIASES.items():
+            if peft_name in v:
+                if ours in v and v[ours] != v[peft_name]:
+                    raise ValueError(f"lora.{peft_name} and lora.{ours} are the same field; give one")
+                v[ours] = v.pop(peft_name)
+        if v.get("targets") == "all-linear":  # PEFT's spelling of our preset
+            v["targets"] = "all_linear"
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _non_empty(cls, v):
+        if not v:
+            raise ValueError("lora.targets is empty: name a preset (attn_qv, attn, mlp, all_linear) or modules")
+        return v
+
+    @field_validator("init_lora_weights")
+    @classmethod
+    def _init(cls, v):
+        check_init(v)
+        return v
+
+    @model_validator(mode="after")
+    def _peft_fields(self):
+        for name in self.model_extra or {}:
+            if not is_field(f"lora.{name}"):
+                raise ValueError(unknown_field(name))
+        return self
 
 
 if __name__ == "__main__":  # regenerate the data file after a peft upgrade

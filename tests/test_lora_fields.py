@@ -38,8 +38,8 @@ def test_every_lora_config_field_is_accepted_and_reaches_peft(tiny_cfg):
     ("lora.task_type=SEQ_CLS", r"lora.task_type is set by the harness"),
     ("lora.init_lora_weights=eva", r"init_lora_weights='eva' is not supported here"),
     ("model.family=qwen3x", r"did you mean 'qwen3'\?"),
-    ("model.family=qwen2", r"lora.targets='attn_qv' is not a preset for qwen2 models; presets: \['all_linear', "
-                           r"'peft_default'\]"),
+    ("model.family=qwen2", (r"lora.targets='attn_qv' is not a preset for qwen2 models; presets: "
+                            r"\['all_linear', 'peft_default'\]")),
 ])
 def test_bad_lora_settings_fail_with_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as e:

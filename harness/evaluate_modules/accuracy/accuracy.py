@@ -5,7 +5,6 @@ number comes from scikit-learn's accuracy_score; it runs in the harness process,
 harness.metrics is importable from it."""
 import datasets
 import evaluate
-
 from sklearn.metrics import accuracy_score
 
 

@@ -5,7 +5,6 @@ number comes from scikit-learn's f1_score(average="macro"); it runs in the harne
 harness.metrics is importable from it."""
 import datasets
 import evaluate
-
 from sklearn.metrics import f1_score
 
 
