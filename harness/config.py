@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 # importable from here (`from harness.config import SweepCfg, ConfigError, one_line`).
 from harness.config_errors import ConfigError, check_missing, format_validation_error, one_line  # noqa: F401
 from harness.config_sweep import MAX_SEED, LauncherCfg, ParamCfg, Scalar, SweepCfg, _Strict  # noqa: F401
-from harness.lora_fields import ALIASES, LoraCfg, is_field, unknown_field
+from harness.lora_fields import ALIASES, HARNESS_SET, LoraCfg, harness_set_error, is_field
 
 PKG = Path(__file__).resolve().parent
 ROOT = PKG.parent
@@ -330,8 +330,8 @@ def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
                 else:
                     overrides = [f"+{o}" if o.split("=", 1)[0] == key else o for o in overrides]
                 continue
-            if m and m.group(1).startswith("lora.") and m.group(1).count(".") == 1:
-                raise ConfigError(unknown_field(m.group(1)[5:])) from None
+            if m and m.group(1).startswith("lora.") and m.group(1)[5:] in HARNESS_SET:
+                raise ConfigError(harness_set_error(m.group(1)[5:])) from None
             if m:
                 raise ConfigError(f"{m.group(1)}: no such config key; {did_you_mean(m.group(1), ExperimentCfg)}") from None
             msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user

@@ -8,15 +8,14 @@ regenerate it after upgrading peft).
 """
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import sys
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_serializer, model_validator
 
 DATA = Path(__file__).resolve().parent / "peft_lora.json"
 
@@ -70,15 +69,8 @@ def is_field(key: str) -> bool:
     return section == "lora" and "." not in name and (name in ALIASES or (name in fields() and name not in HARNESS_SET))
 
 
-def unknown_field(name: str) -> str:
-    """The one-line error for lora.<name> that peft's LoraConfig does not have."""
-    if name in HARNESS_SET:
-        return f"lora.{name} is set by the harness (from task, model and method); leave it out of the lora settings"
-    known = [*fields(), *ALIASES, "alpha", "dropout", "targets"]
-    close = difflib.get_close_matches(name, [k for k in known if k not in HARNESS_SET], n=1, cutoff=0.6)
-    hint = f"did you mean `lora.{close[0]}`? " if close else ""
-    return (f"lora.{name} is not a field of peft {_data()['peft_version']}'s LoraConfig; {hint}"
-            "(every LoraConfig field is accepted: https://huggingface.co/docs/peft/package_reference/lora)")
+def harness_set_error(name: str) -> str:
+    return f"lora.{name} is set by the harness (from task, model and method); leave it out of the lora settings"
 
 
 def check_init(value) -> None:
@@ -90,12 +82,17 @@ def check_init(value) -> None:
                      "a config object the harness does not build)")
 
 
-class LoraCfg(BaseModel):
-    """Every field of peft's LoraConfig (harness/lora_fields.py lists them without importing peft),
-    under our names for the first four: r, alpha (lora_alpha), dropout (lora_dropout), targets
-    (target_modules: a preset, "all-linear" or module names). Fields not named here (rank_pattern,
-    alpha_pattern, layers_to_transform, ...) pass to LoraConfig as given; peft checks their values."""
-    model_config = ConfigDict(extra="allow")
+# LoraConfig fields with our own declaration below (types and defaults checked here); every other one
+# is declared from the data file as Any (peft checks its value when the trial builds the LoraConfig).
+_OURS = {"r", "alpha", "dropout", "targets", "bias", "use_rslora", "use_dora", "init_lora_weights"}
+PASSTHROUGH = tuple(f for f in fields() if f not in HARNESS_SET and f not in ALIASES and f not in _OURS)
+
+
+class _LoraBase(BaseModel):
+    """The `lora:` section: every field of peft's LoraConfig, under our names for the first four: r,
+    alpha (lora_alpha), dropout (lora_dropout), targets (target_modules: a preset, "all-linear" or
+    module names). Unknown keys are rejected with "did you mean" (harness/keys.py) like any other."""
+    model_config = ConfigDict(extra="forbid")
 
     r: int = Field(ge=1, description="LoRA rank")
     alpha: float = Field(gt=0)
@@ -119,6 +116,9 @@ class LoraCfg(BaseModel):
                 v[ours] = v.pop(peft_name)
         if v.get("targets") == "all-linear":  # PEFT's spelling of our preset
             v["targets"] = "all_linear"
+        for name in v:
+            if name in HARNESS_SET:
+                raise ValueError(harness_set_error(name))
         return v
 
     @field_validator("targets")
@@ -134,12 +134,14 @@ class LoraCfg(BaseModel):
         check_init(v)
         return v
 
-    @model_validator(mode="after")
-    def _peft_fields(self):
-        for name in self.model_extra or {}:
-            if not is_field(f"lora.{name}"):
-                raise ValueError(unknown_field(name))
-        return self
+    @model_serializer(mode="wrap")
+    def _only_set_passthrough(self, handler):
+        # a passthrough field left unset stays out of the resolved config (and so peft's own default applies)
+        return {k: v for k, v in handler(self).items() if not (k in PASSTHROUGH and v is None)}
+
+
+LoraCfg = create_model("LoraCfg", __base__=_LoraBase, __doc__=_LoraBase.__doc__,
+                       **{name: (Any, None) for name in PASSTHROUGH})
 
 
 if __name__ == "__main__":  # regenerate the data file after a peft upgrade

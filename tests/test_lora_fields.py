@@ -34,7 +34,8 @@ def test_every_lora_config_field_is_accepted_and_reaches_peft(tiny_cfg):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("lora.use_droa=true", r"lora.use_droa is not a field of peft .*LoraConfig; did you mean `lora.use_dora`\?"),
+    ("lora.use_droa=true", r"lora.use_droa: no such config key; did you mean `lora.use_dora`\?"),
+    ("+lora.rank=8", r"lora.rank: Extra inputs are not permitted \(got 8\); did you mean `lora.r`\?"),
     ("lora.task_type=SEQ_CLS", r"lora.task_type is set by the harness"),
     ("lora.init_lora_weights=eva", r"init_lora_weights='eva' is not supported here"),
     ("model.family=qwen3x", r"did you mean 'qwen3'\?"),
