@@ -269,7 +269,8 @@ def lora_kwargs(cfg) -> dict:
     from omegaconf import OmegaConf
 
     lora = OmegaConf.to_container(cfg.lora, resolve=True) if not isinstance(cfg.lora, dict) else dict(cfg.lora)
-    kw = {k: v for k, v in lora.items() if k not in ("r", "alpha", "dropout", "targets")}
+    # an unset peft field (None) is left out, so peft's own default applies (megatron_core, loftq_config, ...)
+    kw = {k: v for k, v in lora.items() if k not in ("r", "alpha", "dropout", "targets") and v is not None}
     kw.update(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"])
     head = heads(cfg) or []
     saved = [*head, *(m for m in kw.pop("modules_to_save", None) or [] if m not in head)]
