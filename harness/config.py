@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 # The sweep/launcher schema and the error wording live in their own modules; their names stay
 # importable from here (`from harness.config import SweepCfg, ConfigError, one_line`).
-from harness.config_errors import ConfigError, check_missing, format_validation_error, one_line  # noqa: F401
+from harness.config_errors import ConfigError, check_missing, format_validation_error, one_line
 from harness.config_sweep import MAX_SEED, LauncherCfg, ParamCfg, Scalar, SweepCfg, _Strict  # noqa: F401
 from harness.lora_fields import ALIASES, HARNESS_SET, LoraCfg, harness_set_error, is_field
 
