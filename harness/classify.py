@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from harness import eval_metrics
 from harness.data import load_splits  # noqa: F401  (part of the task interface)
 
 
@@ -63,7 +64,9 @@ def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
     model.train()
     n = totals[3]
     return {"accuracy": totals[0] / n, "loss": totals[1] / n, "tokens": int(totals[2]), "n": int(n),
-            "predictions": sorted(preds, key=lambda p: p["id"])}
+            "predictions": sorted(preds, key=lambda p: p["id"]),  # eval.metrics: {} and no import when none
+            "metrics": eval_metrics.compute(cfg.eval.metrics, [p["prediction"] for p in preds],
+                                            [p["reference"] for p in preds])}
 
 
 def reference_accuracy(items: list[dict]) -> float:

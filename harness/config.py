@@ -16,7 +16,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+# The sweep/launcher schema and the error wording live in their own modules; their names stay
+# importable from here (`from harness.config import SweepCfg, ConfigError, one_line`).
+from harness.config_errors import ConfigError, check_missing, format_validation_error, one_line
+from harness.config_sweep import MAX_SEED, LauncherCfg, ParamCfg, Scalar, SweepCfg, _Strict  # noqa: F401
+from harness.lora_fields import ALIASES, HARNESS_SET, LoraCfg, harness_set_error, is_field
 
 PKG = Path(__file__).resolve().parent
 ROOT = PKG.parent
@@ -33,15 +39,6 @@ def _wandb_mode() -> str:
 
 
 OmegaConf.register_new_resolver("wandb_mode", _wandb_mode, replace=True)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and the fix."""
-
-
-class _Strict(BaseModel):
-    # Unknown keys are typos far more often than intent: reject them.
-    model_config = ConfigDict(extra="forbid")
 
 
 class ClassificationTask(_Strict):
@@ -76,7 +73,7 @@ TaskCfg = Annotated[ClassificationTask | SftTask, Field(discriminator="type")]
 
 class ModelCfg(_Strict):
     name: str
-    family: Literal["bert", "llama"]
+    family: str    # bert, llama (our presets) or any model_type PEFT knows (harness/presets.py)
     source: Literal["package", "gguf_package", "hub", "tiny"]
     path: str | None
     revision: str | None = None
@@ -112,21 +109,6 @@ class DataCfg(_Strict):
     subset_seed: int = 0
 
 
-class LoraCfg(_Strict):
-    r: int = Field(ge=1, description="LoRA rank")
-    alpha: float = Field(gt=0)
-    dropout: float = Field(ge=0, lt=1)
-    targets: str | list[str]
-    bias: Literal["none", "all", "lora_only"] = "none"
-
-    @field_validator("targets")
-    @classmethod
-    def _non_empty(cls, v):
-        if not v:
-            raise ValueError("lora.targets is empty: name a preset (attn_qv, attn, mlp, all_linear) or modules")
-        return v
-
-
 class QuantCfg(_Strict):
     mode: Literal["nf4", "fp4", "int8", "none"]
     double_quant: bool = True
@@ -148,6 +130,20 @@ class TrainCfg(_Strict):
     log_every: int = Field(default=10, ge=0)  # a progress line every k steps (trial log); 0 = off
     checkpoint_every: int = Field(default=0, ge=0)  # harness/checkpoint.py; 0 = off
     resume_from: str | None = None  # a checkpoint folder to continue from
+    # trials/<n>/adapter/: all (every trial), best (a study keeps the best configuration's seeds), none;
+    # null = all for a single run, best in a study (harness/adapters.py)
+    save_adapter: Literal["best", "all", "none"] | None = None
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # harness/optim.py
+    lr_scheduler_type: str = "linear"   # transformers.get_scheduler: linear, cosine, constant_with_warmup, ...
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _scheduler(cls, v):
+        from harness.optim import SCHEDULERS  # a static list: no torch here
+
+        if v not in SCHEDULERS:
+            raise ValueError(f"train.lr_scheduler_type={v!r}: choose from {', '.join(SCHEDULERS)}")
+        return v
 
 
 
@@ -155,6 +151,21 @@ class EvalCfg(_Strict):
     batch_size: int = Field(ge=1)
     baseline: bool = True
     max_examples: int | None = Field(default=None, ge=1)
+    # extra metrics through `evaluate` (harness/eval_metrics.py): exact_match, rouge_l, bleu, accuracy,
+    # f1 (local modules) or any evaluate name (hub/cache; checked here, before compute)
+    metrics: list[str] = []
+
+    @field_validator("metrics")
+    @classmethod
+    def _resolvable(cls, v):
+        if v:
+            from harness.eval_metrics import MetricError, check
+
+            try:
+                check(v)
+            except MetricError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class HardwareCfg(_Strict):
@@ -189,114 +200,6 @@ class TrackingCfg(_Strict):
 
 class StorageCfg(_Strict):
     url: str
-
-
-class LauncherCfg(_Strict):
-    name: Literal["local", "slurm"] = "local"
-    workers: int = Field(default=1, ge=1)
-    cluster: Literal["slurm", "local", "debug"] | None = None
-    partition: str | None = None
-    account: str | None = None
-    timeout_min: int = Field(default=240, ge=1)
-    gpus_per_node: int | None = Field(default=None, ge=0)
-    cpus_per_task: int = Field(default=8, ge=1)
-    mem_gb: int = Field(default=64, ge=1)
-    folder: str | None = None
-    wait: bool = False
-    additional: dict[str, Any] = {}
-
-
-Scalar = str | int | float | bool
-MAX_SEED = 2**32 - 1  # numpy.random.seed (called by transformers.set_seed) takes 0 .. 2**32-1
-
-
-class ParamCfg(_Strict):
-    """One search axis: `choices` (categorical), or a `low`..`high` range (int when both bounds are
-    whole numbers, unless `type: float`; `log` for log scale; `step` for a grid of the range)."""
-    choices: list[Scalar] | None = None
-    low: int | float | None = None
-    high: int | float | None = None
-    step: int | float | None = None
-    log: bool = False
-    type: Literal["int", "float"] | None = None
-
-    @model_validator(mode="after")
-    def _shape(self):
-        if self.choices is not None:
-            if not self.choices:
-                raise ValueError("choices is empty: list at least one value")
-            if self.low is not None or self.high is not None:
-                raise ValueError("give either choices or low/high, not both")
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError("needs `choices: [...]` or both `low` and `high`")
-        if self.low > self.high:
-            raise ValueError(f"low={self.low} > high={self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0 (got low={self.low})")
-        if self.log and self.step is not None:
-            raise ValueError("log scale and step cannot be combined (Optuna)")
-        if self.type is None:
-            self.type = "int" if isinstance(self.low, int) and isinstance(self.high, int) else "float"
-        return self
-
-
-class SweepCfg(_Strict):
-    """The `sweep:` block of sweeps/<name>.yaml: where to search and how (see harness/study.py)."""
-    name: str | None = None        # filled in by load(): the sweep group option
-    file: str | None = None        # filled in by load(): the YAML it came from (named in errors)
-    space: dict[str, ParamCfg]     # dotted config names -> axis; `lora.alpha_over_r` sets alpha = r x value
-    objectives: dict[str, Literal["maximize", "minimize"]] = {"accuracy": "maximize"}
-    sampler: Literal["tpe", "random", "grid", "nsga2", "motpe"] = "tpe"
-    sampler_args: dict[str, Any] = {}
-    sampler_seed: int = 0
-    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
-    pruner_args: dict[str, Any] = {}
-    n_trials: int | None = Field(default=None, ge=1)   # trials (seed repeats count); grid: all points
-    timeout: float | None = Field(default=None, gt=0)  # seconds for this invocation of the driver
-    seeds: list[int] = [0]          # each configuration runs once per seed, one trial each
-    enqueue: list[dict[str, Scalar]] = []   # configurations to run first (e.g. the reference)
-    # reference arms outside the space, once per seed, e.g. {method: head_only, train.lr: 0.01}: their
-    # overrides replace the searched axes; they never count as the study's best (harness/report.py)
-    references: list[dict[str, Scalar]] = []
-    parallel: int = Field(default=1, ge=1)  # trials at once from one driver
-    workers: Literal["warm", "cold"] = "warm"  # warm: K long-lived trial workers (harness/warm.py); cold: a process per trial
-    heartbeat_interval: int = Field(default=10, ge=1)  # seconds; RDB storages
-    grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
-    max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died
-    allow_changes: list[str] = []   # config keys a resume may change (you vouch they cannot affect results)
-
-    @field_validator("space")
-    @classmethod
-    def _non_empty(cls, v):
-        if not v:
-            raise ValueError("the search space is empty: add `sweep.space.<dotted.config.key>: {choices: [...]}`")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v):
-        if not v or len(set(v)) != len(v):
-            raise ValueError(f"seeds must be a non-empty list of distinct integers (got {v})")
-        bad = [s for s in v if not 0 <= s <= MAX_SEED]
-        if bad:
-            raise ValueError(f"seeds must be between 0 and 2**32-1 (numpy's range); got {bad}")
-        return v
-
-    @model_validator(mode="after")
-    def _combinations(self):
-        if self.sampler == "grid":
-            ranges = [k for k, p in self.space.items() if p.choices is None and (p.type != "int" and p.step is None)]
-            if ranges:
-                raise ValueError(f"sampler=grid needs choices (or an int/stepped range) for {', '.join(ranges)}")
-        multi = len(self.objectives) > 1
-        if multi and self.pruner != "none":
-            raise ValueError(f"pruner={self.pruner} needs one objective; Optuna cannot prune multi-objective studies")
-        if not self.objectives:
-            raise ValueError("objectives is empty: e.g. {accuracy: maximize}")
-        if self.sampler != "grid" and self.n_trials is None and self.timeout is None:
-            raise ValueError(f"sampler={self.sampler} needs a budget: set sweep.n_trials and/or sweep.timeout (seconds)")
-        return self
 
 
 class ExperimentCfg(_Strict):
@@ -340,19 +243,30 @@ class ExperimentCfg(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        from harness.presets import check_targets  # static preset table; no torch, no model
+        from harness.presets import (  # static preset table; no torch, no model
+            ENCODERS,
+            check_targets,
+        )
 
         check_targets(self.model.family, self.lora.targets)
         if self.task.type == "sft":
-            if self.model.family != "llama":
-                raise ValueError(f"task=sft needs a decoder model (family llama); model={self.model.name} is "
+            if self.model.family in ENCODERS:
+                raise ValueError(f"task=sft needs a decoder model; model={self.model.name} is "
                                  f"{self.model.family}: use model=smollm2_135m, tiny_llama or a hub decoder")
             if self.task.max_target_tokens >= self.model.max_length:
                 raise ValueError(f"task.max_target_tokens={self.task.max_target_tokens} leaves no room for the prompt "
                                  f"in model.max_length={self.model.max_length}; lower it or raise model.max_length")
+        init = self.lora.init_lora_weights
+        if isinstance(init, str) and init.startswith("pissa") and self.quant.mode != "none" and self.method == "lora":
+            raise ValueError(f"lora.init_lora_weights={init} rewrites the base weights (W - BA), which peft refuses on a "
+                             f"quant.mode={self.quant.mode} base: add quant=none")
         if self.quant.mode != "none" and self.hardware.device == "cpu" and self.quant.compute_dtype == "float16":
             raise ValueError("quant.compute_dtype=float16 is not supported on CPU; use bfloat16 or float32")
         hw = self.hardware
+        from harness.optim import device_error
+
+        if device_error(self.train.optim, hw.device):
+            raise ValueError(device_error(self.train.optim, hw.device))
         if self.train.keep_effective_batch and self.train.batch_size % hw.processes:
             raise ValueError(f"train.batch_size={self.train.batch_size} does not split over {hw.processes} processes "
                              "(it is the global batch, kept across process counts): make it a multiple, or set "
@@ -367,69 +281,18 @@ class ExperimentCfg(_Strict):
         return self
 
 
-def one_line(msg: str) -> str:
-    """An error message as one line: a line ending in ':' introduces a list (Hydra's "Available
-    options in 'model':" then one option a line), joined by commas; other lines by '; '."""
-    out, listing = "", False
-    for line in (x.strip() for x in str(msg).splitlines()):
-        if not line:
-            continue
-        out += ("" if not out else " " if out.endswith(":") else ", " if listing else "; ") + line
-        listing = listing or line.endswith(":")
-    return out
-
-
-def _format_validation_error(err: ValidationError, data: dict | None = None) -> str:
-    lines = []
-    sweep_file = ((data or {}).get("sweep") or {}).get("file") if isinstance(data, dict) else None
-    for e in err.errors():
-        # a tagged union puts the tag in the location (task.sft.template): not a key a user writes
-        key = ".".join(str(p) for p in e["loc"] if not (e["loc"][0] == "task" and p in ("classification", "sft")))
-        got = e.get("input")
-        got = "" if isinstance(got, dict) else f" (got {got!r})"
-        where = f"{sweep_file}: " if sweep_file and key.startswith("sweep") else ""
-        if e["type"] == "extra_forbidden":
-            from harness.keys import did_you_mean
-
-            hint = f"; {did_you_mean(key, ExperimentCfg)}"
-        else:
-            hint = ""
-        lines.append(f"{where}{key or '<config>'}: {e['msg']}{got}{hint}")
-    return "invalid config: " + "; ".join(lines)
-
-
-# What to write for a `???` (required) value, by key
-_REQUIRED_HINTS = {
-    "data.path": "data.path=FILE (a .csv, .tsv, .jsonl, .json or .parquet file; a hub dataset id for data=hub)",
-    "model.path": "model.path=ORG/NAME (a hub model id) or model.path=DIR (a local model directory)",
-}
-
-
-def _check_missing(cfg: DictConfig) -> None:
-    """A `???` value (data.path of data=local, model.path of model=hub) left unset."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        key = missing[0]
-        group = key.split(".")[0]
-        option = OmegaConf.select(cfg, f"{group}.name", default=None) if "." in key else None
-        needs = f"{group}={option} needs it" if option else "it is required"
-        fix = _REQUIRED_HINTS.get(key, f"{key}=VALUE")
-        more = f" (also unset: {', '.join(missing[1:])})" if missing[1:] else ""
-        raise ConfigError(f"{key} is not set ({needs}): add {fix} to the command{more}")
-
-
 def validate(cfg: DictConfig | dict) -> ExperimentCfg:
     """Resolve and check a config; raise ConfigError naming every bad key."""
     try:
         if isinstance(cfg, DictConfig):
-            _check_missing(cfg)
+            check_missing(cfg)
         data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     except OmegaConfBaseException as e:
         raise ConfigError(f"config does not resolve: {one_line(e)}") from None
     try:
         return ExperimentCfg.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, data)) from None
+        raise ConfigError(format_validation_error(e, ExperimentCfg, data)) from None
 
 
 def complete(cfg: DictConfig | dict) -> DictConfig:
@@ -458,9 +321,17 @@ def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
                 return compose(config_name="config", overrides=overrides, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:
             m = _NO_OVERRIDE.search(str(e))
-            if m and is_schema_key(m.group(1), ExperimentCfg):
-                overrides = [f"+{o}" if o.split("=", 1)[0] == m.group(1) else o for o in overrides]
+            if m and (is_schema_key(m.group(1), ExperimentCfg) or is_field(m.group(1))):
+                # a peft LoraConfig field (lora.rank_pattern) too; PEFT's spelling (lora.lora_alpha) as ours
+                key = m.group(1)
+                if key.startswith("lora.") and key[5:] in ALIASES:
+                    overrides = [f"lora.{ALIASES[key[5:]]}={o.split('=', 1)[1]}" if o.split("=", 1)[0] == key else o
+                                 for o in overrides]
+                else:
+                    overrides = [f"+{o}" if o.split("=", 1)[0] == key else o for o in overrides]
                 continue
+            if m and m.group(1).startswith("lora.") and m.group(1)[5:] in HARNESS_SET:
+                raise ConfigError(harness_set_error(m.group(1)[5:])) from None
             if m:
                 raise ConfigError(f"{m.group(1)}: no such config key; {did_you_mean(m.group(1), ExperimentCfg)}") from None
             msg = str(e).split("\nConfig search path:")[0]  # where Hydra looked: noise to a user

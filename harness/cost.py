@@ -15,6 +15,14 @@ FLOPs: the dense-transformer count (Kaplan et al. 2020, sec. 2.1), per token, pa
   activation checkpointing re-runs the forward: + 2 N T
   train = (2 N + 2 N_bwd + 2 N_train (+ 2 N)) T     = (4 N_frozen + 6 N_train) T for LoRA on every layer
   eval  = 2 N T
+DoRA (lora.use_dora, peft 0.21 lora/variants.py + dora.py): with lora_dropout > 0, training runs each
+adapted layer's frozen weight a second time on the dropped-out input (F.linear(dropout(x), W): the
+first product cannot be reused), so per token and adapted d_in x d_out layer it adds 2 d_in d_out to
+the forward and 2 d_in d_out to the backward (input grads; the weight is frozen), plus 2 d_in d_out
+more under activation checkpointing. N_dora = the sum of d_in d_out over those layers:
+  train += (4 N_dora (+ 2 N_dora)) T                 (0 without dropout, and always 0 in eval)
+Left out for DoRA: the per-call (not per-token) weight norm ||W + s BA|| (one B A product, 2 r d_in
+d_out, and ~3 d_in d_out elementwise per layer and forward call), a few % of a batch's cost at r=8.
 Left out: attention scores (QK^T and AV: 4 L d per token and layer at sequence length L; for
 MiniLM, d=384 and L~40, ~3% of the forward), biases, norms, activations, the optimizer; heads that
 run once per sequence (BERT's pooler and classifier) are counted per token, which over-counts by
@@ -50,9 +58,10 @@ def param_counts(model, input_grads: bool = False) -> dict[str, int]:
 def matmul_params(model, input_grads: bool = False) -> dict[str, int]:
     """N, N_train and N_bwd of the formula above, from the model's Linear layers in module order.
     input_grads: the embeddings' output requires grad, so the backward reaches every layer."""
-    n = n_train = n_bwd = 0
+    n = n_train = n_bwd = n_dora = 0
     reached = input_grads
     for name, m in model.named_modules():
+        n_dora += _dora_rerun(m)
         # peft keeps an untouched copy of a trained head (modules_to_save) that never runs
         if not isinstance(m, torch.nn.Linear) or ".original_module" in name:
             continue
@@ -62,12 +71,26 @@ def matmul_params(model, input_grads: bool = False) -> dict[str, int]:
         n += size
         n_train += size if trained else 0
         n_bwd += size if reached else 0
-    return {"matmul_params": n, "trainable_matmul_params": n_train, "backward_matmul_params": n_bwd}
+    return {"matmul_params": n, "trainable_matmul_params": n_train, "backward_matmul_params": n_bwd,
+            "dora_rerun_params": n_dora}
+
+
+def _dora_rerun(m) -> int:
+    """d_in x d_out of a peft LoRA layer whose DoRA re-runs the frozen weight in training (DoRA with
+    dropout > 0, see the docstring), else 0."""
+    use_dora, dropout = getattr(m, "use_dora", None), getattr(m, "lora_dropout", None)
+    if not isinstance(use_dora, dict) or dropout is None or not hasattr(m, "get_base_layer"):
+        return 0
+    base = m.get_base_layer()
+    rerun = any(on and not isinstance(dropout[k], torch.nn.Identity) for k, on in use_dora.items() if k in dropout)
+    return base.in_features * base.out_features if rerun else 0
 
 
 def train_flops(counts: dict[str, int], tokens: int, checkpointing: bool) -> float:
     n, n_bwd, n_tr = (counts[k] for k in ("matmul_params", "backward_matmul_params", "trainable_matmul_params"))
-    return float(2 * n + 2 * n_bwd + 2 * n_tr + (2 * n if checkpointing else 0)) * tokens
+    dora = counts.get("dora_rerun_params", 0)
+    per_token = 2 * n + 2 * n_bwd + 2 * n_tr + 4 * dora + ((2 * n + 2 * dora) if checkpointing else 0)
+    return float(per_token) * tokens
 
 
 def eval_flops(counts: dict[str, int], tokens: int) -> float:

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from harness import checkpoint as ckpt
+from harness import optim
 from harness.progress import Progress
 
 
@@ -120,8 +120,7 @@ def train_loop(cfg, task, model, shared, accelerator, tracker, reporter, clock, 
     t, main, world = cfg.train, accelerator.is_main_process, accelerator.num_processes
     per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, int(t.warmup_ratio * t.max_steps), t.max_steps)
+    opt, sched = optim.build(trainable, t, accelerator.device)  # train.optim + train.lr_scheduler_type
     model, opt = accelerator.prepare(model, opt)
     model.train()
     stream = train_batches(shared.train_items, per_device * world, cfg.seed, t.group_by_length)

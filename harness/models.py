@@ -26,7 +26,8 @@ from harness.sources import cache_dir, package_dir
 
 # The target presets, the head names and ModelError live in harness/presets.py (no torch): the
 # config schema checks a preset name without importing torch.
-from harness.presets import HEADS, PRESETS, ModelError, check_targets, heads
+from harness.lora_fields import peft_targets
+from harness.presets import PRESETS, ModelError, check_targets, head_names, heads
 
 
 def _linear_names(model) -> list[str]:
@@ -36,13 +37,25 @@ def _linear_names(model) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
+def _preset_pattern(family: str, preset: str) -> re.Pattern | None:
+    """A preset as a regex over full module names; None for PEFT's all-linear on other families."""
+    if preset in PRESETS.get(family, {}):
+        return re.compile(PRESETS[family][preset])
+    if preset == "peft_default":  # PEFT's per-model-type list: leaf names (q_proj, c_attn, query, ...)
+        return re.compile(r"(^|\.)(" + "|".join(map(re.escape, peft_targets(family))) + r")$")
+    return None  # all_linear for a family without our regexes: every Linear but heads and the output layer
+
+
 def resolve_targets(model, family: str, targets) -> list[str]:
     """Preset or module names -> the full names of the Linear modules that get adapters."""
-    names = [n for n in _linear_names(model) if not any(n.split(".")[0] == h or n.startswith(h) for h in HEADS[family])]
+    out_layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = [n for n in _linear_names(model)
+             if not any(n.split(".")[0] == h or n.startswith(h) for h in head_names(family))
+             and (out_layer is None or model.get_submodule(n) is not out_layer)]
     if isinstance(targets, str):
         check_targets(family, targets)
-        pattern = re.compile(PRESETS[family][targets])
-        picked = [n for n in names if pattern.search(n)]
+        pattern = _preset_pattern(family, targets)
+        picked = [n for n in names if pattern is None or pattern.search(n)]
     else:
         picked, unknown = [], []
         for t in targets:
@@ -251,6 +264,20 @@ def load_base(cfg, num_labels: int, device: str | int, tokenizer):
     return model
 
 
+def lora_kwargs(cfg) -> dict:
+    """cfg.lora as LoraConfig keyword arguments (target_modules aside): our four names in PEFT's
+    spelling, every other field as given (the schema checked the names against LoraConfig)."""
+    from omegaconf import OmegaConf
+
+    lora = OmegaConf.to_container(cfg.lora, resolve=True) if not isinstance(cfg.lora, dict) else dict(cfg.lora)
+    # an unset peft field (None) is left out, so peft's own default applies (megatron_core, loftq_config, ...)
+    kw = {k: v for k, v in lora.items() if k not in ("r", "alpha", "dropout", "targets") and v is not None}
+    kw.update(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"])
+    head = heads(cfg) or []
+    saved = [*head, *(m for m in kw.pop("modules_to_save", None) or [] if m not in head)]
+    return {**kw, "modules_to_save": saved or None}
+
+
 def add_adapters(model, cfg):
     """k-bit preparation, then LoRA on the resolved targets; a classification head trains in full."""
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
@@ -264,10 +291,8 @@ def add_adapters(model, cfg):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = resolve_targets(model, cfg.model.family, cfg.lora.targets)
     set_seed(cfg.seed)  # LoRA A init and the new head are otherwise unseeded
-    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=targets, bias=cfg.lora.bias,
-                      task_type=TaskType.SEQ_CLS if cfg.task.type == "classification" else TaskType.CAUSAL_LM,
-                      modules_to_save=heads(cfg))
+    lcfg = LoraConfig(target_modules=targets, **lora_kwargs(cfg),
+                      task_type=TaskType.SEQ_CLS if cfg.task.type == "classification" else TaskType.CAUSAL_LM)
     model = get_peft_model(model, lcfg)
     return model, targets
 
@@ -279,11 +304,11 @@ def add_adapters(model, cfg):
 
 def train_head_only(model, cfg):
     """Freeze the base, train the new classification head in full: the linear probe."""
-    head_names = HEADS[cfg.model.family]
+    names = head_names(cfg.model.family)
     for name, p in model.named_parameters():
-        p.requires_grad = name.split(".")[0] in head_names
+        p.requires_grad = name.split(".")[0] in names
     if not any(p.requires_grad for p in model.parameters()):
-        raise ModelError(f"method=head_only found no head {head_names} in {cfg.model.name}")
+        raise ModelError(f"method=head_only found no head {names} in {cfg.model.name}")
     return model, []
 
 

@@ -22,7 +22,7 @@ from collections import Counter
 
 import torch
 
-from harness import data, metrics
+from harness import data, eval_metrics, metrics
 from harness.data import Pair, Splits
 from harness.models import ModelError
 
@@ -173,6 +173,7 @@ def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
     scores = metrics.generation_metrics(preds, refs)
     signature = scores.pop("bleu_signature")
     scores["perplexity"] = metrics.perplexity(nll, int(n_target))
+    scores.update(eval_metrics.compute(cfg.eval.metrics, preds, refs))  # eval.metrics (evaluate); {} when none
     samples = [{"prompt": x["prompt"], "generation": g, "target": x["target"]}
                for x, g in list(zip(items, preds))[: cfg.task.samples]]
     return {"accuracy": scores["exact_match"], "loss": nll / max(n_target, 1), "tokens": int(tokens), "n": len(items),

@@ -19,7 +19,7 @@ from peft import PeftModel
 from harness import config as config_mod
 from harness.data import Splits
 from harness import models
-from harness.presets import HEADS
+from harness.presets import head_names
 
 
 @dataclass
@@ -94,7 +94,7 @@ def fresh_head(model, cfg) -> None:
     transformers.set_seed(cfg.seed)
     # (peft appends its default head names to the modules_to_save list it is given, presets.HEADS's own
     # list: names repeat there, and a name may be listed that this architecture does not have)
-    for head in [getattr(model, name) for name in dict.fromkeys(HEADS[cfg.model.family]) if hasattr(model, name)]:
+    for head in [getattr(model, name) for name in dict.fromkeys(head_names(cfg.model.family)) if hasattr(model, name)]:
         for module in head.modules():
             # _init_weights: transformers' per-architecture init that from_pretrained applies to missing
             # weights; no public call re-initialises one module (initialize_weights skips loaded ones)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import report
+from harness import adapters, report
 from harness import space as space_mod
 from harness.checkpoint import resume_dir
 from harness.config import ConfigError, complete, load_with_choices
@@ -292,13 +292,14 @@ class Driver:
         if interrupted:
             out.reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
         if out.record:
-            attrs.update({k: getattr(out.record, k, None) for k in ATTR_METRICS})
+            attrs.update({k: getattr(out.record, k, None) for k in (*ATTR_METRICS, *self.sw.objectives)})
         # always both keys: a retry inherits the user_attrs of the attempt it repeats
         attrs["fail_reason"] = out.reason if out.state == "FAIL" else None
         attrs["prune_reason"] = out.reason if out.state == "PRUNED" else None
         with self.lock:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
+            adapters.attach_trial(trial, run_dir, self.cfg)  # config.yaml + result.json as Optuna artifacts
             if out.state == "COMPLETE":
                 self.study.tell(trial, out.values)
             else:
@@ -359,6 +360,7 @@ class Driver:
             bar.close()
             pool.shutdown()
             getattr(self.runner, "close", lambda: None)()  # warm workers exit; a fresh process per trial has none
+        adapters.keep_best(self.study, self.cfg, rerun_command)  # best.yaml; save_adapter=best: prune the others
         code = self.summary()
         return 128 + self.signal if self.signal else code
 

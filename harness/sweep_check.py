@@ -7,6 +7,7 @@ import difflib
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import eval_metrics
 from harness import space as space_mod
 from harness.config import ConfigError, complete, load_with_choices
 from harness.optuna_parts import make_pruner, make_sampler, where
@@ -31,7 +32,7 @@ def check(cfg: DictConfig, base: list[str]) -> None:
     if "seed" in sw.space:
         raise ConfigError(f"{where_}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
     for metric in sw.objectives:
-        if metric not in METRICS:
+        if metric not in METRICS and not eval_metrics.provides(cfg.eval.metrics, metric):  # any eval.metrics key too
             raise ConfigError(f"{where_}: sweep.objectives.{metric}: unknown metric; choose from {', '.join(METRICS)}")
     if sw.pruner != "none":
         metric = next(iter(sw.objectives))

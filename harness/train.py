@@ -23,6 +23,7 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
 
+from harness import adapters
 from harness import checkpoint as ckpt
 from harness import classify, sft
 from harness import config as config_mod
@@ -121,7 +122,7 @@ def baseline_eval(cfg, task: Task, sh: Shared, accelerator, clock: Clock) -> tup
         return baseline, cached[0] is not None, eval_flops(matmul_params(sh.model), baseline["tokens"])
 
 
-def adapters(cfg, sh: Shared, clock: Clock):
+def attach_adapters(cfg, sh: Shared, clock: Clock):
     """The trained part (LoRA, head only, or everything) on the base: (model, targets, parameter counts)."""
     with clock.phase("load"):
         model, targets = prepare(sh.model, cfg)
@@ -155,6 +156,8 @@ def final_eval(cfg, task: Task, model, sh: Shared, accelerator, tracker, clock: 
     if accelerator.is_main_process and "predictions" in final:  # per item, for error analysis and pairing
         _write_predictions(run_dir / "predictions.jsonl", final.pop("predictions"), sh.test_items, sh.splits.labels)
     res.eval_tokens += final["tokens"]
+    if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/adapters.py)
+        adapters.save(accelerator.unwrap_model(model), sh.tokenizer, run_dir, cfg, sh.splits.labels)
     res.evals.append({"step": res.step, "accuracy": final["accuracy"], "loss": final["loss"],
                       **final.get("metrics", {})})
     tracker.log(eval_log(final), step=res.step)
@@ -259,7 +262,7 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     baseline, *base_info = baseline_eval(cfg, task, sh, accelerator, clock)
     model = sh.model
     try:
-        model, targets, params = adapters(cfg, sh, clock)
+        model, targets, params = attach_adapters(cfg, sh, clock)
         if main:
             announce(cfg, sh, targets, params, accelerator.num_processes)
         model, res = train_loop(cfg, task, model, sh, accelerator, tracker, reporter, clock, run_dir, resolved)

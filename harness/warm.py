@@ -30,7 +30,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.launch import ProcessRunner, cpu_threads, outcome, read_record, set_pdeathsig, trial_env, write_config
+from harness.launch import Outcome, ProcessRunner, cpu_threads, outcome, read_record, set_pdeathsig, trial_env, write_config
 
 GiB = 2**30
 
