@@ -3,6 +3,7 @@
     python -m bench.overhead                       # runs a small default sweep (lora_rank, 3 trials)
     python -m bench.overhead --from DIR --study S  # analyse a finished study instead (no compute)
     python -m bench.overhead --quick               # tiny model (smoke test)
+    python -m bench.overhead --tag cold20 sweep.workers=cold   # one side of a warm/cold comparison
 
 Accounting, from the sweep's own records: the driver's wall time (measured around
 `python -m harness sweep=...`), each trial process's time (Optuna datetime_start -> complete) and
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--from", dest="src", default=None, help="a finished study's directory (out_dir/study)")
     ap.add_argument("--study", default=None)
     ap.add_argument("--wall", type=float, default=None, help="with --from: the sweep's measured wall seconds")
+    ap.add_argument("--tag", default="", help="saved as bench/results/overhead_<tag>.json (side-by-side runs)")
     ap.add_argument("overrides", nargs="*", help="extra sweep overrides")
     args = ap.parse_args(argv)
     if args.src:
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     overhead = 1 - (parts["train"] + parts["eval"]) / wall
     print(f"{len(trials)} trials; overhead (outside train+eval steps) = {overhead:.1%} of the sweep's wall time")
     print(table(rows, ["part", "seconds", "share of wall"]))
-    path = save("overhead", {"overrides": overrides, "sweep_wall_seconds": wall, "overhead_share": overhead,
+    path = save(f"overhead_{args.tag}" if args.tag else "overhead", {"overrides": overrides, "sweep_wall_seconds": wall, "overhead_share": overhead,
                              "parts": parts, "trials": trials}, args.quick)
     print(f"wrote {path}")
     return 0
