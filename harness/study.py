@@ -113,6 +113,8 @@ class Driver:
         if self.budget is not None:
             self.budget += len(self.references)  # reference arms run beside the search budget
         self.slots = list(range(self._parallel()))
+        self.experiment = experiment_config(cfg)  # every trial's config must agree (run_trial)
+        self.changed: list[str] = []
         self.runner = runner or make_runner(cfg, len(self.slots))
 
     def _parallel(self) -> int:
@@ -281,9 +283,19 @@ class Driver:
         beat = (lambda: self.storage.record_heartbeat(trial_id)) if self.heartbeat else (lambda: None)
         try:
             tcfg = complete(load_with_choices(overrides)[0])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            out = self.runner.run(tcfg, run_dir, slot, lambda pid: self.storage.set_trial_user_attr(trial_id, "pid", pid),
-                                  beat, self.sw.heartbeat_interval, list(self.sw.objectives))
+            # trials are composed from the files on disk: an edit to the sweep or config files mid-study would
+            # silently make later trials another experiment, so stop (the trial is queued again) instead
+            changed = [] if trial.user_attrs.get("reference") else \
+                config_changes(self.experiment, experiment_config(tcfg), list(self.sw.allow_changes))
+            if changed:
+                self.changed = changed
+                self.stopping.set()
+                out = Outcome("FAIL", reason="the experiment changed on disk")
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                out = self.runner.run(tcfg, run_dir, slot, lambda pid: self.storage.set_trial_user_attr(trial_id, "pid",
+                                                                                                         pid),
+                                      beat, self.sw.heartbeat_interval, list(self.sw.objectives))
         except ConfigError as e:
             out = Outcome("FAIL", reason=f"config: {e}")
         except Exception as e:  # noqa: BLE001 - one broken trial never stops the study
@@ -362,6 +374,11 @@ class Driver:
             getattr(self.runner, "close", lambda: None)()  # warm workers exit; a fresh process per trial has none
         adapters.keep_best(self.study, self.cfg, rerun_command)  # best.yaml; save_adapter=best: prune the others
         code = self.summary()
+        if self.changed:
+            print(f"error: the experiment changed while study {self.cfg.study} ran ({'; '.join(self.changed[:4])}): "
+                  f"{self.sw.file or 'the sweep file'} or a config file was edited. Restore it and rerun the command "
+                  "(the stopped trial runs again), or start a new study with study=<new name>", file=sys.stderr)
+            return 2
         return 128 + self.signal if self.signal else code
 
     def _catch_signals(self):

@@ -178,3 +178,27 @@ def test_printing_a_config_imports_neither_torch_nor_optuna():
             "print(sorted(m for m in ('torch', 'optuna', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-2000:]
+
+
+def test_a_sweep_file_edited_mid_study_stops_the_driver_and_the_trial_runs_again(tmp_path, capsys):
+    """Trials are composed from the files on disk: an edit mid-study must not silently change the experiment."""
+    (tmp_path / "sweep").mkdir()
+    sweep = tmp_path / "sweep" / "edited.yaml"
+    text = ("# @package _global_\ntrain: {max_steps: 7}\nsweep:\n  space:\n    lora.r: {choices: [2, 4, 8]}\n"
+            "  sampler: grid\n")
+    sweep.write_text(text)
+
+    class EditingRunner(InProcessRunner):
+        def run(self, tcfg, *a):
+            sweep.write_text(text.replace("max_steps: 7", "max_steps: 9"))  # the user edits the file
+            return super().run(tcfg, *a)
+
+    ov = [*TINY, "sweep=edited", f"hydra.searchpath=[file://{tmp_path}]", f"out_dir={tmp_path}/runs", "study=e"]
+    d = Driver(complete(load(ov)), ov, runner=EditingRunner())
+    assert d.run() == 2
+    assert len(d.runner.ran) == 1  # the second trial never reached the runner
+    assert "train.max_steps: 7 -> 9" in capsys.readouterr().err
+    sweep.write_text(text)  # restored: the rerun finishes the grid, each point once
+    again = Driver(complete(load(ov)), ov, runner=InProcessRunner())
+    assert again.run() == 0
+    assert sorted(r for _, r, _ in d.runner.ran + again.runner.ran) == [2, 4, 8]
