@@ -1,10 +1,12 @@
 """Thread defaults: 2 concurrent trials (sweep.parallel=2) with the default hardware.threads=null vs
 explicit hardware.threads=1 vs the old collapse setting (2 threads per process, 2 processes).
 
-    python -m bench.threads              # MiniLM, lora_rank x 2 ranks, 20 steps (~6-8 min on 2 shared cores)
+    python -m bench.threads              # MiniLM, lora_rank x 2 ranks, 20 steps (~10-13 min on 2 shared cores)
+    python -m bench.threads --variants default,threads=1,threads=2+spin,threads=2   # all four
     python -m bench.threads --quick      # tiny model (smoke test)
 
-Variants (same study definition, fresh storage each; repeats alternate A B C D A B C D ...):
+Variants (same study definition, fresh storage each; repeats alternate A B C A B C ...; the first three
+run by default, threads=2 on request):
   default        hardware.threads unset: the driver resolves it to usable cores // concurrent trials
                  (launch.cpu_threads) and sets OMP_WAIT_POLICY=PASSIVE for trials that share cores
   threads=1      hardware.threads=1 given explicitly (the setting the other benchmarks pin)
@@ -26,10 +28,11 @@ from pathlib import Path
 from bench.common import QUICK, median, save, table
 from bench.sweeprun import run_sweep
 
+# W&B off: its init/finish is a fixed cost per trial that has nothing to do with threads
 BASE = ["sweep=lora_rank", "sweep.n_trials=2", "sweep.parallel=2", "train.max_steps=20", "train.eval_every=10",
-        "eval.max_examples=200"]
+        "eval.max_examples=200", "tracking.mode=disabled"]
 QUICK_BASE = [*[o for o in QUICK if not o.startswith("hardware.threads")], "sweep=lora_rank", "sweep.n_trials=2",
-              "sweep.parallel=2", "train.max_steps=6", "train.eval_every=3"]
+              "sweep.parallel=2", "train.max_steps=6", "train.eval_every=3", "tracking.mode=disabled"]
 VARIANTS = {  # name -> (overrides, extra environment)
     "default": ([], {}),
     "threads=1": (["hardware.threads=1"], {}),
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny model (smoke test)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--cap", type=float, default=150.0, help="seconds before a variant's sweep is killed")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
+    ap.add_argument("--variants", default="default,threads=1,threads=2+spin",
+                    help=f"comma-separated, from {list(VARIANTS)}")
     args = ap.parse_args(argv)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
