@@ -98,20 +98,24 @@ def _tell(study, trial, value=None, state=None) -> None:
 
 # --- one replayed study --------------------------------------------------------------------------
 def simulate(sampler, pruner, space: dict, grid: dict, costs: dict, target: float, max_trials: int,
-             stop_when_done: bool = False) -> dict:
-    """Run one study until a COMPLETE trial reaches `target` or max_trials are spent."""
+             stop_when_done: bool = False, free_repeats: bool = False) -> dict:
+    """Run one study until a COMPLETE trial reaches `target` or max_trials are spent. free_repeats:
+    a configuration this study already ran is told its earlier outcome at no cost (what a driver
+    that skips repeats would do; the harness does not today) instead of being retrained."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     spent, pruned, n = 0.0, 0, 0
-    seen = set()
+    seen = {}  # key -> (state, value) of its first run in this study
     for n in range(1, max_trials + 1):
         trial = study.ask()
         params = suggest(trial, space)
         k = key(params)
         rec = grid[k]
-        seen.add(k)
+        if free_repeats and k in seen:
+            _tell(study, trial, seen[k][1], state=seen[k][0])
+            continue
         stop = None
         for e in rec["evals"][:-1] if rec.get("accuracy") is not None else rec["evals"]:
             # intermediate evals only: the harness reports to the pruner before the last step
@@ -120,16 +124,13 @@ def simulate(sampler, pruner, space: dict, grid: dict, costs: dict, target: floa
                 stop = e["step"]
                 break
         spent += charge(rec, costs[k], stop)
-        if stop is not None:
-            pruned += 1
-            _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
-        elif rec.get("accuracy") is None:
-            _tell(study, trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            _tell(study, trial, rec["accuracy"])
-            if rec["accuracy"] >= target:
-                return {"reached": True, "trials": n, "pruned": pruned, "distinct": len(seen),
-                        "device_seconds": spent}
+        TS = optuna.trial.TrialState
+        state = TS.PRUNED if stop is not None else TS.FAIL if rec.get("accuracy") is None else TS.COMPLETE
+        seen.setdefault(k, (state, rec["accuracy"] if state == TS.COMPLETE else None))
+        pruned += state == TS.PRUNED
+        _tell(study, trial, rec["accuracy"] if state == TS.COMPLETE else None, state=state)
+        if state == TS.COMPLETE and rec["accuracy"] >= target:
+            return {"reached": True, "trials": n, "pruned": pruned, "distinct": len(seen), "device_seconds": spent}
         if stop_when_done and len(seen) == len(grid):
             break
     return {"reached": False, "trials": n, "pruned": pruned, "distinct": len(seen), "device_seconds": spent}
@@ -184,7 +185,7 @@ def strategies_for(grid: dict, n_startup: int) -> dict[str, Callable]:
 
 def replay(space: dict, grid: dict, names: list[str], seeds: int, tolerance: float = 0.01,
            cost_mode: str = "group", n_startup: int = 4, budget_share: float = 0.30,
-           min_reached: float = 0.9) -> dict:
+           min_reached: float = 0.9, free_repeats: bool = False) -> dict:
     """Every strategy x seeds; one row per strategy with the target verdict."""
     factories = strategies_for(grid, n_startup)
     unknown = [n for n in names if n not in factories]
@@ -200,7 +201,7 @@ def replay(space: dict, grid: dict, names: list[str], seeds: int, tolerance: flo
         res = []
         for seed in range(seeds):
             sampler, pruner, stop_when_done = factories[name](seed, space)
-            r = simulate(sampler, pruner, space, grid, costs, target, 2 * len(grid), stop_when_done)
+            r = simulate(sampler, pruner, space, grid, costs, target, 2 * len(grid), stop_when_done, free_repeats)
             res.append(r)
             runs.append({"strategy": name, "seed": seed, **r})
         # an unreached seed counts as infinitely costly: the median is over all seeds
@@ -214,5 +215,5 @@ def replay(space: dict, grid: dict, names: list[str], seeds: int, tolerance: flo
                      "met": n_reached >= math.ceil(min_reached * seeds) and med <= budget_share})
     return {"grid_points": len(grid), "grid_device_seconds": total, "grid_best": grid[best_key]["accuracy"],
             "grid_best_config": best_key, "target": target, "cost_mode": cost_mode, "n_startup_trials": n_startup,
-            "tolerance": tolerance, "rows": rows, "runs": runs,
+            "tolerance": tolerance, "free_repeats": free_repeats, "rows": rows, "runs": runs,
             "within_target": sorted(k for k in done if grid[k]["accuracy"] >= target)}

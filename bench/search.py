@@ -116,6 +116,8 @@ def main(argv=None) -> int:
                     help="charge each config the median seconds of its (r, targets) group (default), the grid "
                          "median, or its own measured seconds")
     ap.add_argument("--startup", type=int, default=4, help="TPE's random startup trials")
+    ap.add_argument("--free-repeats", action="store_true",
+                    help="a configuration the study already ran costs nothing again (a driver that skips repeats)")
     ap.add_argument("--strategies", default=None, help="comma-separated names (default: all)")
     args = ap.parse_args(argv)
     space = QUICK_SPACE if args.quick else SPACE
@@ -132,13 +134,14 @@ def main(argv=None) -> int:
     if len(grid) < 4:
         raise SystemExit(f"only {len(grid)} complete grid points cached: too few to replay")
     names = args.strategies.split(",") if args.strategies else list(strategies_for(grid, args.startup))
-    out = replay(sub, grid, names, args.seeds, args.tolerance, args.cost, args.startup)
+    out = replay(sub, grid, names, args.seeds, args.tolerance, args.cost, args.startup, free_repeats=args.free_repeats)
     print(f"grid: {out['grid_points']} points, {out['grid_device_seconds']:.0f} device-s ({args.cost} cost); best "
           f"{out['grid_best']:.4f} ({out['grid_best_config']}); target >= {out['target']:.4f}, met by "
           f"{len(out['within_target'])} point(s)")
     cols = ["strategy", "reached", "median trials", "median pruned", "median share", "p80 share", "met"]
     print(table(out["rows"], cols))
-    path = save("search_80" + ("_partial" if len(grid) < len(points(space)) else ""),
+    name = "search_80" + ("_partial" if len(grid) < len(points(space)) else "") + ("_free" if args.free_repeats else "")
+    path = save(name,
                 {"space": sub, "base_overrides": base, "columns": cols, **out,
                  "grid": {k: {"accuracy": v["accuracy"], "evals": v["evals"], "phase_seconds": v["phase_seconds"]}
                           for k, v in grid.items()}}, args.quick)

@@ -85,3 +85,16 @@ def test_every_strategy_runs_and_unreached_seeds_count_as_infinite():
     none = replay(SPACE, grid, ["random"], seeds=3, tolerance=-0.5)
     assert none["rows"][0]["reached"] == "0/3" and none["rows"][0]["median share"] == float("inf")
     assert none["rows"][0]["met"] is False
+
+
+def test_free_repeats_charge_a_configuration_once():
+    """Random sampling over 4 points repeats some; with free_repeats each distinct point is paid once."""
+    grid = synthetic_grid()
+    costs = phase_costs(grid, "measured")
+    out = simulate(optuna.samplers.RandomSampler(seed=3), optuna.pruners.NopPruner(), SPACE, grid, costs,
+                   target=2.0, max_trials=12, free_repeats=True)
+    assert out["trials"] == 12 and out["distinct"] == 4  # 12 draws of 4 points: repeats happened
+    assert out["device_seconds"] == pytest.approx(sum(c["train"] + c["eval"] for c in costs.values()))
+    charged = simulate(optuna.samplers.RandomSampler(seed=3), optuna.pruners.NopPruner(), SPACE, grid, costs,
+                       target=2.0, max_trials=12)
+    assert charged["device_seconds"] > out["device_seconds"]
