@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 # compute does not depend on these axes: configurations differing only here cost the same
 COST_NEUTRAL = ("train.lr",)
