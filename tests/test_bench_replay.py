@@ -98,3 +98,18 @@ def test_free_repeats_charge_a_configuration_once():
     charged = simulate(optuna.samplers.RandomSampler(seed=3), optuna.pruners.NopPruner(), SPACE, grid, costs,
                        target=2.0, max_trials=12)
     assert charged["device_seconds"] > out["device_seconds"]
+
+
+def test_search_grid_order_and_partial_cache():
+    """bench.search runs coarse learning rates first, so a partial cache replays as a complete
+    smaller product; without --partial a missing point is refused with the command to run."""
+    from bench.search import SPACE, cached_subgrid, points
+
+    order = points(SPACE)
+    assert len(order) == 24 and len({key(p) for p in order}) == 24
+    assert {p["train.lr"] for p in order[:12]} == {5e-4, 2e-3, 1e-2}
+    cache = {key(p): {"params": p} for p in order[:14]}  # 3 learning rates complete, a 4th begun
+    sub, grid = cached_subgrid(SPACE, cache, partial=True)
+    assert sub["train.lr"] == [5e-4, 2e-3, 1e-2] and len(grid) == 12
+    with pytest.raises(SystemExit, match="bench.search --grid-only"):
+        cached_subgrid(SPACE, cache, partial=False)
