@@ -104,6 +104,25 @@ def cached_subgrid(space: dict, cache: dict, partial: bool) -> tuple[dict, dict]
     return sub, {key(p): cache[key(p)] for p in points(sub)}
 
 
+def landscape(space: dict, grid: dict) -> tuple[list[dict], list[str]]:
+    """Rows = learning rates, columns = the other axes' combinations, cells = final accuracy
+    (and the step-20 eval in brackets: what a first rung at 20 steps sees)."""
+    from bench.replay import key
+
+    rest = points({k: v for k, v in space.items() if k != "train.lr"})
+    cols = [" ".join(str(v) for v in p.values()) for p in rest]
+    rows = []
+    for lr in sorted(space["train.lr"]):
+        row = {"lr": lr}
+        for c, p in zip(cols, rest):
+            rec = grid[key({**p, "train.lr": lr})]
+            early = next((e["accuracy"] for e in rec["evals"] if e["step"] == 20), None)
+            acc = "failed" if rec["accuracy"] is None else f"{rec['accuracy']:.3f}"
+            row[c] = acc + (f" ({early:.3f})" if early is not None else "")
+        rows.append(row)
+    return rows, ["lr", *cols]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model, 8-point grid (smoke test)")
@@ -138,6 +157,7 @@ def main(argv=None) -> int:
     print(f"grid: {out['grid_points']} points, {out['grid_device_seconds']:.0f} device-s ({args.cost} cost); best "
           f"{out['grid_best']:.4f} ({out['grid_best_config']}); target >= {out['target']:.4f}, met by "
           f"{len(out['within_target'])} point(s)")
+    print(table(*landscape(sub, grid)))
     cols = ["strategy", "reached", "median trials", "median pruned", "median share", "p80 share", "met"]
     print(table(out["rows"], cols))
     name = "search_80" + ("_partial" if len(grid) < len(points(space)) else "") + ("_free" if args.free_repeats else "")
