@@ -1,42 +1,47 @@
-"""Search efficiency: device-time to reach the exhaustive grid's best accuracy (within 1 point)
-for grid vs random vs TPE vs TPE + median pruning, 3 sampler seeds each.
+"""Search efficiency on the 80-step default: device-seconds each strategy needs to reach the
+exhaustive grid's best accuracy (within 1 point), replayed over a cached grid, 30 sampler seeds.
 
-    python -m bench.search            # MiniLM + rt_polarity, 8-point grid x 20 steps (~20 min, cached)
-    python -m bench.search --quick    # tiny model, 4-point grid (smoke test)
+    python -m bench.search --grid-only   # train the 24-point grid once (resumable; ~1 min a point idle)
+    python -m bench.search               # train what is missing, then replay 30 seeds (seconds)
+    python -m bench.search --partial     # replay on the learning rates fully cached so far
+    python -m bench.search --quick       # tiny model, 8-point grid (smoke test)
 
-Method (replay over a cached grid). Every grid point is trained once, in full, with its
-intermediate evals (train.eval_every), and its record is kept in bench/results/search_grid*.json
-(rerunning reuses it). Each strategy is then an Optuna study with a real sampler and pruner on the
-same categorical space; a suggested configuration is "trained" by replaying its cached record:
-the study is told its final accuracy and charged its measured device-seconds. Under pruning, the
-cached intermediate accuracies are reported step by step and a pruned trial is charged only what
-it had spent: baseline eval + train seconds x step/max_steps + the evals done so far. A resampled
-configuration is charged again (a real sweep would retrain it). The cost of reaching the target is
-the device-time summed up to the first completed trial whose accuracy >= grid best - 1 point.
-Replaying instead of retraining makes 3 seeds x 4 strategies affordable on 2 cores; it leaves out
-seed noise between a config's reruns (about +-1.5 points here), which a real sweep would add.
+Grid: lr {2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2} x lora.r {4, 16} (alpha = 2r) x lora.targets {attn_qv,
+all_linear} on MiniLM + rt_polarity, 80 steps x 16, intermediate evals every 10 steps on 200 held-out
+examples (the final eval on the same 200), 1 torch thread, W&B off. Every point is trained once in
+this process and its record kept in bench/results/search_grid_80.json after each point, so an
+interrupted grid resumes. The points run coarse learning rates first (5e-4, 2e-3, 1e-2, then the
+rest; lr is the outer loop) so a partial cache is a coarser complete grid, and configurations that
+cost the same (same r and targets) are spread over the run rather than bunched in one load period.
+Replay and cost accounting: bench/replay.py. Target (issue 12): within 1 point of the grid best for
+<= 30% of the grid's device-seconds, median over 30 seeds, reached in >= 27 of 30.
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import tempfile
 import time
+from pathlib import Path
 
-from bench.common import QUICK, RESULTS, compose, median, save, table
+from bench.common import QUICK, RESULTS, compose, save, table
+from bench.replay import replay, strategies_for
 
-SPACE = {"train.lr": [1e-3, 3e-3, 1e-2, 3e-2], "lora.targets": ["attn_qv", "all_linear"]}
-# 20 steps (a quarter of the default 80), evals every 5 on 200 held-out examples, r=8: with the
-# shared box at load 10-13 a step took ~4.5 s, so the 8 points fit ~20 min. One torch thread: with
-# the box oversubscribed, 2 threads per process ran ~8x slower (BENCHMARKS.md).
-STEPS = ["train.max_steps=20", "train.eval_every=5", "eval.max_examples=200", "hardware.threads=1"]
-QUICK_SPACE = {"train.lr": [1e-3, 3e-2], "lora.r": [4, 8]}
-STRATEGIES = ["grid", "random", "tpe", "tpe+pruning", "tpe+pruning(no warmup)"]
+LRS = [5e-4, 2e-3, 1e-2, 2e-4, 1e-3, 5e-3]  # coarse first (see the docstring); sorted for the replay
+SPACE = {"train.lr": LRS, "lora.r": [4, 16], "lora.targets": ["attn_qv", "all_linear"]}
+STEPS = ["train.max_steps=80", "train.eval_every=10", "eval.max_examples=200", "hardware.threads=1",
+         "tracking.mode=disabled"]
+QUICK_SPACE = {"train.lr": [1e-3, 3e-2], "lora.r": [4, 8], "lora.targets": ["attn_qv", "all_linear"]}
+QUICK_STEPS = [*QUICK, "train.max_steps=6", "train.eval_every=2", "tracking.mode=disabled"]
+KEEP = ("status", "reason", "accuracy", "device_seconds", "wall_seconds", "phase_seconds", "evals", "steps", "tokens")
 
 
-def key(params: dict) -> str:
-    return " ".join(f"{k}={params[k]}" for k in sorted(params))
+def points(space: dict) -> list[dict]:
+    """Grid points in run order: the first axis outermost, each axis in the order given."""
+    out = [{}]
+    for axis, values in space.items():
+        out = [{**p, axis: v} for p in out for v in values]
+    return out
 
 
 def overrides_of(params: dict) -> list[str]:
@@ -46,136 +51,120 @@ def overrides_of(params: dict) -> list[str]:
     return out
 
 
-def run_grid(space: dict, base: list[str], cache_path, limit=None) -> dict:
-    """Train every grid point once (in this process), reusing records cached from earlier runs."""
-    from harness.train import run
+def train_point(params: dict, base: list[str], out_dir: str, number: int) -> dict:
+    """One grid point trained in this process; a diverged/failed trial is cached with its reason."""
+    from harness.train import TrialFailed, run, run_dir_of
+
+    cfg = compose([*base, *overrides_of(params), f"out_dir={out_dir}", "study=bench_search", f"trial={number}"])
+    t0 = time.perf_counter()
+    try:
+        rec = run(cfg)
+    except TrialFailed:  # the record was written before the raise: keep its evals and seconds
+        rec = json.loads((run_dir_of(cfg) / "result.json").read_text())
+    entry = {"params": params, **{f: rec.get(f) for f in KEEP}, "max_steps": int(cfg.train.max_steps),
+             "process_seconds": time.perf_counter() - t0}
+    # evals a full run makes: intermediate ones at every eval_every steps before the last + the final
+    every = int(cfg.train.eval_every or 0)
+    entry["n_evals"] = ((int(cfg.train.max_steps) - 1) // every if every else 0) + 1
+    return entry
+
+
+def run_grid(space: dict, base: list[str], cache_path: Path, deadline: float | None = None) -> dict:
+    """Train every grid point not yet in the cache; write the cache after each point."""
+    from bench.replay import key
 
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    points = [dict(zip(space, vals)) for vals in itertools.product(*space.values())]
+    todo = [p for p in points(space) if key(p) not in cache]
     out_dir = tempfile.mkdtemp(prefix="bench-search-")
-    for i, params in enumerate(points):
-        k = key(params)
-        if k in cache:
-            continue
-        t0 = time.perf_counter()
-        cfg = compose([*base, *overrides_of(params), f"out_dir={out_dir}", "study=bench_search", f"trial={i}",
-                       "tracking.mode=disabled"])
-        rec = run(cfg)
-        keep = ("accuracy", "device_seconds", "wall_seconds", "phase_seconds", "evals", "steps", "tokens")
-        cache[k] = {"params": params, **{f: rec[f] for f in keep}, "process_seconds": time.perf_counter() - t0}
-        cache_path.write_text(json.dumps(cache, indent=1))  # after every point: an interrupted grid resumes
-        print(f"[grid {len(cache)}/{len(points)}] {k}: accuracy {rec['accuracy']:.4f}, "
-              f"{rec['device_seconds']:.1f} device-s", flush=True)
-    return {key(p): cache[key(p)] for p in points}
-
-
-def charge(rec: dict, upto_step: int | None, norm: dict | None = None) -> float:
-    """Device-seconds a trial costs if stopped right after its eval at upto_step (None: in full).
-    With norm, the grid-median phase times replace this record's own (see `normalized`)."""
-    ph = norm or rec["phase_seconds"]
-    if upto_step is None and norm is None:
-        return rec["device_seconds"]
-    n_evals = len(rec["evals"])
-    done = n_evals if upto_step is None else sum(1 for e in rec["evals"] if e["step"] <= upto_step)
-    frac = 1.0 if upto_step is None else upto_step / rec["steps"]
-    return ph.get("baseline", 0.0) + ph["train"] * frac + ph.get("eval", 0.0) * done / n_evals
-
-
-def normalized(grid: dict) -> dict:
-    """Median phase seconds over the grid. The shared box's load moved 3x while the grid ran, so a
-    config's measured seconds say more about when it ran than about what it costs; every config here
-    runs the same steps and evals (all_linear adds ~10-20% train time, ignored), so the default
-    charges each one the median."""
-    from statistics import median as med
-
-    return {k: med(r["phase_seconds"].get(k, 0.0) for r in grid.values()) for k in ("baseline", "train", "eval")}
-
-
-def simulate(strategy: str, seed: int, space: dict, grid: dict, target: float, max_trials: int,
-             norm: dict | None) -> dict:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    n_grid = len(grid)
-    if strategy == "grid":
-        sampler = optuna.samplers.GridSampler(space, seed=seed)
-    elif strategy == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:  # 4 random startup trials: the default 10 would be most of a 16-point space
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, n_grid // 4))
-    steps = next(iter(grid.values()))["steps"]
-    # no pruning decision before a quarter of the steps: at the first eval every config still sits
-    # at chance, and pruning there killed the grid's best configuration (see BENCHMARKS.md)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=steps // 4 + 1 if strategy == "tpe+pruning"
-                                          else 0) if strategy.startswith("tpe+pruning")
-              else optuna.pruners.NopPruner())
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    spent, pruned = 0.0, 0
-    for n in range(1, max_trials + 1):
-        trial = study.ask()
-        params = {k: trial.suggest_categorical(k, v) for k, v in space.items()}
-        rec = grid[key(params)]
-        stop = None
-        for e in rec["evals"][:-1]:  # intermediate evals; the last one is the final eval
-            trial.report(e["accuracy"], e["step"])
-            if trial.should_prune():
-                stop = e["step"]
-                break
-        spent += charge(rec, stop, norm)
-        if stop is not None:
-            pruned += 1
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            continue
-        try:
-            study.tell(trial, rec["accuracy"])
-        except RuntimeError:  # GridSampler calls study.stop() once every point is done: fine here
-            pass
-        if rec["accuracy"] >= target:
-            return {"reached": True, "trials": n, "pruned": pruned, "device_seconds": spent}
-        if strategy == "grid" and n == n_grid:
+    for i, params in enumerate(todo):
+        if deadline and time.time() > deadline:
+            print(f"deadline reached: {len(todo) - i} point(s) left; rerun to resume", flush=True)
             break
-    return {"reached": False, "trials": n, "pruned": pruned, "device_seconds": spent}
+        entry = train_point(params, base, out_dir, i)
+        cache[key(params)] = entry
+        cache_path.write_text(json.dumps(cache, indent=1))  # after every point: an interrupted grid resumes
+        acc = "failed" if entry["accuracy"] is None else f"accuracy {entry['accuracy']:.4f}"
+        print(f"[grid {len(cache)}/{len(points(space))}] {key(params)}: {acc}, {entry['device_seconds']:.1f} "
+              f"device-s, {entry['process_seconds']:.0f} s", flush=True)
+    return cache
+
+
+def cached_subgrid(space: dict, cache: dict, partial: bool) -> tuple[dict, dict]:
+    """(space, grid) to replay: the full grid, or with --partial the learning rates whose every
+    combination with the other axes is cached (a smaller but complete product)."""
+    from bench.replay import key
+
+    missing = [key(p) for p in points(space) if key(p) not in cache]
+    if missing and not partial:
+        raise SystemExit(f"{len(missing)} of {len(points(space))} grid points are not cached yet (first: "
+                         f"{missing[0]}); run `python -m bench.search --grid-only` or replay with --partial")
+    rest = {k: v for k, v in space.items() if k != "train.lr"}
+    lrs = [lr for lr in space["train.lr"] if all(key({**p, "train.lr": lr}) in cache for p in points(rest))]
+    sub = {"train.lr": sorted(lrs), **rest}
+    return sub, {key(p): cache[key(p)] for p in points(sub)}
+
+
+def landscape(space: dict, grid: dict) -> tuple[list[dict], list[str]]:
+    """Rows = learning rates, columns = the other axes' combinations, cells = final accuracy
+    (and the step-20 eval in brackets: what a first rung at 20 steps sees)."""
+    from bench.replay import key
+
+    rest = points({k: v for k, v in space.items() if k != "train.lr"})
+    cols = [" ".join(str(v) for v in p.values()) for p in rest]
+    rows = []
+    for lr in sorted(space["train.lr"]):
+        row = {"lr": lr}
+        for c, p in zip(cols, rest):
+            rec = grid[key({**p, "train.lr": lr})]
+            early = next((e["accuracy"] for e in rec["evals"] if e["step"] == 20), None)
+            acc = "failed" if rec["accuracy"] is None else f"{rec['accuracy']:.3f}"
+            row[c] = acc + (f" ({early:.3f})" if early is not None else "")
+        rows.append(row)
+    return rows, ["lr", *cols]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny model, 4-point grid (smoke test)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="tiny model, 8-point grid (smoke test)")
+    ap.add_argument("--grid-only", action="store_true", help="train the missing grid points, no replay")
+    ap.add_argument("--partial", action="store_true", help="replay on the cached learning rates only")
+    ap.add_argument("--stop-at", type=float, default=None, help="unix time: start no grid point after it")
+    ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--tolerance", type=float, default=0.01, help="accuracy below the grid best still counted")
-    ap.add_argument("--cost", choices=["median", "measured"], default="median",
-                    help="charge each config the grid-median phase seconds (default) or its own measured ones")
-    ap.add_argument("--steps", type=int, default=None, help="train.max_steps of each grid point (default: config)")
+    ap.add_argument("--cost", choices=["group", "median", "measured"], default="group",
+                    help="charge each config the median seconds of its (r, targets) group (default), the grid "
+                         "median, or its own measured seconds")
+    ap.add_argument("--startup", type=int, default=4, help="TPE's random startup trials")
+    ap.add_argument("--free-repeats", action="store_true",
+                    help="a configuration the study already ran costs nothing again (a driver that skips repeats)")
+    ap.add_argument("--strategies", default=None, help="comma-separated names (default: all)")
     args = ap.parse_args(argv)
     space = QUICK_SPACE if args.quick else SPACE
-    base = [*QUICK, "train.max_steps=6", "train.eval_every=2"] if args.quick else list(STEPS)
-    if args.steps:
-        base.append(f"train.max_steps={args.steps}")
-    cache_path = RESULTS / f"search_grid{'.quick' if args.quick else ''}.json"
+    base = QUICK_STEPS if args.quick else STEPS
+    cache_path = RESULTS / f"search_grid_80{'.quick' if args.quick else ''}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    grid = run_grid(space, base, cache_path)
-    best_key = max(grid, key=lambda k: grid[k]["accuracy"])
-    best = grid[best_key]["accuracy"]
-    target = best - args.tolerance
-    norm = None if args.cost == "measured" else normalized(grid)
-    total = sum(charge(r, None, norm) for r in grid.values())
-    rows, runs = [], []
-    for strategy in STRATEGIES:
-        res = [simulate(strategy, s, space, grid, target, 3 * len(grid), norm) for s in range(args.seeds)]
-        runs += [{"strategy": strategy, "seed": s, **r} for s, r in enumerate(res)]
-        med = median([r["device_seconds"] for r in res])
-        rows.append({"strategy": strategy, "reached": f"{sum(r['reached'] for r in res)}/{len(res)}",
-                     "median trials": median([r["trials"] for r in res]),
-                     "median pruned": median([r["pruned"] for r in res]),
-                     "median device-s": med, "max device-s": max(r["device_seconds"] for r in res),
-                     "share of grid": med / total})
-    cols = ["strategy", "reached", "median trials", "median pruned", "median device-s", "max device-s",
-            "share of grid"]
-    print(f"grid: {len(grid)} points, {total:.0f} device-s in all ({args.cost} cost per config); best {best:.4f} ({best_key}); "
-          f"target accuracy >= {target:.4f}")
-    print(table(rows, cols))
-    path = save("search", {"space": space, "base_overrides": base, "grid_device_seconds": total, "cost": args.cost,
-                           "grid_best": best, "grid_best_config": best_key, "target": target, "rows": rows,
-                           "runs": runs, "grid": grid}, args.quick)
+    if not args.partial or args.grid_only:
+        cache = run_grid(space, base, cache_path, args.stop_at)
+    else:
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if args.grid_only:
+        return 0
+    sub, grid = cached_subgrid(space, cache, args.partial)
+    if len(grid) < 4:
+        raise SystemExit(f"only {len(grid)} complete grid points cached: too few to replay")
+    names = args.strategies.split(",") if args.strategies else list(strategies_for(grid, args.startup))
+    out = replay(sub, grid, names, args.seeds, args.tolerance, args.cost, args.startup, free_repeats=args.free_repeats)
+    print(f"grid: {out['grid_points']} points, {out['grid_device_seconds']:.0f} device-s ({args.cost} cost); best "
+          f"{out['grid_best']:.4f} ({out['grid_best_config']}); target >= {out['target']:.4f}, met by "
+          f"{len(out['within_target'])} point(s)")
+    print(table(*landscape(sub, grid)))
+    cols = ["strategy", "reached", "median trials", "median pruned", "median share", "p80 share", "met"]
+    print(table(out["rows"], cols))
+    name = "search_80" + ("_partial" if len(grid) < len(points(space)) else "") + ("_free" if args.free_repeats else "")
+    path = save(name,
+                {"space": sub, "base_overrides": base, "columns": cols, **out,
+                 "grid": {k: {"accuracy": v["accuracy"], "evals": v["evals"], "phase_seconds": v["phase_seconds"]}
+                          for k, v in grid.items()}}, args.quick)
     print(f"wrote {path}")
     return 0
 

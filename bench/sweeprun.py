@@ -3,21 +3,36 @@ the sweep's wall time, each trial's process time (from the Optuna storage) and r
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-def run_sweep(overrides: list[str], out_dir: Path, study: str) -> dict:
+def run_sweep(overrides: list[str], out_dir: Path, study: str, env: dict | None = None,
+              timeout: float | None = None) -> dict:
+    """env replaces the driver's environment (the trial processes inherit it); after `timeout`
+    seconds the driver's process group is killed (its trials die with it: the harness sets their
+    parent-death signal) and the result says timed_out with the trials finished by then."""
     cmd = [sys.executable, "-m", "harness", *overrides, f"out_dir={out_dir}", f"study={study}",
            f"storage.url=sqlite:///{out_dir}/{study}/study.db"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # this driver's own group only
+        _, stderr = proc.communicate()
+        timed_out = True
     wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):  # 1: some trials failed, still a sweep
-        raise RuntimeError(f"sweep failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return {"wall_seconds": wall, "exit_code": proc.returncode, "trials": read_trials(out_dir / study, study)}
+    if not timed_out and proc.returncode not in (0, 1):  # 1: some trials failed, still a sweep
+        raise RuntimeError(f"sweep failed (exit {proc.returncode}): {' '.join(cmd)}\n{stderr[-3000:]}")
+    trials = read_trials(out_dir / study, study) if (out_dir / study / "study.db").is_file() else []
+    return {"wall_seconds": wall, "exit_code": proc.returncode, "timed_out": timed_out, "trials": trials}
 
 
 def read_trials(study_dir: Path, study: str) -> list[dict]:
@@ -25,7 +40,10 @@ def read_trials(study_dir: Path, study: str) -> list[dict]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.load_study(study_name=study, storage=f"sqlite:///{study_dir}/study.db")
+    try:
+        st = optuna.load_study(study_name=study, storage=f"sqlite:///{study_dir}/study.db")
+    except KeyError:  # killed before the study was created
+        return []
     rows = []
     for t in st.trials:
         if t.datetime_complete is None:
@@ -36,5 +54,6 @@ def read_trials(study_dir: Path, study: str) -> list[dict]:
                      "process_seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
                      "start": t.datetime_start.timestamp(), "end": t.datetime_complete.timestamp(),
                      "trial_wall_seconds": rec.get("wall_seconds"), "phase_seconds": rec.get("phase_seconds", {}),
+                     "steps": rec.get("steps"), "threads": (rec.get("config") or {}).get("hardware", {}).get("threads"),
                      "accuracy": rec.get("accuracy")})
     return rows

@@ -126,8 +126,13 @@ def run_trainer(cfg_over, steps: int) -> dict:
     import torch
     from datasets import Dataset
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, \
-        TrainingArguments
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     cfg, splits, path, bnb = _plain_setup(cfg_over)
     tok = AutoTokenizer.from_pretrained(path)
@@ -184,9 +189,9 @@ VARIANTS = {"harness": run_harness, "trainer": run_trainer, "sft": run_sft}
 
 
 def child(variant: str, cfg_over: list[str], steps: int) -> None:
-    from harness.cost import peak_memory_bytes
-
     import torch
+
+    from harness.cost import peak_memory_bytes
 
     out = VARIANTS[variant](cfg_over, steps)
     out["peak_rss_mib"] = peak_memory_bytes(torch.device("cpu")) / 2**20
@@ -202,7 +207,7 @@ def measure(variant: str, cfg_over: list[str], steps: int) -> dict:
     name, *extra = variant.split("+")
     cmd = [sys.executable, "-m", "bench.throughput", "--child", name, "--steps", str(steps), "--", *cfg_over, *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)  # the exit code is read below
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode or not lines:
