@@ -61,3 +61,14 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict:
 def _same_length(predictions, references) -> None:
     if len(predictions) != len(references) or not references:
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+
+
+def metric_info(doc: str, kinds: tuple[str, ...]):
+    """The MetricInfo of a local evaluate module (harness/evaluate_modules): predictions and references
+    of one of `kinds` (datasets value types), one per item."""
+    import datasets
+    import evaluate
+
+    features = [datasets.Features({"predictions": datasets.Value(k), "references": datasets.Value(k)}) for k in kinds]
+    return evaluate.MetricInfo(description=doc, citation="", inputs_description="predictions and references, one per item",
+                               features=features if len(features) > 1 else features[0])

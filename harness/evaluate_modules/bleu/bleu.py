@@ -3,7 +3,6 @@
 A local `evaluate` module (loaded by path: evaluate.load(".../bleu", keep_in_memory=True)); the
 number comes from sacrebleu via harness.metrics.bleu; it runs in the harness process, so
 harness.metrics is importable from it."""
-import datasets
 import evaluate
 
 from harness import metrics
@@ -11,9 +10,7 @@ from harness import metrics
 
 class Bleu(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description="predictions and references, one per item",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}))
+        return metrics.metric_info(__doc__, ("string",))
 
     def _compute(self, predictions, references):
         return {"bleu": metrics.bleu(list(predictions), list(references))[0]}

@@ -3,7 +3,6 @@
 A local `evaluate` module (loaded by path: evaluate.load(".../rouge_l", keep_in_memory=True)); the
 number comes from rouge-score via harness.metrics.rouge_l; it runs in the harness process, so
 harness.metrics is importable from it."""
-import datasets
 import evaluate
 
 from harness import metrics
@@ -11,9 +10,7 @@ from harness import metrics
 
 class RougeL(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description="predictions and references, one per item",
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}))
+        return metrics.metric_info(__doc__, ("string",))
 
     def _compute(self, predictions, references):
         return {"rouge_l": metrics.rouge_l(list(predictions), list(references))}
