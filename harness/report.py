@@ -11,6 +11,9 @@ import math
 import sys
 from pathlib import Path
 
+from harness import space
+from harness.config import complete, load_with_choices
+
 DIRECTIONS = {"maximize": -1, "minimize": 1}  # sort key sign: best first
 
 
@@ -103,6 +106,22 @@ def best_line(trials, axes: list[str], objectives: dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------------------- the driver's console
+
+
+def rerun_command(tcfg, overrides: list[str]) -> str:
+    """`python -m harness ...` that reproduces this trial's config as a single run (study <study>-rerun):
+    the trial's group choices (model=..., data=... from the command line or the sweep file), then
+    every value that differs from what those groups give."""
+    _, choices = load_with_choices(overrides)
+    default, defaults = load_with_choices([])
+    groups = [f"{g}={c}" for g, c in choices.items() if g != "sweep" and c != defaults.get(g)]
+    where = [f"out_dir={space.format_value(tcfg.out_dir)}"] if tcfg.out_dir != default.out_dir else []
+    # same study and out_dir as the trial, so interpolated paths (storage.url) compare equal
+    base = complete(load_with_choices([*groups, f"study={tcfg.study}", f"out_dir={tcfg.out_dir}"])[0])
+    diff = space.diff_overrides(tcfg, base, skip=("sweep", "study", "trial", "out_dir"))
+    return " ".join(["python -m harness", *groups, *diff, *where, f"study={tcfg.study}-rerun"])
+
+
 
 
 def header(cfg, new: bool, c: dict, budget: str, url: str, dashboard: str) -> None:

@@ -60,20 +60,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def rerun_command(tcfg: DictConfig, overrides: list[str]) -> str:
-    """`python -m harness ...` that reproduces this trial's config as a single run (study <study>-rerun):
-    the trial's group choices (model=..., data=... from the command line or the sweep file), then
-    every value that differs from what those groups give."""
-    _, choices = load_with_choices(overrides)
-    default, defaults = load_with_choices([])
-    groups = [f"{g}={c}" for g, c in choices.items() if g != "sweep" and c != defaults.get(g)]
-    where = [f"out_dir={space_mod.format_value(tcfg.out_dir)}"] if tcfg.out_dir != default.out_dir else []
-    # same study and out_dir as the trial, so interpolated paths (storage.url) compare equal
-    base = complete(load_with_choices([*groups, f"study={tcfg.study}", f"out_dir={tcfg.out_dir}"])[0])
-    diff = space_mod.diff_overrides(tcfg, base, skip=("sweep", "study", "trial", "out_dir"))
-    return " ".join(["python -m harness", *groups, *diff, *where, f"study={tcfg.study}-rerun"])
-
-
 # ---------------------------------------------------------------------------- the driver
 
 
@@ -372,7 +358,7 @@ class Driver:
             bar.close()
             pool.shutdown()
             getattr(self.runner, "close", lambda: None)()  # warm workers exit; a fresh process per trial has none
-        adapters.keep_best(self.study, self.cfg, rerun_command)  # best.yaml; save_adapter=best: prune the others
+        adapters.keep_best(self.study, self.cfg, report.rerun_command)  # best.yaml; save_adapter=best: prune the others
         code = self.summary()
         if self.changed:
             print(f"error: the experiment changed while study {self.cfg.study} ran ({'; '.join(self.changed[:4])}): "
@@ -407,7 +393,7 @@ class Driver:
     def summary(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
         return report.summary(self.cfg, trials, tally(trials), self.study.best_trials if len(self.sw.objectives) > 1
-                              else None, self.url, dashboard_command(self.cfg.storage.url), rerun_command)
+                              else None, self.url, dashboard_command(self.cfg.storage.url), report.rerun_command)
 
 
 def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:
