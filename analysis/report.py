@@ -33,9 +33,10 @@ def _record(df: pd.DataFrame) -> dict:
     return {}
 
 
-def what_was_run(loaded, overrides: list[str]) -> list[str]:
+def what_was_run(loaded, overrides: list[str], flags: str = "") -> list[str]:
     df = loaded.trials
-    rec = _record(df[df["status"] == "complete"]) or _record(df)
+    lora = df[df["method"].fillna("lora") == "lora"] if "method" in df else df
+    rec = _record(lora[lora["status"] == "complete"]) or _record(df)  # a LoRA trial's budget, not a reference arm's
     cfg, prov = rec.get("config") or {}, rec.get("provenance") or {}
     sweep, train, data, model = (cfg.get(k) or {} for k in ("sweep", "train", "data", "model"))
     ov = " ".join(shlex.quote(o) for o in overrides)
@@ -44,7 +45,7 @@ def what_was_run(loaded, overrides: list[str]) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items())
     wall = df["wall_seconds"].sum()
     return [
-        f"- study: `python -m harness {ov}` then `python -m analysis {ov} --report`",
+        f"- study: `python -m harness {ov}` then `python -m analysis {ov} --report{flags}`",
         f"- sweep file: `{sweep.get('file')}`; searched: {', '.join(loaded.axes) or '—'}; sampler {sweep.get('sampler')}; "
         f"seeds {sweep.get('seeds')}",
         f"- trials: {len(df)} ({counts}); trial wall time {wall / 60:.1f} min in total "
@@ -53,10 +54,14 @@ def what_was_run(loaded, overrides: list[str]) -> list[str]:
         f"lr {train.get('lr')}, eval every {train.get('eval_every') or '— (final only)'}",
         f"- model: {model.get('name')} ({model.get('source')}), quant {(cfg.get('quant') or {}).get('mode')}; data: "
         f"{data.get('name')}, train {data.get('train_size')}, test {data.get('test_size')}",
+        *([f"- reference arms (`sweep.references`, run by the study command): "
+           + "; ".join(" ".join(f"{k}={v}" for k, v in r.items()) for r in sweep["references"])]
+          if sweep.get("references") else []),
         *(f"- reference arm: `python -m harness study={cfg.get('study')} method={m} train.lr={g['train.lr'].iloc[0]:g}"
           f"{' quant=none' if set(g['quant.mode']) == {'none'} and m == 'full' else ''} seed=S"
           f"{''.join(' ' + o for o in overrides if o.startswith('out_dir='))}` for seeds "
-          f"{sorted(int(x) for x in g['seed'])}" for m, g in df[df["method"].fillna("lora") != "lora"].groupby("method")),
+          f"{sorted(int(x) for x in g['seed'])}" for m, g in df[df["method"].fillna("lora") != "lora"].groupby("method")
+          if not sweep.get("references")),
         f"- git SHA: {', '.join(dict.fromkeys(s[:12] for s in shas)) or 'unknown'}; {versions}",
     ]
 
@@ -142,7 +147,9 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
     """The report as Markdown, and the recommendation lines (also printed on the command line)."""
     lora, refs, axes = split(loaded)
     study = loaded.trials["study"].iloc[0]
-    md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides), ""]
+    flags = "".join([f" --tune {tune}" if tune else "", f" --epsilon {100 * epsilon:g}" if epsilon != 0.01 else "",
+                     f" --cost {cost}" if cost != "flops" else ""])
+    md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides, flags), ""]
     figs = sorted(figures_dir.glob("*_2col.png"))
     if figs:
         md += ["## Figures", "Configuration means with 95% Student-t intervals over seeds; single seeds faint.", ""]
