@@ -84,6 +84,8 @@ def _run(cfg, overrides: list[str]) -> int:
           f"{rec['trainable_params']:,} trainable params")
     run_dir = trial_dir(cfg.out_dir, rec["study"], rec["trial"])
     print(f"record   {run_dir}/result.json")
+    if (run_dir / "adapter").is_dir():  # train.save_adapter (harness/adapters.py)
+        print(f"adapter  {run_dir}/adapter (load with peft; merge: python -m harness.export {run_dir} --merge)")
     wb = rec.get("wandb") or {}
     if wb.get("mode") == "offline":
         run_files = wb["dir"].rsplit("/files", 1)[0]

@@ -97,6 +97,8 @@ def test_cli_runs_a_trial_and_prints_accuracy_cost_and_paths(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "accuracy" in out.stdout and "zero-shot baseline" in out.stdout and "FLOPs" in out.stdout
     assert f"{tmp_path}/cli/trials/0/result.json" in out.stdout and "wandb sync" in out.stdout
+    assert f"adapter  {tmp_path}/cli/trials/0/adapter" in out.stdout  # a single run keeps its adapter
+    assert (tmp_path / "cli/trials/0/adapter/adapter_config.json").is_file()
     assert math.isfinite(json.loads((tmp_path / "cli/trials/0/result.json").read_text())["accuracy"])
 
 
