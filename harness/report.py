@@ -122,8 +122,6 @@ def rerun_command(tcfg, overrides: list[str]) -> str:
     return " ".join(["python -m harness", *groups, *diff, *where, f"study={tcfg.study}-rerun"])
 
 
-
-
 def header(cfg, new: bool, c: dict, budget: str, url: str, dashboard: str) -> None:
     """The first lines of `python -m harness sweep=...` (stderr; the password in url is masked)."""
     sw = cfg.sweep
@@ -192,7 +190,7 @@ def trial_table(trials, axes: list[str], objectives) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str, rerun_command) -> int:
+def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str) -> int:
     """The end of a sweep: counts, the configurations (seed means ± 95% CI, best mean first) or the
     Pareto set, the best configuration, and the command that reruns its first seed as a single run.
     Returns the driver's exit code (1 when nothing completed)."""

@@ -393,7 +393,7 @@ class Driver:
     def summary(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
         return report.summary(self.cfg, trials, tally(trials), self.study.best_trials if len(self.sw.objectives) > 1
-                              else None, self.url, dashboard_command(self.cfg.storage.url), report.rerun_command)
+                              else None, self.url, dashboard_command(self.cfg.storage.url))
 
 
 def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:
