@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     print(table(*landscape(sub, grid)))
     cols = ["strategy", "reached", "median trials", "median pruned", "median share", "p80 share", "met"]
     print(table(out["rows"], cols))
-    name = "search_80" + ("_partial" if len(grid) < len(points(space)) else "") + ("_free" if args.free_repeats else "")
+    name = ("search_80" + ("_partial" if len(grid) < len(points(space)) else "") + ("_free" if args.free_repeats else "")
+            + (f"_tol{args.tolerance:g}" if args.tolerance != 0.01 else ""))
     path = save(name,
                 {"space": sub, "base_overrides": base, "columns": cols, **out,
                  "grid": {k: {"accuracy": v["accuracy"], "evals": v["evals"], "phase_seconds": v["phase_seconds"]}

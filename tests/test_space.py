@@ -130,3 +130,22 @@ def test_a_bad_sweep_file_names_the_file_and_key_before_any_trial(tmp_path, caps
 def test_the_command_line_cannot_also_set_a_searched_key():
     with pytest.raises(ConfigError, match="lora.r is searched"):
         check(complete(load(["sweep=lora_rank", "lora.r=4"])), ["sweep=lora_rank", "lora.r=4"])
+
+
+def test_tpe_and_pruner_defaults_are_the_benchmarked_ones_and_sweep_args_override_them():
+    """TPE multivariate + group with 4 startup trials, pruner rungs from 3/8 of the steps (BENCHMARKS.md
+    section 3); a value in sweep.sampler_args / pruner_args wins over each."""
+    from harness.optuna_parts import make_pruner, make_sampler
+
+    base = ["sweep=lora_rank", "sweep.sampler=tpe", "sweep.n_trials=4", "train.max_steps=80", "train.eval_every=10"]
+    tpe = make_sampler(complete(load(base)))
+    assert (tpe._multivariate, tpe._group, tpe._n_startup_trials) == (True, True, 4)
+    tpe = make_sampler(complete(load([*base, "+sweep.sampler_args.multivariate=false",
+                                      "+sweep.sampler_args.group=false", "+sweep.sampler_args.n_startup_trials=10"])))
+    assert (tpe._multivariate, tpe._group, tpe._n_startup_trials) == (False, False, 10)
+    hb = make_pruner(complete(load([*base, "sweep.pruner=hyperband"])))
+    assert (hb._min_resource, hb._max_resource, hb._reduction_factor) == (30, 80, 3)
+    sh = make_pruner(complete(load([*base, "sweep.pruner=successive_halving", "train.eval_every=16"])))
+    assert sh._min_resource == 16  # 3/8 of 80 = 30, down to an eval step
+    med = make_pruner(complete(load([*base, "sweep.pruner=median", "+sweep.pruner_args.n_warmup_steps=5"])))
+    assert med._n_warmup_steps == 5
