@@ -15,7 +15,8 @@ result.json phase_seconds. The wall time splits into
   other          in-process wall - the phases (W&B logging, writing the record)
 overhead = 1 - (train + eval) / sweep wall. The baseline eval counts as overhead: it does not train
 or measure the adapters, and it is the same for every trial of a base + data + quant.
-Run with sweep.parallel=1, so the times add up.
+With sweep.parallel=K the sweep had K trial slots for its wall time: the parts and the overhead are
+shares of K x wall ("driver" is then every slot-second no trial held).
 """
 from __future__ import annotations
 
@@ -59,14 +60,20 @@ def main(argv=None) -> int:
                       "train.eval_every=3"] if args.quick else DEFAULT) + args.overrides
         out = run_sweep(overrides, Path(tempfile.mkdtemp(prefix="bench-overhead-")), "bench_overhead")
         trials, wall = out["trials"], out["wall_seconds"]
-    parts = breakdown(wall, trials)
-    rows = [{"part": k, "seconds": v, "share of wall": v / wall} for k, v in parts.items()]
-    rows.append({"part": "sweep wall", "seconds": wall, "share of wall": 1.0})
-    overhead = 1 - (parts["train"] + parts["eval"]) / wall
-    print(f"{len(trials)} trials; overhead (outside train+eval steps) = {overhead:.1%} of the sweep's wall time")
+    # K concurrent trials (sweep.parallel=K): the sweep had K slots for its whole wall time
+    slots = int(next((o.split("=")[1] for o in reversed(overrides or []) if o.startswith("sweep.parallel=")), 1))
+    capacity = slots * wall
+    parts = breakdown(capacity, trials)
+    rows = [{"part": k, "seconds": v, "share of wall": v / capacity} for k, v in parts.items()]
+    rows.append({"part": "sweep wall" + (f" x {slots} slots" if slots > 1 else ""), "seconds": capacity,
+                 "share of wall": 1.0})
+    overhead = 1 - (parts["train"] + parts["eval"]) / capacity
+    print(f"{len(trials)} trials; overhead (outside train+eval steps) = {overhead:.1%} of the sweep's wall time"
+          + (f" x {slots} slots" if slots > 1 else ""))
     print(table(rows, ["part", "seconds", "share of wall"]))
-    path = save(f"overhead_{args.tag}" if args.tag else "overhead", {"overrides": overrides, "sweep_wall_seconds": wall, "overhead_share": overhead,
-                             "parts": parts, "trials": trials}, args.quick)
+    path = save(f"overhead_{args.tag}" if args.tag else "overhead",
+                {"overrides": overrides, "sweep_wall_seconds": wall, "slots": slots, "overhead_share": overhead,
+                 "parts": parts, "trials": trials}, args.quick)
     print(f"wrote {path}")
     return 0
 

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg, overrides: list[str]) -> int:
     from harness.config import ConfigError, one_line
     from harness.data import DataError
-    from harness.models import ModelError
-    from harness.train import TrialFailed, TrialPruned
+    from harness.presets import ModelError
+    from harness.record import TrialFailed, TrialPruned  # not harness.train: the driver never imports torch
 
     try:
         if cfg.launcher.name == "slurm":

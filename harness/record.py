@@ -13,6 +13,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot produce a valid result (NaN loss, wrong world size, ...)."""
+
+
+class TrialPruned(RuntimeError):
+    """The pruner stopped this trial after an intermediate evaluation."""
+
+
 Status = Literal["complete", "pruned", "failed"]
 
 

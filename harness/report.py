@@ -11,6 +11,8 @@ import math
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from harness import space
 from harness.config import complete, load_with_choices
 
@@ -31,11 +33,11 @@ def _value(v) -> str:
 
 def t_half_width(values: list[float], level: float = 0.95) -> float:
     """Half-width of the Student-t interval of the mean (NaN below 2 values)."""
-    from scipy import stats
-
     n = len(values)
     if n < 2:
         return math.nan
+    from scipy import stats  # here: importing scipy.stats costs the driver ~2 s, and one seed needs none
+
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
@@ -108,10 +110,20 @@ def best_line(trials, axes: list[str], objectives: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------- the driver's console
 
 
+_RERUN: dict[tuple, str] = {}  # the study's end prints it and writes it to best.yaml: three Hydra composes each
+
+
 def rerun_command(tcfg, overrides: list[str]) -> str:
     """`python -m harness ...` that reproduces this trial's config as a single run (study <study>-rerun):
     the trial's group choices (model=..., data=... from the command line or the sweep file), then
     every value that differs from what those groups give."""
+    key = (tuple(overrides), json.dumps(OmegaConf.to_container(tcfg), sort_keys=True, default=str))
+    if key not in _RERUN:
+        _RERUN[key] = _rerun_command(tcfg, overrides)
+    return _RERUN[key]
+
+
+def _rerun_command(tcfg, overrides: list[str]) -> str:
     _, choices = load_with_choices(overrides)
     default, defaults = load_with_choices([])
     groups = [f"{g}={c}" for g, c in choices.items() if g != "sweep" and c != defaults.get(g)]

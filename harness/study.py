@@ -401,8 +401,16 @@ def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:
     import optuna
     import sqlalchemy.exc
 
-    check(cfg, base_overrides(overrides))  # before the storage exists: a bad sweep leaves nothing behind
+    if runner is None:
+        runner = make_runner(cfg, cfg.sweep.parallel)
+        # warm workers start importing now, beside the checks: that import is most of the first trial's wait
+        getattr(runner, "prestart", lambda c: None)(cfg)
     try:
+        check(cfg, base_overrides(overrides))  # before the storage exists: a bad sweep leaves nothing behind
         return Driver(cfg, overrides, runner).run()
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError) as e:
         raise ConfigError(storage_error(cfg.storage.url, e)) from None
+    finally:
+        if getattr(runner, "workers", None):  # a sweep refused before it ran: its prestarted workers go at once
+            runner.stop(signal.SIGKILL)
+            runner.close()

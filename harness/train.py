@@ -32,7 +32,7 @@ from harness.data import Splits, cache_dir
 from harness.loop import LoopResult, adapter_checksum, eval_log, train_batches, train_loop  # noqa: F401
 from harness.models import prepare
 from harness.optuna_parts import trial_reporter
-from harness.record import TrialRecord, trial_dir
+from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir  # noqa: F401 (re-exported)
 from harness.shared import Shared, release, shared
 from harness.tracking import Run, provenance, usable_cpus, write_json
 
@@ -47,14 +47,6 @@ class Task(Protocol):
 
 
 TASKS: dict[str, Task] = {"classification": classify, "sft": sft}
-
-
-class TrialFailed(RuntimeError):
-    """A trial that cannot produce a valid result (NaN loss, wrong world size, ...)."""
-
-
-class TrialPruned(RuntimeError):
-    """The pruner stopped this trial after an intermediate evaluation."""
 
 
 def run_dir_of(cfg) -> Path:

@@ -23,6 +23,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from contextlib import contextmanager
@@ -93,13 +94,17 @@ def serve() -> int:
     """The worker's loop: a trial per line on stdin until it closes."""
     reply = os.fdopen(os.dup(1), "w")  # the runner reads replies here; fd 1 itself follows each trial's log
     os.dup2(2, 1)  # until then a stray print goes where errors go, never into the reply pipe
+    from harness import train  # noqa: F401 - now, not at the first trial: a prestarted worker imports while the driver checks
     cache: dict = {}
     for line in sys.stdin:
         job = json.loads(line)
         rc = run_one(job["config"], job["log"], cache)
         reply.write(json.dumps({"rc": rc, "rss": rss_bytes()}) + "\n")
         reply.flush()
-    return 0
+    # Every trial's files are written and its W&B run torn down: skip the interpreter's own teardown of
+    # torch, transformers and wandb, which kept the driver waiting ~5 s at the end of every sweep.
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------- the driver's side
@@ -113,12 +118,25 @@ class WorkerDied(Exception):
 class Worker:
     """One `python -m harness.warm` process in its own process group, dying with the driver."""
 
-    def __init__(self, env: dict, first_log: Path):
-        with open(first_log, "ab") as log:  # start-up errors (an import failing) land in the first trial's log
+    def __init__(self, env: dict, first_log: Path | None = None):
+        # start-up errors (an import failing) land in the first trial's log; a worker started before its
+        # first trial is known (prestart) keeps them in a temporary file until then (start_errors)
+        self.env = env
+        with (open(first_log, "ab") if first_log else tempfile.TemporaryFile()) as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "harness.warm"], env=env, stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
                                          preexec_fn=set_pdeathsig)
+            self.early_log = os.dup(log.fileno()) if first_log is None else None
         self.base_rss: int | None = None  # after the first trial
+
+    def start_errors(self, log: Path) -> None:
+        """A prestarted worker that died: what it wrote before its first trial, into that trial's log."""
+        if self.early_log is None:
+            return
+        with os.fdopen(self.early_log, "rb") as f, open(log, "ab") as out:
+            f.seek(0)
+            out.write(f.read())
+        self.early_log = None
 
     def submit(self, config: Path, log: Path) -> None:
         try:
@@ -139,6 +157,9 @@ class Worker:
 
     def close(self, timeout: float = 10) -> None:
         """End the worker: EOF on its stdin when idle; a kill when it does not go."""
+        if self.early_log is not None:
+            os.close(self.early_log)
+            self.early_log = None
         try:
             self.proc.stdin.close()
             self.proc.wait(timeout=timeout)
@@ -163,11 +184,24 @@ class WarmRunner:
         self.lock = threading.Lock()
         self.stopping = False
 
+    def prestart(self, cfg: DictConfig) -> None:
+        """Start every slot's worker now, before the study opens: its imports (torch, transformers, peft:
+        ~10 s here) then run beside the driver's checks instead of before the first trial."""
+        if cfg.hardware.device == "cpu":
+            cfg = cpu_threads(cfg, self.slots)
+        with self.lock:
+            for slot in range(self.slots):
+                self.workers.setdefault(slot, Worker(trial_env(cfg, slot, self.slots)))
+
     def _worker(self, slot: int, tcfg: DictConfig, log: Path) -> Worker:
+        env = trial_env(tcfg, slot, self.slots)
         with self.lock:
             w = self.workers.get(slot)
+            if w is not None and w.env != env:  # a prestarted worker for other devices or settings
+                w.kill(signal.SIGKILL)
+                w = None
             if w is None or w.proc.poll() is not None:
-                w = self.workers[slot] = Worker(trial_env(tcfg, slot, self.slots), log)
+                w = self.workers[slot] = Worker(env, log)
             return w
 
     def run(self, tcfg: DictConfig, run_dir: Path, slot: int, started, beat, every: float, objectives) -> Outcome:
@@ -185,6 +219,7 @@ class WarmRunner:
             while (reply := w.reply(every)) is None:
                 beat()
         except WorkerDied as e:  # killed (or crashed): this trial fails, the next one gets a fresh worker
+            w.start_errors(log)
             with self.lock:
                 self.workers.pop(slot, None)
             return outcome(e.rc, read_record(run_dir / "result.json"), log, objectives)

@@ -117,14 +117,19 @@ def test_multirun_overrides_become_one_grid_study():
 
 
 def test_multirun_runs_two_trials_as_one_study(tmp_path):
-    """The issue's command, as a real process: 2 trials, one Optuna study, its name printed."""
+    """The issue's command, as a real process: 2 trials, one Optuna study, its name printed. The driver
+    itself never imports torch (its warm workers do): its start-up is on every sweep's critical path."""
     import optuna
 
-    cmd = [sys.executable, "-m", "harness", "-m", "lora.r=2,4", "model=tiny_bert", "data=tiny", "train.max_steps=2",
-           "hardware.threads=1", "eval.baseline=false", "tracking=disabled"]
-    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    argv = ["-m", "lora.r=2,4", "model=tiny_bert", "data=tiny", "train.max_steps=2", "hardware.threads=1",
+            "eval.baseline=false", "tracking=disabled"]
+    code = (f"import sys; from harness.__main__ import main; rc = main({argv!r}); "
+            "print('driver imported', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)); "
+            "sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "driver imported []" in p.stdout, p.stdout[-2000:]
     study = next(ln.split()[2].rstrip(",") for ln in p.stderr.splitlines() if ln.startswith("multirun: study "))
     trials = optuna.load_study(study_name=study, storage=f"sqlite:///{tmp_path}/runs/{study}/study.db").trials
     assert sorted((t.params["lora.r"], t.state.name) for t in trials) == [(2, "COMPLETE"), (4, "COMPLETE")]
