@@ -151,6 +151,9 @@ class EvalCfg(_Strict):
     batch_size: int = Field(ge=1)
     baseline: bool = True
     max_examples: int | None = Field(default=None, ge=1)
+    # intermediate evals (train.eval_every: pruning decisions, eval curves) on a fixed random subset of the
+    # held-out examples, the final eval on all of them; the record's intermediate_eval_examples says so
+    intermediate_examples: int | None = Field(default=None, ge=1)
     # extra metrics through `evaluate` (harness/eval_metrics.py): exact_match, rouge_l, bleu, accuracy,
     # f1 (local modules) or any evaluate name (hub/cache; checked here, before compute)
     metrics: list[str] = []

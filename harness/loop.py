@@ -115,6 +115,15 @@ def _step(model, opt, sched, trainable, stream, items, task, pad_id, accelerator
     return step_loss, grad_norm
 
 
+def intermediate_items(items: list[dict], cfg) -> list[dict]:
+    """The held-out items the intermediate evals use: all, or eval.intermediate_examples of them drawn once
+    with data.split_seed (the same subset at every step of every trial, so their curves compare)."""
+    n = cfg.eval.intermediate_examples
+    if not n or n >= len(items):
+        return items
+    return [items[i] for i in sorted(random.Random(cfg.data.split_seed).sample(range(len(items)), n))]
+
+
 def train_loop(cfg, task, model, shared, accelerator, tracker, reporter, clock, run_dir: Path, resolved: dict):
     """Train the prepared model for train.max_steps; returns (the accelerate-prepared model, LoopResult)."""
     t, main, world = cfg.train, accelerator.is_main_process, accelerator.num_processes
@@ -124,6 +133,7 @@ def train_loop(cfg, task, model, shared, accelerator, tracker, reporter, clock, 
     model, opt = accelerator.prepare(model, opt)
     model.train()
     stream = train_batches(shared.train_items, per_device * world, cfg.seed, t.group_by_length)
+    eval_items = intermediate_items(shared.test_items, cfg)
     res, loss_ema = LoopResult(), None
     state = ckpt.TrialState(resolved)
     ckpt.attach(accelerator, sched, state)
@@ -154,7 +164,7 @@ def train_loop(cfg, task, model, shared, accelerator, tracker, reporter, clock, 
         progress.step(step, step_loss, loss_ema, sched.get_last_lr()[0])
         if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
             with clock.phase("eval"):
-                ev = task.evaluate(model, shared.test_items, cfg, shared.tokenizer, accelerator)
+                ev = task.evaluate(model, eval_items, cfg, shared.tokenizer, accelerator)
             res.eval_tokens += ev["tokens"]
             ev.pop("predictions", None)
             res.evals.append({"step": step, "accuracy": ev["accuracy"], "loss": ev["loss"], **ev.get("metrics", {})})

@@ -29,7 +29,8 @@ from harness import classify, sft
 from harness import config as config_mod
 from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
 from harness.data import Splits, cache_dir
-from harness.loop import LoopResult, adapter_checksum, eval_log, train_batches, train_loop  # noqa: F401
+from harness.loop import (LoopResult, adapter_checksum, eval_log, intermediate_items, train_batches,  # noqa: F401
+                          train_loop)
 from harness.models import prepare
 from harness.optuna_parts import trial_reporter
 from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir  # noqa: F401 (re-exported)
@@ -86,7 +87,7 @@ def _baseline_path(cfg, test_items) -> Path:
     """Where the baseline eval of this base model + quantization + seed + test split is kept."""
     spec = {k: config_mod.OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "quant")}
     spec.update(seed=cfg.seed, mixed_precision=cfg.hardware.mixed_precision,
-                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline")},
+                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline", "intermediate_examples")},
                 items=hashlib.sha256(json.dumps(test_items, sort_keys=True, default=str).encode()).hexdigest())
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "baselines" / f"{cfg.model.name}-{key}.json"
@@ -217,6 +218,8 @@ def make_record(cfg, sh: Shared, res: LoopResult, final, baseline, base_info: tu
     samples = {k: ev["samples"] for k, ev in (("baseline", baseline), ("final", final)) if ev and "samples" in ev}
     if samples:
         extra["samples"] = samples
+    if t.eval_every:  # the intermediate evals' subset, when eval.intermediate_examples drew one (loop.py)
+        extra["intermediate_eval_examples"] = len(intermediate_items(sh.test_items, cfg))
     return rec.model_copy(update=extra)
 
 

@@ -117,3 +117,16 @@ def test_full_finetune_of_a_quantized_base_is_refused_before_compute(tiny_cfg):
 
     with pytest.raises(ConfigError, match="quant=none"):
         tiny_cfg("method=full", "quant=nf4")
+
+
+def test_intermediate_evals_can_use_a_fixed_subset_and_the_final_eval_uses_all(tiny_cfg):
+    """eval.intermediate_examples: the pruning evals get cheaper, the final accuracy stays the full split's;
+    the record says how many examples the intermediate evals saw."""
+    base = ("train.max_steps=6", "train.eval_every=2", "eval.baseline=false", "tracking=disabled")
+    full, _ = _run(tiny_cfg(*base))
+    sub, _ = _run(tiny_cfg(*base, "eval.intermediate_examples=10", "trial=1"))
+    assert full["intermediate_eval_examples"] == full["test_size"] == 40 and sub["intermediate_eval_examples"] == 10
+    assert sub["accuracy"] == full["accuracy"]  # evals do not touch training: same final model, same full split
+    assert [e["step"] for e in sub["evals"]] == [2, 4, 6]
+    assert sub["eval_tokens"] < full["eval_tokens"]  # two of the three evals on a quarter of the examples
+    assert all(round(e["accuracy"] * 10, 6).is_integer() for e in sub["evals"][:2])  # accuracies of 10 examples
