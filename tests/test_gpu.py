@@ -149,7 +149,7 @@ def test_a_trial_run_warm_equals_the_same_trial_run_cold_on_cuda(tiny_cfg):
     losses = [abs(c["train/loss"] - w["train/loss"]) for c, w in zip(cold["history"], hot["history"], strict=True)]
     same = hot["adapter_checksums"] == cold["adapter_checksums"]
     print(f"\n[gpu] warm vs cold on {DEVICE}: max loss diff {max(losses):.2e}, adapter checksums equal: {same}, "
-          f"load cold {cold['phase_seconds'].get('model')} s")
+          f"load cold {cold['phase_seconds'].get('load')} s, warm {hot['phase_seconds'].get('load')} s")
     assert max(losses) <= 1e-5
     if not same:
         d = cold["config"]["out_dir"]
