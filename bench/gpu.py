@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -47,9 +46,25 @@ def _sync():
         torch.cuda.synchronize()
 
 
+LOAD_PEAK: dict = {}
+
+
+def _reset_peak():
+    """Peak memory from the first training step on; the peak before it (load, quantize) is kept apart."""
+    import torch
+
+    if torch.cuda.is_available():
+        LOAD_PEAK.setdefault("mib", torch.cuda.max_memory_allocated() / 2**20)
+        torch.cuda.reset_peak_memory_stats()
+
+
 def write_data(path: Path, n: int, words: int, seed: int = 0) -> Path:
     """n sentences of `words` vocabulary words (+ [CLS]/[SEP] = words + 2 tokens), labels by a word count."""
-    from harness.data import _NEG, _POS, tiny_vocab  # the tiny tokenizer's words: no [UNK] tokens
+    from harness.data import (  # the tiny tokenizer's words: no [UNK] tokens
+        _NEG,
+        _POS,
+        tiny_vocab,
+    )
 
     rng, vocab = random.Random(seed), tiny_vocab()
     with path.open("w") as f:
@@ -81,6 +96,8 @@ class StepTimer:
 
     def step(self, fn, tokens_before, tokens_after):
         n = len(self.seconds)
+        if n == 0:
+            _reset_peak()
         if self.profile_from is not None and n == self.profile_from:
             from torch.profiler import ProfilerActivity, profile
 
@@ -102,26 +119,26 @@ class StepTimer:
         out = {"timed_steps": len(secs), "timed_seconds": sum(secs), "timed_tokens": sum(toks),
                "first_step_seconds": self.seconds[0] if self.seconds else None}
         if self.prof is not None:
-            kind = "cuda_time_total" if _cuda() else "cpu_time_total"
-            rows = self.prof.key_averages()
-            total = sum(getattr(r, "self_device_time_total", 0) for r in rows) or 1
-            top = sorted(rows, key=lambda r: getattr(r, "self_device_time_total", 0), reverse=True)[:15]
-            out["profile"] = {"steps": len(self.seconds) - self.profile_from, "sort": "self device time",
-                              "top": [{"name": r.key[:90], "calls": r.count,
-                                       "device_ms": getattr(r, "self_device_time_total", 0) / 1e3,
-                                       "share": getattr(r, "self_device_time_total", 0) / total} for r in top]}
-            out["profile_table"] = rows.table(sort_by=kind, row_limit=15, max_name_column_width=60)
+            try:  # a profiler failure must not lose the timed steps
+                out.update(_profile_of(self.prof, len(self.seconds) - self.profile_from))
+            except Exception as e:  # noqa: BLE001
+                out["profile"] = {"error": repr(e)}
         return out
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def _profile_of(prof, steps: int) -> dict:
+    rows = prof.key_averages()
+    dev = lambda r: getattr(r, "self_device_time_total", 0)
+    total = sum(dev(r) for r in rows) or 1
+    top = sorted(rows, key=dev, reverse=True)[:15]
+    return {"profile": {"steps": steps, "sort": "self device time", "device_ms_total": total / 1e3,
+                        "top": [{"name": r.key[:90], "calls": r.count, "device_ms": dev(r) / 1e3, "share": dev(r) / total}
+                                for r in top]},
+            "profile_table": rows.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60)}
 
 
 def run_harness(cfg_over, steps: int, warmup: int, profile: int) -> dict:
-    import harness.loop as loop
+    from harness import loop
     from harness.train import run
 
     timer = StepTimer(warmup, steps if profile else None)
@@ -144,12 +161,22 @@ def run_harness(cfg_over, steps: int, warmup: int, profile: int) -> dict:
 def run_trainer(cfg_over, steps: int, warmup: int, profile: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from harness.classify import load_splits
     from harness.cost import matmul_params, train_flops
-    from harness.models import load_tokenizer, quantization_config, resolve_targets, weights_path
+    from harness.models import (
+        load_tokenizer,
+        quantization_config,
+        resolve_targets,
+        weights_path,
+    )
 
     cfg = compose(cfg_over)
     on_gpu = cfg.hardware.device == "cuda"
@@ -175,6 +202,8 @@ def run_trainer(cfg_over, steps: int, warmup: int, profile: int) -> dict:
 
     class Steps(TrainerCallback):  # step boundaries: begin -> end of one optimizer step
         def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 0:
+                _reset_peak()
             _sync()
             self.t0, self.tok0 = time.perf_counter(), counted["tokens"]
 
@@ -208,7 +237,8 @@ def child(variant: str, steps: int, warmup: int, profile: int, cfg_over: list[st
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = VARIANTS[variant](cfg_over, steps, warmup, profile)
-    out["peak_mib"] = peak_memory_bytes(dev) / 2**20
+    out["train_peak_mib"] = peak_memory_bytes(dev) / 2**20  # since the first step (_reset_peak)
+    out["load_peak_mib"] = LOAD_PEAK.get("mib")
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
     print(MARK + json.dumps(out), flush=True)
@@ -335,15 +365,15 @@ def main(argv=None) -> int:
                 r["mfu"] = r["tflops"] / peak if peak else None
                 print(f"{variant:8s} {quant:4s} {r['tokens_per_second']:9.0f} tok/s  {r['tflops']:.1f} TFLOP/s  "
                       f"MFU {r['mfu'] if r['mfu'] is None else round(100 * r['mfu'], 1)}%  "
-                      f"peak {r['peak_mib']:.0f} MiB  ({r['process_seconds']:.0f} s process)", flush=True)
+                      f"peak {r['train_peak_mib']:.0f} MiB  ({r['process_seconds']:.0f} s process)", flush=True)
                 if r.get("profile_table"):
                     print(r.pop("profile_table"), flush=True)
             else:
                 print(f"{variant} {quant} FAILED: {r['error'][-1500:]}", flush=True)
             rows.append(r)
             flush()
-        cols = ["variant", "quant", "tokens_per_second", "tflops", "mfu", "peak_mib", "first_step_seconds",
-                "process_seconds"]
+        cols = ["variant", "quant", "tokens_per_second", "tflops", "mfu", "train_peak_mib", "load_peak_mib",
+                "first_step_seconds", "process_seconds"]
         print(table([r for r in rows if "error" not in r], cols))
     if "fixed" in parts:
         try:
