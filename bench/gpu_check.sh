@@ -55,13 +55,13 @@ step() {  # step NAME SECONDS CMD...: one bounded step; its exit code is logged,
     || echo "=== wheel install FAILED"
   export PYTHONPATH=/tmp/site:$PWD
   step nvidia-smi 20 nvidia-smi
-  step versions 60 python3 -c "
+  step versions 40 python3 -c "
 import torch, transformers, peft, accelerate, bitsandbytes, optuna, hydra, pydantic, sys
 print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))
 print('transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__,
       'bitsandbytes', bitsandbytes.__version__, 'optuna', optuna.__version__, 'pydantic', pydantic.__version__)
 import bitsandbytes.cextension as c; print('bnb library:', getattr(c, 'BNB_BACKEND', ''), c.lib)"
-  step "pytest -m gpu" 150 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu.py
-  step "bench.gpu throughput" 210 python3 -m bench.gpu --parts throughput --out "$OUT" $BENCH_ARGS
-  step "bench.gpu fixed cost (issue 12)" 110 python3 -m bench.gpu --parts fixed --out "$OUT" $BENCH_ARGS
+  step "pytest -m gpu" 130 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu.py
+  step "bench.gpu throughput" 200 python3 -m bench.gpu --parts throughput --out "$OUT" $BENCH_ARGS
+  step "bench.gpu fixed cost (issue 12)" 100 python3 -m bench.gpu --parts fixed --out "$OUT" $BENCH_ARGS
 } 2>&1 | grep --line-buffered -v '^\[harness\] step ' | tee "$OUT/log.txt"
