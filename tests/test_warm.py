@@ -88,8 +88,17 @@ def test_adapters_come_off_and_leave_the_cached_base_as_loaded(tiny_cfg, model):
     assert list(cache.values()) == [sh] and _base_checksum(sh.model) == before
 
 
-def test_a_diverging_or_raising_trial_fails_alone_and_a_worker_that_grew_is_replaced(tiny_cfg):
+def test_a_diverging_raising_or_killed_trial_fails_alone_and_a_grown_or_dead_worker_is_replaced(tiny_cfg):
+    """One runner through every way a trial can go wrong (one worker start for all: each costs ~10 s of imports)."""
     warm, pids = WarmRunner(1), []
+    killed_cfg = tiny_cfg("trial=5", "train.max_steps=400", "train.log_every=1", "eval.baseline=false")
+    log = trial_dir(killed_cfg.out_dir, killed_cfg.study, 5) / "log.txt"
+
+    def kill_mid_training():
+        while "step 2/400" not in (log.read_text() if log.is_file() else ""):
+            threading.Event().wait(0.05)
+        os.kill(pids[5], signal.SIGKILL)
+
     try:
         nan, _ = _submit(warm, tiny_cfg("trial=0", "train.lr=1e30", "train.max_grad_norm=1e30"), pids)
         raised, _ = _submit(warm, tiny_cfg("trial=1", "model.tiny.num_attention_heads=3"), pids)  # 32 % 3 != 0
@@ -97,33 +106,20 @@ def test_a_diverging_or_raising_trial_fails_alone_and_a_worker_that_grew_is_repl
         assert len(set(pids)) == 1  # the same worker throughout
         warm.max_rss_growth = -1  # any growth (none, too) is past -1 byte: replaced after the next trial
         grown, _ = _submit(warm, tiny_cfg("trial=3", "eval.baseline=false"), pids)
+        warm.max_rss_growth = 2**40
         fresh, _ = _submit(warm, tiny_cfg("trial=4", "eval.baseline=false"), pids)
+        threading.Thread(target=kill_mid_training, daemon=True).start()
+        killed, _ = _submit(warm, killed_cfg, pids)
+        after, after_saved = _submit(warm, tiny_cfg("trial=6", "eval.baseline=false"), pids)
     finally:
         warm.close()
     assert nan.state == "FAIL" and "non-finite loss" in nan.reason
     assert raised.state == "FAIL" and "exit code 1" in raised.reason and "heads" in raised.reason, raised.reason
     assert ok.state == "COMPLETE" and saved["status"] == "complete"
     assert grown.state == fresh.state == "COMPLETE" and pids[3] == pids[0] != pids[4]
-
-
-def test_a_killed_worker_fails_its_trial_and_a_fresh_worker_runs_the_next(tiny_cfg):
-    warm, pids = WarmRunner(1), []
-    cfg = tiny_cfg("trial=0", "train.max_steps=400", "train.log_every=1")
-    log = trial_dir(cfg.out_dir, cfg.study, 0) / "log.txt"
-
-    def kill_mid_training():
-        while "step 2/400" not in (log.read_text() if log.is_file() else ""):
-            threading.Event().wait(0.05)
-        os.kill(pids[0], signal.SIGKILL)
-
-    threading.Thread(target=kill_mid_training, daemon=True).start()
-    try:
-        killed, _ = _submit(warm, cfg, pids)
-        ok, saved = _submit(warm, tiny_cfg("trial=1"), pids)
-    finally:
-        warm.close()
+    assert pids[5] == pids[4]  # the fresh worker took the next trial, and was killed in it
     assert killed.state == "FAIL" and "killed by SIGKILL" in killed.reason
-    assert ok.state == "COMPLETE" and saved["status"] == "complete" and pids[1] != pids[0]
+    assert after.state == "COMPLETE" and after_saved["status"] == "complete" and pids[6] != pids[5]
 
 
 def test_the_default_runner_is_warm_with_cold_for_multi_process_trials_or_when_asked(tiny_cfg, capsys):
