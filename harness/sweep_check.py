@@ -87,8 +87,9 @@ def experiment_config(cfg: DictConfig) -> dict:
 
 
 def config_changes(old: dict, new: dict, allowed: list[str]) -> list[str]:
-    """`key: was -> now` for every experiment key a resume would change, except the allowed ones."""
+    """`key: was -> now` for every experiment key a resume would change, except the allowed ones. A key
+    the study's config lacks that is null now is a setting added to the harness since, left off: no change."""
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys
-            if old.get(k, "<absent>") != new.get(k, "<absent>")
+            if old.get(k, "<absent>") != new.get(k, "<absent>") and not (k not in old and new[k] is None)
             and not any(k == a or k.startswith(a + ".") for a in allowed)]

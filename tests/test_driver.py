@@ -202,3 +202,17 @@ def test_a_sweep_file_edited_mid_study_stops_the_driver_and_the_trial_runs_again
     again = Driver(complete(load(ov)), ov, runner=InProcessRunner())
     assert again.run() == 0
     assert sorted(r for _, r, _ in d.runner.ran + again.runner.ran) == [2, 4, 8]
+
+
+def test_a_resume_ignores_settings_added_since_that_are_off_and_names_every_real_change():
+    """A study created before a setting existed resumes when the new setting is null (off); any value that
+    differs, or a setting that is on, is named."""
+    from harness.sweep_check import config_changes
+
+    old = {"train.lr": 0.001, "eval.max_examples": None}
+    assert config_changes(old, {**old, "eval.intermediate_examples": None}, []) == []
+    assert config_changes(old, {**old, "eval.intermediate_examples": 50}, []) == [
+        "eval.intermediate_examples: '<absent>' -> 50"]
+    assert config_changes(old, {"train.lr": 0.002, "eval.max_examples": None}, []) == ["train.lr: 0.001 -> 0.002"]
+    assert config_changes(old, {"train.lr": 0.001}, []) == ["eval.max_examples: None -> '<absent>'"]
+    assert config_changes(old, {"train.lr": 0.002, "eval.max_examples": None}, ["train"]) == []
