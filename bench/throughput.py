@@ -20,6 +20,14 @@ are overridden: use_cpu=True, bf16=False, gradient_checkpointing=False, and it c
 weights to bf16, which is cast back to fp32. The plain loops keep their own data pipeline
 (DataCollatorWithPadding: pad to the longest of a random batch); the harness groups by length.
 
+The anchors at their best settings (issue 12), each beside its unbucketed form: `trainer_grouped` is
+Trainer with its own length grouping (`train_sampling_strategy="group_by_length"`, transformers 5's name
+for `group_by_length=True`); `sft_best` is SFTTrainer with `padding_free=True` (the batch's examples in
+one row with position_ids and no padding; on CPU, sdpa gets a block-diagonal mask built from the
+position_ids, so examples do not attend across: same loss as the padded batch). `sft_packed`
+(packing_strategy="bfd", padding-free too) is available but not a default: it packs examples into
+max_length rows, so a batch of 16 rows holds more examples and the batch size is no longer equal.
+
 Each run is a fresh subprocess (peak memory = that process's peak RSS); variants are interleaved
 (A B C A B C ...) and medians are reported. Throughput = non-padding training tokens / seconds of
 the training loop (harness: its own `phase_seconds.train`; Trainer: on_train_begin -> on_train_end).
