@@ -20,6 +20,14 @@ are overridden: use_cpu=True, bf16=False, gradient_checkpointing=False, and it c
 weights to bf16, which is cast back to fp32. The plain loops keep their own data pipeline
 (DataCollatorWithPadding: pad to the longest of a random batch); the harness groups by length.
 
+The anchors at their best settings (issue 12), each beside its unbucketed form: `trainer_grouped` is
+Trainer with its own length grouping (`train_sampling_strategy="group_by_length"`, transformers 5's name
+for `group_by_length=True`); `sft_best` is SFTTrainer with `padding_free=True` (the batch's examples in
+one row with position_ids and no padding; on CPU, sdpa gets a block-diagonal mask built from the
+position_ids, so examples do not attend across: same loss as the padded batch). `sft_packed`
+(packing_strategy="bfd", padding-free too) is available but not a default: it packs examples into
+max_length rows, so a batch of 16 rows holds more examples and the batch size is no longer equal.
+
 Each run is a fresh subprocess (peak memory = that process's peak RSS); variants are interleaved
 (A B C A B C ...) and medians are reported. Throughput = non-padding training tokens / seconds of
 the training loop (harness: its own `phase_seconds.train`; Trainer: on_train_begin -> on_train_end).
@@ -27,6 +35,8 @@ the training loop (harness: its own `phase_seconds.train`; Trainer: on_train_beg
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import subprocess
@@ -64,13 +74,14 @@ def _plain_setup(cfg_over: list[str]):
     from transformers import BitsAndBytesConfig
 
     from harness.data import load_splits
-    from harness.models import HEADS, weights_path
+    from harness.models import weights_path
+    from harness.presets import head_names
 
     cfg = compose(cfg_over)
     torch.set_num_threads(cfg.hardware.threads or os.cpu_count() or 1)  # as the harness: all cores, 1 process
     splits = load_splits(cfg.data)
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=HEADS[cfg.model.family])
+                             bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=head_names(cfg.model.family))
     return cfg, splits, weights_path(cfg.model), bnb
 
 
@@ -83,11 +94,15 @@ class _Counting:
         model.register_forward_pre_hook(self, with_kwargs=True)
 
     def __call__(self, module, args, kwargs):
-        mask = kwargs.get("attention_mask")
+        mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
         if module.training and mask is not None:
             self.tokens += int(mask.sum())
             self.padded += mask.numel()
             self.examples += mask.shape[0]
+        elif module.training and pos is not None:  # TRL padding-free: one flat row, no mask, a 0 starts each example
+            self.tokens += pos.numel()
+            self.padded += pos.numel()
+            self.examples += int((pos == 0).sum())
 
 
 def _timer():
@@ -115,14 +130,20 @@ def _train_args(cls, cfg, steps: int, out: str, **extra):
 def _lora(cfg, model, task):
     from peft import LoraConfig
 
-    from harness.models import HEADS, resolve_targets
+    from harness.models import resolve_targets
+    from harness.presets import head_names
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=resolve_targets(model, cfg.model.family, cfg.lora.targets), task_type=task,
-                      modules_to_save=HEADS[cfg.model.family] if task == "SEQ_CLS" else None)
+                      modules_to_save=head_names(cfg.model.family) if task == "SEQ_CLS" else None)
 
 
-def run_trainer(cfg_over, steps: int) -> dict:
+def run_trainer(cfg_over, steps: int, sampling: str = "random") -> dict:
+    """sampling: "random" (Trainer's default), "group_by_length" (its own length grouping; transformers 5
+    renamed `group_by_length=True` to `train_sampling_strategy="group_by_length"`: LengthGroupedSampler,
+    mega-batches of 50 batches sorted by length, lengths read from input_ids before training starts, so
+    outside the timed loop), or "harness" (a diagnostic, not an anchor setting: the harness's own batches,
+    so both loops compute on the same tensors and only the per-step cost differs)."""
     import torch
     from datasets import Dataset
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -146,7 +167,18 @@ def run_trainer(cfg_over, steps: int) -> dict:
     ds = ds.map(lambda b: tok(b["text"], truncation=True, max_length=cfg.model.max_length), batched=True,
                 remove_columns=["text"])
     timer = _timer()
-    trainer = Trainer(model=model, args=_train_args(TrainingArguments, cfg, steps, tempfile.mkdtemp()),
+    cls, extra = Trainer, {"train_sampling_strategy": sampling} if sampling == "group_by_length" else {}
+    if sampling == "harness":
+        from harness.loop import train_batches
+
+        stream = train_batches([{"input_ids": i} for i in ds["input_ids"]], cfg.train.batch_size, cfg.seed, True)
+        order = [i for b in itertools.islice(stream, steps) for i in b]
+
+        class SameBatches(Trainer):
+            def _get_train_sampler(self, train_dataset=None):  # private: Trainer takes no sampler argument
+                return order
+        cls = SameBatches
+    trainer = cls(model=model, args=_train_args(TrainingArguments, cfg, steps, tempfile.mkdtemp(), **extra),
                       train_dataset=ds, data_collator=DataCollatorWithPadding(tok), callbacks=[timer])
     collator = _Counting(trainer.model)
     trainer.train()
@@ -154,7 +186,11 @@ def run_trainer(cfg_over, steps: int) -> dict:
             "train_seconds": timer.seconds, "steps": trainer.state.global_step}
 
 
-def run_sft(cfg_over, steps: int) -> dict:
+def run_sft(cfg_over, steps: int, mode: str = "padded") -> dict:
+    """mode: "padded" (SFTTrainer's defaults), "padding_free" (the batch's examples concatenated into one
+    row, no padding; on CPU the sdpa mask is built block-diagonal from position_ids by transformers'
+    masking_utils, so examples do not attend across), or "packed" (packing_strategy="bfd", which implies
+    padding_free in TRL 1.16, but packs examples into max_length rows, so a batch holds more examples)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -170,10 +206,17 @@ def run_sft(cfg_over, steps: int) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, quantization_config=bnb,
                                                  device_map={"": "cpu"})
     lora = _lora(cfg, model, "CAUSAL_LM")
-    ds = Dataset.from_dict({"prompt": [f"Review: {e.text}\nSentiment:" for e in splits.train],
+    texts = [e.text for e in splits.train]
+    if mode == "padding_free":  # TRL refuses max_length with padding_free alone: cut the review as `padded` would
+        ids = tok(texts, truncation=True, max_length=cfg.model.max_length, add_special_tokens=False)["input_ids"]
+        texts = [tok.decode(i) if len(i) == cfg.model.max_length else t for i, t in zip(ids, texts)]
+    ds = Dataset.from_dict({"prompt": [f"Review: {t}\nSentiment:" for t in texts],
                             "completion": [f" {splits.labels[e.label]}" for e in splits.train]})
     timer = _timer()
-    sargs = _train_args(SFTConfig, cfg, steps, tempfile.mkdtemp(), max_length=cfg.model.max_length + 8)
+    extra = {"padded": {"max_length": cfg.model.max_length + 8},
+             "padding_free": {"max_length": None, "padding_free": True},
+             "packed": {"max_length": cfg.model.max_length + 8, "packing": True, "packing_strategy": "bfd"}}[mode]
+    sargs = _train_args(SFTConfig, cfg, steps, tempfile.mkdtemp(), **extra)
     trainer = SFTTrainer(model=model, args=sargs, train_dataset=ds, processing_class=tok, peft_config=lora,
                          callbacks=[timer])
     for p in trainer.model.parameters():  # SFTTrainer casts QLoRA adapters to bf16; keep fp32 like the others
@@ -185,7 +228,12 @@ def run_sft(cfg_over, steps: int) -> dict:
             "train_seconds": timer.seconds, "steps": trainer.state.global_step}
 
 
-VARIANTS = {"harness": run_harness, "trainer": run_trainer, "sft": run_sft}
+VARIANTS = {"harness": run_harness, "trainer": run_trainer, "sft": run_sft,
+            # the anchors at their best settings (issue 12): length grouping, padding-free, packing
+            "trainer_grouped": functools.partial(run_trainer, sampling="group_by_length"),
+            "trainer_same_batches": functools.partial(run_trainer, sampling="harness"),  # a diagnostic
+            "sft_best": functools.partial(run_sft, mode="padding_free"),
+            "sft_packed": functools.partial(run_sft, mode="packed")}
 
 
 def child(variant: str, cfg_over: list[str], steps: int) -> None:
@@ -225,7 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="minilm", help="minilm | smollm2_135m | tiny_llama | tiny_bert")
     ap.add_argument("--max-length", type=int, default=None)
     ap.add_argument("--variants", default=None,
-                    help="comma list of harness,trainer,sft, each optionally with +key=value overrides "
+                    help="comma list of harness,trainer,trainer_grouped,sft,sft_best,sft_packed, each optionally with +key=value overrides "
                          "(e.g. harness+hardware.threads=2); default: all that apply")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every variant (hardware.threads); 1 by default: see BENCHMARKS.md")
@@ -240,7 +288,7 @@ def main(argv=None) -> int:
     cfg_over = _base(args) + ([f"hardware.threads={args.threads}"] if args.threads else [])
     family = compose(cfg_over).model.family
     variants = (args.variants.split(",") if args.variants
-                else ["harness", "trainer"] + (["sft"] if family == "llama" else []))
+                else ["harness", "trainer", "trainer_grouped"] + (["sft", "sft_best"] if family == "llama" else []))
     steps = args.steps or (3 if args.quick else 30 if family == "bert" else 8)
     repeats = args.repeats or (1 if args.quick else 3)
     runs = []
