@@ -54,7 +54,7 @@ def what_was_run(loaded, overrides: list[str], flags: str = "") -> list[str]:
         f"lr {train.get('lr')}, eval every {train.get('eval_every') or '— (final only)'}",
         f"- model: {model.get('name')} ({model.get('source')}), quant {(cfg.get('quant') or {}).get('mode')}; data: "
         f"{data.get('name')}, train {data.get('train_size')}, test {data.get('test_size')}",
-        *([f"- reference arms (`sweep.references`, run by the study command): "
+        *(["- reference arms (`sweep.references`, run by the study command): "
            + "; ".join(" ".join(f"{k}={v}" for k, v in r.items()) for r in sweep["references"])]
           if sweep.get("references") else []),
         *(f"- reference arm: `python -m harness study={cfg.get('study')} method={m} train.lr={g['train.lr'].iloc[0]:g}"
