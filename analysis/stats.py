@@ -57,14 +57,24 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else str(v)
 
 
+def per_seed_values(g: pd.DataFrame, metric: str) -> np.ndarray:
+    """metric once per seed (the mean of a seed's runs); rows without a seed count one each."""
+    seeded = g[g["seed"].notna()] if "seed" in g else g.iloc[:0]
+    unseeded = g[g["seed"].isna()] if "seed" in g else g
+    return np.concatenate([seeded.groupby("seed")[metric].mean().to_numpy(float), unseeded[metric].to_numpy(float)])
+
+
 def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", cost: str = "flops") -> pd.DataFrame:
-    """One row per configuration: its axes, n seeds, mean, sd and 95% half-width of metric, mean cost."""
+    """One row per configuration: its axes, n seeds, mean, sd and 95% half-width of metric, mean cost.
+    n counts distinct seeds: a seed run twice (a sampler proposing a configuration again reruns all its
+    seeds) is one observation, its runs averaged; counted twice it would narrow the interval for nothing."""
     rows = []
     for vals, g in df.groupby(axes, dropna=False, sort=True) if axes else [((), df)]:
         vals = vals if isinstance(vals, tuple) else (vals,)
-        mean, half, n = t_interval(g[metric])
+        per_seed = per_seed_values(g, metric)
+        mean, half, n = t_interval(per_seed)
         rows.append({**dict(zip(axes, vals)), "n": n, "mean": mean, "ci": half,
-                     "sd": float(g[metric].std(ddof=1)) if n > 1 else np.nan,
+                     "sd": float(np.nanstd(per_seed, ddof=1)) if n > 1 else np.nan,
                      "cost": float(g[cost].mean()) if cost in g else np.nan,
                      **{c: float(g[c].mean()) for c in ("flops", "device_hours", "cost_usd", "trainable_params")
                         if c in g},

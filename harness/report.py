@@ -56,7 +56,12 @@ def configurations(trials, objectives: dict[str, str]) -> list[dict]:
         row = {"params": json.loads(key), "trials": [t.number for t in ts],
                "seeds": [t.user_attrs.get("seed") for t in ts]}
         for metric in {*objectives, "accuracy", "flops", "device_seconds"}:
-            vals = [float(t.user_attrs[metric]) for t in ts if t.user_attrs.get(metric) is not None]
+            by_seed: dict = {}  # a seed run twice (a sampler proposing the configuration again) counts once
+            for t in ts:
+                if t.user_attrs.get(metric) is not None:
+                    by_seed.setdefault(t.user_attrs.get("seed", f"trial {t.number}"), []).append(
+                        float(t.user_attrs[metric]))
+            vals = [sum(v) / len(v) for v in by_seed.values()]
             row[metric] = sum(vals) / len(vals) if vals else None
             row[f"{metric}_ci"] = t_half_width(vals)
         out.append(row)

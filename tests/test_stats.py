@@ -140,3 +140,25 @@ def test_driver_summary_imports_neither_torch_nor_analysis():
     code = "import sys, harness.report; print(sorted(m for m in ('torch', 'analysis') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_seed_run_twice_counts_once():
+    """TPE may propose a configuration again, rerunning its seeds: the rerun is the same observation."""
+    df = _frame([("qv", 0, 0.70, 1.0), ("qv", 0, 0.70, 1.0), ("qv", 1, 0.74, 1.0), ("qv", 1, 0.74, 1.0)])
+    (row,) = stats.configurations(df, ["lora.targets"]).to_dict("records")
+    mean, half, n = stats.t_interval([0.70, 0.74])
+    assert (row["n"], row["mean"], row["ci"]) == (2, pytest.approx(mean), pytest.approx(half))
+    assert row["trials"] == [0, 1, 2, 3]
+
+
+def test_the_console_summary_counts_a_rerun_seed_once():
+    from types import SimpleNamespace
+
+    from harness.report import configurations, t_half_width
+
+    def trial(n, seed, acc):
+        return SimpleNamespace(number=n, state=SimpleNamespace(name="COMPLETE"), params={"lora.r": 4},
+                               user_attrs={"seed": seed, "accuracy": acc, "flops": 1.0, "device_seconds": 1.0})
+
+    (row,) = configurations([trial(0, 0, 0.70), trial(1, 0, 0.70), trial(2, 1, 0.74)], {"accuracy": "maximize"})
+    assert row["accuracy"] == pytest.approx(0.72) and row["accuracy_ci"] == pytest.approx(t_half_width([0.70, 0.74]))
