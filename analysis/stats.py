@@ -59,9 +59,10 @@ def _fmt(v) -> str:
 
 def per_seed_values(g: pd.DataFrame, metric: str) -> np.ndarray:
     """metric once per seed (the mean of a seed's runs); rows without a seed count one each."""
-    seeded = g[g["seed"].notna()] if "seed" in g else g.iloc[:0]
-    unseeded = g[g["seed"].isna()] if "seed" in g else g
-    return np.concatenate([seeded.groupby("seed")[metric].mean().to_numpy(float), unseeded[metric].to_numpy(float)])
+    if "seed" not in g:
+        return g[metric].to_numpy(float)
+    has = g["seed"].notna()
+    return np.concatenate([g[has].groupby("seed")[metric].mean().to_numpy(float), g.loc[~has, metric].to_numpy(float)])
 
 
 def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", cost: str = "flops") -> pd.DataFrame:

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         out = run_sweep(overrides, Path(tempfile.mkdtemp(prefix="bench-overhead-")), "bench_overhead")
         trials, wall = out["trials"], out["wall_seconds"]
     # K concurrent trials (sweep.parallel=K): the sweep had K slots for its whole wall time
-    slots = int(next((o.split("=")[1] for o in reversed(overrides or []) if o.startswith("sweep.parallel=")), 1))
+    slots = max((t.get("parallel") or 1 for t in trials), default=1)  # from the trials' own config.yaml
     capacity = slots * wall
     parts = breakdown(capacity, trials)
     rows = [{"part": k, "seconds": v, "share of wall": v / capacity} for k, v in parts.items()]

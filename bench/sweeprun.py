@@ -55,5 +55,6 @@ def read_trials(study_dir: Path, study: str) -> list[dict]:
                      "start": t.datetime_start.timestamp(), "end": t.datetime_complete.timestamp(),
                      "trial_wall_seconds": rec.get("wall_seconds"), "phase_seconds": rec.get("phase_seconds", {}),
                      "steps": rec.get("steps"), "threads": (rec.get("config") or {}).get("hardware", {}).get("threads"),
+                     "parallel": ((rec.get("config") or {}).get("sweep") or {}).get("parallel"),
                      "accuracy": rec.get("accuracy")})
     return rows

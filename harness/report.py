@@ -43,6 +43,16 @@ def t_half_width(values: list[float], level: float = 0.95) -> float:
     return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
 
 
+def _seed_means(trials, metric: str) -> list[float]:
+    """metric once per seed, the mean of that seed's trials: a seed run twice (a sampler proposing the
+    configuration again) is one observation (analysis/stats.py per_seed_values does the same on frames)."""
+    by_seed: dict = {}
+    for t in trials:
+        if t.user_attrs.get(metric) is not None:
+            by_seed.setdefault(t.user_attrs.get("seed", f"trial {t.number}"), []).append(float(t.user_attrs[metric]))
+    return [sum(v) / len(v) for v in by_seed.values()]
+
+
 def configurations(trials, objectives: dict[str, str]) -> list[dict]:
     """Complete trials grouped by their searched values (seed excluded): per configuration the
     trials, seeds, and mean / 95% half-width of each objective, mean flops and device-seconds."""
@@ -56,12 +66,7 @@ def configurations(trials, objectives: dict[str, str]) -> list[dict]:
         row = {"params": json.loads(key), "trials": [t.number for t in ts],
                "seeds": [t.user_attrs.get("seed") for t in ts]}
         for metric in {*objectives, "accuracy", "flops", "device_seconds"}:
-            by_seed: dict = {}  # a seed run twice (a sampler proposing the configuration again) counts once
-            for t in ts:
-                if t.user_attrs.get(metric) is not None:
-                    by_seed.setdefault(t.user_attrs.get("seed", f"trial {t.number}"), []).append(
-                        float(t.user_attrs[metric]))
-            vals = [sum(v) / len(v) for v in by_seed.values()]
+            vals = _seed_means(ts, metric)
             row[metric] = sum(vals) / len(vals) if vals else None
             row[f"{metric}_ci"] = t_half_width(vals)
         out.append(row)

@@ -175,8 +175,8 @@ class Worker:
 
 
 class WarmRunner:
-    """The driver's runner with one warm worker per slot (sweep.parallel), started on its first trial.
-    Same interface and outcome contract as launch.ProcessRunner."""
+    """The driver's runner with one warm worker per slot (sweep.parallel), started by prestart() or on the
+    slot's first trial. Same interface and outcome contract as launch.ProcessRunner."""
 
     def __init__(self, slots: int, max_rss_growth: int = 2 * GiB):
         self.slots, self.max_rss_growth = slots, max_rss_growth
@@ -187,8 +187,6 @@ class WarmRunner:
     def prestart(self, cfg: DictConfig) -> None:
         """Start every slot's worker now, before the study opens: its imports (torch, transformers, peft:
         ~10 s here) then run beside the driver's checks instead of before the first trial."""
-        if cfg.hardware.device == "cpu":
-            cfg = cpu_threads(cfg, self.slots)
         with self.lock:
             for slot in range(self.slots):
                 self.workers.setdefault(slot, Worker(trial_env(cfg, slot, self.slots)))
@@ -199,6 +197,7 @@ class WarmRunner:
             w = self.workers.get(slot)
             if w is not None and w.env != env:  # a prestarted worker for other devices or settings
                 w.kill(signal.SIGKILL)
+                w.close()  # reaped, its start-up log closed
                 w = None
             if w is None or w.proc.poll() is not None:
                 w = self.workers[slot] = Worker(env, log)
