@@ -5,6 +5,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,27 @@ for _k, _v in QUIET_ENV.items():
     os.environ.setdefault(_k, _v)
 
 QUICK = ["model=tiny_bert", "data=tiny", "hardware.threads=1"]
+
+# A benchmark's child process prints its result as one line MARK + JSON (stdout also carries the trial's own output).
+MARK = "BENCH_RESULT "
+
+
+def report(result: dict) -> None:
+    """In the child: hand the result to the parent."""
+    print(MARK + json.dumps(result), flush=True)
+
+
+def run_child(module: str, args: list[str]) -> tuple[dict | None, str, float]:
+    """`python -m <module> <args>` in a fresh process: (its reported result, or None when it failed or
+    reported nothing; an error line with its stderr's tail; its wall seconds)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", module, *args], check=False, capture_output=True,
+                          text=True)  # the exit code is read below
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    if proc.returncode or not lines:
+        return None, f"exit {proc.returncode}:\n{proc.stderr[-3000:]}", wall
+    return json.loads(lines[-1][len(MARK):]), "", wall
 
 
 def compose(overrides: list[str]):

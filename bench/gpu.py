@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import compose, save, table
+from bench.common import compose, report, run_child, save, table
 
-MARK = "BENCH_RESULT "
 
 
 def _sync():
@@ -241,20 +238,13 @@ def child(variant: str, steps: int, warmup: int, profile: int, cfg_over: list[st
     out["load_peak_mib"] = LOAD_PEAK.get("mib")
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
-    print(MARK + json.dumps(out), flush=True)
+    report(out)
 
 
 def spawn(variant: str, args, cfg_over: list[str], profile: int = 0) -> dict:
-    cmd = [sys.executable, "-m", "bench.gpu", "--child", variant, "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--profile", str(profile), "--", *cfg_over]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)  # the exit code is read below
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode or not lines:
-        return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}", "process_seconds": time.perf_counter() - t0}
-    r = json.loads(lines[-1][len(MARK):])
-    r["process_seconds"] = time.perf_counter() - t0
-    return r
+    r, error, wall = run_child("bench.gpu", ["--child", variant, "--steps", str(args.steps), "--warmup",
+                                             str(args.warmup), "--profile", str(profile), "--", *cfg_over])
+    return {"error": error, "process_seconds": wall} if r is None else {**r, "process_seconds": wall}
 
 
 # ---------------------------------------------------------------------------- the parent

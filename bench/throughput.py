@@ -37,16 +37,12 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-from bench.common import QUICK, compose, median, save, table
+from bench.common import QUICK, compose, median, report, run_child, save, table
 
-MARK = "BENCH_RESULT "
 
 
 def _base(args) -> list[str]:
@@ -244,7 +240,7 @@ def child(variant: str, cfg_over: list[str], steps: int) -> None:
     out = VARIANTS[variant](cfg_over, steps)
     out["peak_rss_mib"] = peak_memory_bytes(torch.device("cpu")) / 2**20
     out["torch_threads"] = torch.get_num_threads()
-    print(MARK + json.dumps(out), flush=True)
+    report(out)
 
 
 # ---------------------------------------------------------------------------- the parent
@@ -253,14 +249,9 @@ def child(variant: str, cfg_over: list[str], steps: int) -> None:
 def measure(variant: str, cfg_over: list[str], steps: int) -> dict:
     """One run in a fresh process. A variant may carry config overrides: `harness+hardware.threads=2`."""
     name, *extra = variant.split("+")
-    cmd = [sys.executable, "-m", "bench.throughput", "--child", name, "--steps", str(steps), "--", *cfg_over, *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)  # the exit code is read below
-    wall = time.perf_counter() - t0
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    r = json.loads(lines[-1][len(MARK):])
+    r, error, wall = run_child("bench.throughput", ["--child", name, "--steps", str(steps), "--", *cfg_over, *extra])
+    if r is None:
+        raise RuntimeError(f"{variant} failed ({error})")
     r.update(variant=variant, process_seconds=wall, tokens_per_second=r["tokens"] / r["train_seconds"],
              examples_per_second=r["examples"] / r["train_seconds"], step_seconds=r["train_seconds"] / r["steps"],
              padding_share=1 - r["tokens"] / r["padded_tokens"])
