@@ -32,16 +32,19 @@ from pathlib import Path
 from bench.common import RESULTS, machine, table
 
 OUT = Path("runs/bench_curve")
-CLS = ["train.max_steps=600", "train.eval_every=40", "eval.intermediate_examples=400", "hardware.threads=1",
-       "tracking.mode=disabled", "train.save_adapter=none"]
+EVERY = ["train.eval_every=40", "eval.intermediate_examples=400", "hardware.threads=1",
+         "tracking.mode=disabled", "train.save_adapter=none"]
+CLS = ["train.max_steps=600", *EVERY]
 SFT = ["task=sft", "train.max_steps=300", "train.eval_every=50", "eval.intermediate_examples=100",
        "hardware.threads=1", "tracking.mode=disabled", "train.save_adapter=none"]
-SPLIT = ["data.test_size=2000", "data.train_size=2000"]
+# The train pool a 2,000/2,000 split leaves, on the default 400 test items (the same items as the main
+# curves, so the comparison pairs by seed; a 2,000-item pool nested in the 3,600 is the same size of pool).
+SPLIT = ["data.train_size=2000"]
 STUDIES = {
     **{f"curve_cls_s{s}": ["train.lr=1e-3,2e-3", f"seed={s}", *CLS] for s in range(5)},
     # the collapse edge: short single-seed runs at higher learning rates
-    "curve_edge": ["train.lr=5e-3,1e-2", "seed=0", *CLS, "train.max_steps=200"],
-    # item 7: a 2,000-item test split leaves a 2,000-item train pool; does it reach the same plateau?
+    "curve_edge": ["train.lr=5e-3,1e-2", "seed=0", "train.max_steps=160", *EVERY],
+    # item 7: does the 2,000-item train pool of a 2,000/2,000 split reach the same plateau?
     **{f"curve_split_s{s}": ["train.lr=choice(2e-3)", f"seed={s}", *CLS, *SPLIT] for s in range(3)},
     "curve_sft_time": ["train.lr=choice(1e-3)", "seed=0", *SFT, "train.max_steps=20", "train.eval_every=10"],
     **{f"curve_sft_s{s}": ["train.lr=5e-4,2e-3", f"seed={s}", *SFT] for s in range(3)},
@@ -193,6 +196,64 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def early_stop(curve: dict[int, float], patience: int, min_delta: float) -> int:
+    """The eval step at which transformers' EarlyStoppingCallback semantics stop a trial: after each
+    eval (step 0, the baseline, excluded) the patience counter resets when the metric beats the best
+    so far by more than min_delta, else grows by one; the trial stops when it reaches patience.
+    A trial that never stops runs to its last eval. Exact on these curves: the lr schedule is planned
+    over max_steps either way, so an early-stopped run is the same run cut at the stop."""
+    best, waited = None, 0
+    steps = sorted(s for s in curve if s > 0)
+    for s in steps:
+        if best is None or curve[s] - best > min_delta:
+            best, waited = curve[s], 0
+        else:
+            waited += 1
+            if waited >= patience:
+                return s
+    return steps[-1]
+
+
+def replay_early_stopping(rows: list[dict], main: str = "curve_cls", patiences=(2, 3, 4, 5),
+                          deltas=(0.0, 0.005, 0.01)) -> list[dict]:
+    """Each (patience, min_delta) on every complete main-curve trial: where it stops, the share of the
+    steps it saves, and the accuracy it ends with (last eval; best eval so far) against the full run's last eval."""
+    trials = [r for r in rows if r["status"] == "complete" and r["family"] == main and not r["collapsed"]]
+    out = []
+    for p, d in itertools.product(patiences, deltas):
+        stops, saved, loss_last, loss_best = [], [], [], []
+        for r in trials:
+            c, last = r["curve"], max(r["curve"])
+            s = early_stop(c, p, d)
+            stops.append(s)
+            saved.append(1 - s / last)
+            loss_last.append(c[last] - c[s])
+            loss_best.append(c[last] - max(a for t, a in c.items() if 0 < t <= s))
+        if not trials:
+            continue
+        n = len(trials)
+        out.append({"patience": p, "min_delta": d, "trials": n, "median_stop": _median(stops),
+                    "max_stop": max(stops), "mean_saved": sum(saved) / n,
+                    "mean_loss_last": sum(loss_last) / n, "worst_loss_last": max(loss_last),
+                    "mean_loss_best": sum(loss_best) / n, "worst_loss_best": max(loss_best)})
+    return out
+
+
+def plateau_noise(rows: list[dict], main: str = "curve_cls") -> dict:
+    """Eval-to-eval jitter of single trials on their plateau (the last half of the steps): the SD of
+    consecutive differences, what a min_delta must clear not to reset the patience on noise."""
+    diffs = []
+    for r in rows:
+        if r["status"] != "complete" or r["family"] != main or r["collapsed"]:
+            continue
+        steps = sorted(s for s in r["curve"] if s >= r["max_steps"] / 2)
+        diffs += [r["curve"][b] - r["curve"][a] for a, b in itertools.pairwise(steps)]
+    if len(diffs) < 2:
+        return {"n": len(diffs)}
+    m = sum(diffs) / len(diffs)
+    return {"n": len(diffs), "mean": m, "sd": math.sqrt(sum((x - m) ** 2 for x in diffs) / (len(diffs) - 1))}
+
+
 def _median(xs):
     xs = sorted(x for x in xs if x is not None)
     return xs[len(xs) // 2] if xs else None
@@ -254,14 +315,20 @@ def figure(groups: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def analyse(out: Path, name: str = "curve", results: Path = RESULTS) -> int:
+def analyse(out: Path, name: str = "curve", results: Path = RESULTS, main: str = "curve_cls") -> int:
     """Read the records under out/, write results/<name>.{json,md,png}."""
     rows = load(out)
     if not rows:
         print(f"no trial records under {out}/: run `python -m bench.curve run ...` first", file=sys.stderr)
         return 2
     groups = summarise(rows)
+    es = replay_early_stopping(rows, main)
     md = markdown(groups)
+    if es:
+        md += "\n\nEarly stopping replayed on the main curves (accuracy lost vs the full run's last eval):\n\n" + table(
+            [{**e, "mean_saved": f"{e['mean_saved']:.0%}"} for e in es],
+            ["patience", "min_delta", "trials", "median_stop", "max_stop", "mean_saved", "mean_loss_last",
+             "worst_loss_last", "mean_loss_best", "worst_loss_best"])
     print(md)
     results.mkdir(parents=True, exist_ok=True)
     png, path = results / f"{name}.png", results / f"{name}.json"
@@ -269,7 +336,8 @@ def analyse(out: Path, name: str = "curve", results: Path = RESULTS) -> int:
     (results / f"{name}.md").write_text(md + "\n")
     path.write_text(json.dumps({"benchmark": "curve", "machine": machine(), "records": str(out),
                                 "studies": STUDIES, "plateau_tol": PLATEAU_TOL, "converged_tol": CONVERGED_TOL,
-                                "groups": groups, "trials": rows, "binomial_se": se_table()}, indent=1, default=str))
+                                "groups": groups, "trials": rows, "binomial_se": se_table(),
+                                "early_stopping": es, "plateau_noise": plateau_noise(rows, main)}, indent=1, default=str))
     print(f"wrote {path}, {png}, {results / (name + '.md')}")
     return 0
 
@@ -290,7 +358,7 @@ def main(argv=None) -> int:
         return run(args.names or (list(QUICK) if args.quick else []), stop, QUICK if args.quick else STUDIES,
                    QUICK_OUT if args.quick else OUT)
     if args.quick:  # smoke test: outputs next to the quick records, never over the committed ones
-        return analyse(QUICK_OUT, "curve", QUICK_OUT)
+        return analyse(QUICK_OUT, "curve", QUICK_OUT, "curve_quick")
     return analyse(OUT)
 
 

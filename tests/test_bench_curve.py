@@ -43,12 +43,25 @@ def test_plateau_on_planted_curves():
     assert curve.gain_last_quarter(dict(zip(PLANTED, [0.5, 0.6, 0.7, 0.8, 0.8]))) == pytest.approx(0.0)
 
 
+def test_early_stopping_semantics():
+    c = dict(zip([0, 10, 20, 30, 40, 50, 60], [0.5, 0.6, 0.7, 0.7, 0.69, 0.71, 0.70]))
+    # a tie (0.7 after 0.7) is no improvement: two evals without one stop at 40
+    assert curve.early_stop(c, patience=2, min_delta=0.0) == 40
+    # 0.71 beats 0.70 by 1 point: resets at 50, runs to the end with patience 3
+    assert curve.early_stop(c, patience=3, min_delta=0.0) == 60
+    # ... but not by more than min_delta=0.01 (float: 0.71 - 0.70 < 0.01 + eps): stops at 50
+    assert curve.early_stop(c, patience=3, min_delta=0.011) == 50
+    # the baseline at step 0 is not an eval of the trial
+    assert curve.early_stop({0: 0.9, 10: 0.5, 20: 0.5}, patience=1, min_delta=0.0) == 20
+
+
 def test_binomial_se_by_hand():
     assert curve.binomial_se(0.8, 400) == pytest.approx(0.02)          # sqrt(0.16 / 400)
     assert curve.binomial_se(0.8, 2000) == pytest.approx(0.0089443, rel=1e-4)
     assert curve.binomial_se(0.75, 400) == pytest.approx(0.0216506, rel=1e-4)
 
 
+@pytest.mark.slow  # a 4-trial grid study in real processes: 69 s on the shared 2-core box at load 10
 def test_records_of_a_tiny_study(records):
     out, rows = records
     assert len(rows) == 4 and all(r["status"] == "complete" for r in rows)
@@ -64,6 +77,7 @@ def test_records_of_a_tiny_study(records):
         assert curve.plateau_step(steps, accs) == _plateau_by_hand(steps, accs, curve.PLATEAU_TOL)
 
 
+@pytest.mark.slow
 def test_summary_of_a_tiny_study(records, tmp_path):
     out, rows = records
     groups = curve.summarise(rows)
@@ -76,7 +90,12 @@ def test_summary_of_a_tiny_study(records, tmp_path):
         finals = [r["curve"][12] for r in mine]
         assert g["spread_final"] == pytest.approx(max(finals) - min(finals))
         assert g["converged"] == (abs(g["gain_last25"]) < curve.CONVERGED_TOL)
-    assert curve.analyse(out, "curve", tmp_path) == 0
+    assert curve.analyse(out, "curve", tmp_path, "curve_quick") == 0
     saved = json.loads((tmp_path / "curve.json").read_text())
-    assert len(saved["trials"]) == 4 and (tmp_path / "curve.png").stat().st_size > 1000
+    assert len(saved["trials"]) == 4
+    kept = [r for r in rows if not r["collapsed"]]
+    for e in saved["early_stopping"]:
+        assert e["trials"] == len(kept)
+        stops = [curve.early_stop(r["curve"], e["patience"], e["min_delta"]) for r in kept]
+        assert e["max_stop"] == max(stops) and e["max_stop"] <= 12 and (tmp_path / "curve.png").stat().st_size > 1000
     assert "plateau step" in (tmp_path / "curve.md").read_text()
