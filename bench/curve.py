@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +45,7 @@ STUDIES = {
     **{f"curve_cls_s{s}": ["train.lr=1e-3,2e-3", f"seed={s}", *CLS] for s in range(5)},
     # the collapse edge: short single-seed runs at higher learning rates
     "curve_edge": ["train.lr=5e-3,1e-2", "seed=0", "train.max_steps=160", *EVERY],
+    "curve_edge_s1": ["train.lr=5e-3,7e-3", "seed=1", "train.max_steps=160", *EVERY],
     # item 7: does the 2,000-item train pool of a 2,000/2,000 split reach the same plateau?
     **{f"curve_split_s{s}": ["train.lr=choice(2e-3)", f"seed={s}", *CLS, *SPLIT] for s in range(3)},
     "curve_sft_time": ["train.lr=choice(1e-3)", "seed=0", *SFT, "train.max_steps=20", "train.eval_every=10"],
@@ -192,6 +194,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             "converged": abs(g) < CONVERGED_TOL, "collapsed": sum(r["collapsed"] for r in grp),
             "s_per_step": _median([r["s_per_step"] for r in grp]), "s_per_eval": _median([r["s_per_eval"] for r in grp]),
             "wall_seconds": _median([r["wall_seconds"] for r in grp]),
+            "wall_seconds_range": [min(r["wall_seconds"] for r in grp), max(r["wall_seconds"] for r in grp)],
         })
     return out
 
@@ -255,8 +258,8 @@ def plateau_noise(rows: list[dict], main: str = "curve_cls") -> dict:
 
 
 def _median(xs):
-    xs = sorted(x for x in xs if x is not None)
-    return xs[len(xs) // 2] if xs else None
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def _pm(m, hw, digits=3):
@@ -265,17 +268,18 @@ def _pm(m, hw, digits=3):
 
 def markdown(groups: list[dict]) -> str:
     cols = ["curve", "lr", "seeds", "steps", "acc @80 (± 95% CI)", "range @80", "final (± 95% CI)", "range final",
-            "plateau step", "gain last 25%", "collapsed", "s/step", "s/trial"]
+            "plateau step", "level", "gain last 25%", "collapsed", "s/step", "s/trial"]
     rows = []
     for g in groups:
         rows.append({"curve": f"{g['family']} (train {g['train_size']}, test {g['test_size']})", "lr": f"{g['lr']:g}",
                      "seeds": g["n"], "steps": g["max_steps"], "acc @80 (± 95% CI)": _pm(g["acc80"], g["acc80_ci"]),
                      "range @80": f"{g['spread80']:.3f}", "final (± 95% CI)": _pm(g["final"], g["final_ci"]),
                      "range final": f"{g['spread_final']:.3f}", "plateau step": g["plateau_step"],
+                     "level": f"{g['level']:.3f}",
                      "gain last 25%": _pm(g["gain_last25"], g["gain_last25_ci"]),
                      "collapsed": f"{g['collapsed']}/{g['n']}",
                      "s/step": f"{g['s_per_step']:.2f}" if g["s_per_step"] else "",
-                     "s/trial": f"{g['wall_seconds']:.0f}" if g["wall_seconds"] else ""})
+                     "s/trial": "-".join(f"{w:.0f}" for w in sorted(set(g["wall_seconds_range"])))})
     return table(rows, cols)
 
 
@@ -296,14 +300,22 @@ def figure(groups: list[dict], path: Path) -> None:
         for g in (g for g in groups if g["task"] == task):
             c = next(colors)
             lab = f"{g['family']} lr={g['lr']:g} (n={g['n']}, train {g['train_size']}/test {g['test_size']})"
+            if g["n"] == 1:  # a single-seed probe (the collapse edge): a thin dashed line, no band
+                ax.plot(g["steps"], g["mean"], color=c, lw=1, ls="--", marker="x", ms=3, label=lab)
+                continue
             for sc in g["seed_curves"].values():
                 ax.plot(g["steps"], sc, color=c, alpha=0.25, lw=0.8)
             ax.plot(g["steps"], g["mean"], color=c, lw=2, label=lab, marker="o", ms=3)
-            lo = [m - (0 if math.isnan(h) else h) for m, h in zip(g["mean"], g["ci"])]
-            hi = [m + (0 if math.isnan(h) else h) for m, h in zip(g["mean"], g["ci"])]
+            lo = [max(0.0, m - (0 if math.isnan(h) else h)) for m, h in zip(g["mean"], g["ci"])]
+            hi = [min(1.0, m + (0 if math.isnan(h) else h)) for m, h in zip(g["mean"], g["ci"])]
             ax.fill_between(g["steps"], lo, hi, color=c, alpha=0.15)
             ax.axvline(g["plateau_step"], color=c, ls=":", lw=1)
-        ax.axvline(80 if task == "classification" else 30, color="grey", ls="--", lw=1)
+        default = 80 if task == "classification" else 30  # train.max_steps of conf/train, conf/task/sft.yaml
+        if ax.get_xlim()[1] > default:
+            ax.axvline(default, color="grey", ls="--", lw=1)
+        if task == "classification":
+            ax.axhline(0.5, color="black", lw=0.6, alpha=0.5)  # the majority share: a collapsed trial
+            ax.set_ylim(0.4, 0.9)  # 2-seed t intervals reach far outside; the band is clipped, not the curves
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("held-out accuracy" if task == "classification" else "held-out exact match")
         ax.set_title(f"{task}: mean ± 95% CI over seeds (faint: single seeds; dotted: plateau; dashed: default budget)",
