@@ -300,8 +300,9 @@ def figure(groups: list[dict], path: Path) -> None:
         for g in (g for g in groups if g["task"] == task):
             c = next(colors)
             lab = f"{g['family']} lr={g['lr']:g} (n={g['n']}, train {g['train_size']}/test {g['test_size']})"
-            if g["n"] == 1:  # a single-seed probe (the collapse edge): a thin dashed line, no band
-                ax.plot(g["steps"], g["mean"], color=c, lw=1, ls="--", marker="x", ms=3, label=lab)
+            if g["n"] < 3:  # single-seed probes (the collapse edge): thin dashed lines, no band or plateau
+                for i, sc in enumerate(g["seed_curves"].values()):
+                    ax.plot(g["steps"], sc, color=c, lw=1, ls="--", marker="x", ms=3, label=None if i else lab)
                 continue
             for sc in g["seed_curves"].values():
                 ax.plot(g["steps"], sc, color=c, alpha=0.25, lw=0.8)

@@ -61,7 +61,7 @@ def test_binomial_se_by_hand():
     assert curve.binomial_se(0.75, 400) == pytest.approx(0.0216506, rel=1e-4)
 
 
-@pytest.mark.slow  # a 4-trial grid study in real processes: 69 s on the shared 2-core box at load 10
+# the module's tiny 4-trial grid study in real processes: 13 s on the 2-core box at load ~2 (69 s at load 10)
 def test_records_of_a_tiny_study(records):
     out, rows = records
     assert len(rows) == 4 and all(r["status"] == "complete" for r in rows)
@@ -77,7 +77,6 @@ def test_records_of_a_tiny_study(records):
         assert curve.plateau_step(steps, accs) == _plateau_by_hand(steps, accs, curve.PLATEAU_TOL)
 
 
-@pytest.mark.slow
 def test_summary_of_a_tiny_study(records, tmp_path):
     out, rows = records
     groups = curve.summarise(rows)
