@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness.trial.adapters import ADAPTER, META
+from harness.record import ADAPTER, META, read_record
 
 
 class ExportError(ValueError):
@@ -55,7 +55,10 @@ def merge(trial: Path, out: Path) -> Path:
     src = _adapter_dir(trial)
     meta = json.loads((src / META).read_text())
     # the resolved config the trial ran (result.json has it whichever way the trial was started)
-    cfg = config_mod.complete(json.loads((trial / "result.json").read_text())["config"])
+    rec = read_record(trial / "result.json")
+    if rec is None or rec.config is None:
+        raise ExportError(f"{trial}/result.json is unreadable or holds no config")
+    cfg = config_mod.complete(rec.config)
     tokenizer = load_tokenizer(cfg)
     labels = meta.get("labels") or []
     base = load_base(cfg, len(labels), "cpu", tokenizer)

@@ -32,7 +32,7 @@ from harness.trial.loop import (LoopResult, adapter_checksum, eval_log, intermed
                           train_loop)
 from harness.trial.models import prepare
 from harness.optuna_parts import trial_reporter
-from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir  # noqa: F401 (re-exported)
+from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir, wandb_exit_code  # noqa: F401 (re-exported)
 from harness.trial.shared import Shared, release, shared
 from harness.trial.tracking import Run, provenance, usable_cpus, write_json
 
@@ -178,7 +178,7 @@ def make_record(cfg, sh: Shared, res: LoopResult, final, baseline, base_info: tu
     t, world = cfg.train, accelerator.num_processes
     per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     baseline_cached, baseline_flops = base_info
-    rec = TrialRecord(
+    fields = dict(
         status=res.status, reason=res.reason, study=cfg.study, trial=cfg.trial,
         accuracy=final["accuracy"] if final else None, eval_loss=final["loss"] if final else None,
         method=cfg.method,
@@ -207,19 +207,19 @@ def make_record(cfg, sh: Shared, res: LoopResult, final, baseline, base_info: tu
         extra["samples"] = samples
     if t.eval_every:  # the intermediate evals' subset, when eval.intermediate_examples drew one (loop.py)
         extra["intermediate_eval_examples"] = len(intermediate_items(sh.test_items, cfg))
-    return rec.model_copy(update=extra)
+    return TrialRecord(**{**fields, **extra})  # validated: a key the type does not declare must be an eval.metrics number
 
 
 def publish(rec: TrialRecord, tracker, resolved: dict, history: list[dict], run_dir: Path, main: bool) -> dict:
     """result.json (the record + config + loss history) and the W&B run's tables and summary (rank 0)."""
-    record = rec.model_dump()
+    record = rec.model_dump(exclude_unset=True)  # the keys this trial set: sft's metrics only for sft
     for k, rows in record.get("samples", {}).items():
         tracker.table(f"samples/{k}", rows)
     if main:
         record["wandb"] = tracker.info()
         write_json(run_dir / "result.json", {**record, "config": resolved, "history": history})
         tracker.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None},
-                       exit_code=0 if rec.status == "complete" else 1)
+                       exit_code=wandb_exit_code(rec.status))
     return record
 
 

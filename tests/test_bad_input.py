@@ -70,7 +70,7 @@ def study_created_with(*overrides: str) -> Setup:
 
         url = [f"storage.url=sqlite:///{d}/s.db"]
         ov = [*BASE, *overrides, *url, f"out_dir={d}/first"]
-        Driver(complete(load(ov)), ov).open()
+        Driver(complete(load(ov)), ov).session.open()
         return url
     return setup
 

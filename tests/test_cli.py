@@ -319,5 +319,5 @@ def test_a_new_study_names_its_metrics_for_the_dashboard(tiny_cfg):
     ov, _ = cli.multirun(["lora.r=2,4"])
     cfg = tiny_cfg(*ov, "+sweep.objectives={accuracy: maximize, flops: minimize}", study="named")
     driver = Driver(cfg, ov)
-    driver.open()
-    assert driver.study.metric_names == ["accuracy", "flops"]
+    driver.session.open()
+    assert driver.session.study.metric_names == ["accuracy", "flops"]

@@ -12,6 +12,7 @@ import yaml
 from omegaconf import open_dict
 
 from harness import train
+from harness.record import read_record
 from harness.runners.process import accelerate_command, accelerate_config, allocate_trial, run_subprocess, write_config
 
 # Dropout off everywhere, so one process and two see the same function of the same batches.
@@ -23,7 +24,7 @@ def _launch(cfg):
     run_dir = allocate_trial(cfg)
     rc = run_subprocess(cfg, write_config(cfg, run_dir), run_dir / "log.txt")
     result = run_dir / "result.json"
-    return rc, (json.loads(result.read_text()) if result.is_file() else None), run_dir
+    return rc, read_record(result), run_dir
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,8 @@ def test_every_rank_follows_rank_0s_prune_decision(tiny_cfg):
     in the next collective forever) and the launch must end with the pruned exit code."""
     import optuna
 
-    from harness.runners.process import outcome
+    from harness.runners import Ended
+    from harness.study.outcome import classify
 
     cfg = tiny_cfg("hardware=cpu2", "tracking.mode=disabled", "sweep=lora_rank", "sweep.pruner=median",
                    "+sweep.pruner_args.n_startup_trials=0", "train.max_steps=8", "train.eval_every=2",
@@ -134,6 +136,6 @@ def test_every_rank_follows_rank_0s_prune_decision(tiny_cfg):
         cfg.trial = study.ask().number
     rc, rec, run_dir = _launch(cfg)
     # the record's status is the outcome (torchrun turns rank 0's exit code 3 into 1)
-    assert outcome(rc, rec, run_dir / "log.txt", ["accuracy"]).state == "PRUNED", (run_dir / "log.txt").read_text()[-3000:]
+    assert classify(Ended(rc, rec, run_dir / "log.txt"), ["accuracy"]).state == "PRUNED", (run_dir / "log.txt").read_text()[-3000:]
     assert rec["status"] == "pruned" and rec["steps"] == 2 and rec["world_size"] == 2
     assert study.trials[cfg.trial].intermediate_values.keys() == {2}  # reported once, by one rank

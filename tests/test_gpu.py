@@ -114,10 +114,11 @@ def test_a_4bit_tiny_llama_trains_its_adapters_on_hardware_gpu1(tiny_cfg):
 
 def _submit(runner, cfg):
     from harness.record import trial_dir
+    from harness.study.outcome import classify
 
     d = trial_dir(cfg.out_dir, cfg.study, cfg.trial)
     d.mkdir(parents=True, exist_ok=True)
-    out = runner.run(cfg, d, 0, lambda pid: None, lambda: None, 0.2, ["accuracy"])
+    out = classify(runner.run(cfg, d, 0, lambda pid: None, lambda: None, 0.2), ["accuracy"])
     return out, json.loads((d / "result.json").read_text())
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from harness.config.schema import ConfigError, complete, load
-from harness.runners.process import outcome, write_config
+from harness.record import TrialRecord
+from harness.runners import Ended
+from harness.runners.process import write_config
 from harness.study.summary import best_configuration
 from harness.study.driver import Driver, check
 
@@ -24,15 +26,24 @@ class Runner:
     def __init__(self):
         self.ran = []
 
-    def run(self, tcfg, run_dir, slot, started, beat, every, objectives):
+    def run(self, tcfg, run_dir, slot, started, beat, every):
         started(1)
         self.ran.append((tcfg.method, tcfg.quant.mode, tcfg.train.lr, tcfg.lora.r, tcfg.seed))
         acc = 0.99 if tcfg.method != "lora" else 0.5 + 0.01 * tcfg.lora.r
         write_config(tcfg, Path(run_dir))
-        return outcome(0, {"status": "complete", "accuracy": acc, "flops": 1e9, "device_seconds": 1.0, "tokens": 1},
-                       Path(run_dir) / "log.txt", objectives)
+        rec = TrialRecord(status="complete", accuracy=acc, flops=1e9, device_seconds=1.0, tokens=1)
+        return Ended(0, rec, Path(run_dir) / "log.txt")
 
     def stop(self, sig=signal.SIGTERM):
+        pass
+
+    def prestart(self, cfg):
+        pass
+
+    def close(self):
+        pass
+
+    def discard(self):
         pass
 
 
@@ -56,7 +67,7 @@ def test_reference_arms_run_once_per_seed_with_their_overrides_and_are_never_the
         [(2, 0), (2, 1), (8, 0), (8, 1), (32, 0), (32, 1)]
     head = [r for r in refs if r[0] == "head_only"]
     assert all(lr == 0.01 for _, _, lr, _, _ in head)
-    best = best_configuration(d.study.trials, {"accuracy": "maximize"})
+    best = best_configuration(d.session.study.trials, {"accuracy": "maximize"})
     assert best["params"]["lora.r"] == 32  # 0.99 of the references is not the study's best
 
 

@@ -21,12 +21,12 @@ from tests.test_workers import TINY_STUDY
 K, ROUNDS = 4, 3
 
 # One worker: load every round's config first (slow, imports), then per round wait at the barrier and
-# open the study: Driver() builds the storage (schema creation), open() creates or loads the study.
+# open the study: Session() builds the storage (schema creation), open() creates or loads the study.
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from harness.config.schema import complete, load
-from harness.study.driver import Driver
+from harness.study.session import Session
 base, urls, sync, me = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 jobs = [(complete(load([*base, f"storage.url={u}"])), [*base, f"storage.url={u}"]) for u in urls]
 for i, (cfg, overrides) in enumerate(jobs):
@@ -34,7 +34,7 @@ for i, (cfg, overrides) in enumerate(jobs):
     while not (sync / f"go-{i}").exists():
         time.sleep(0.0005)
     try:
-        d = Driver(cfg, overrides)
+        d = Session(cfg, overrides)
         res = {"new": d.open(), "waiting": len(d.study.get_trials(deepcopy=False))}
     except BaseException as e:
         res = {"error": f"{type(e).__name__}: {str(e)[:400]}"}

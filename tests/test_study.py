@@ -189,7 +189,7 @@ def test_a_trial_left_running_by_a_driver_elsewhere_is_failed_after_the_grace_pe
     """The heartbeat path (RDB storages): a RUNNING trial of a driver on another host goes stale."""
     from harness.config.schema import complete, load as compose
     from harness.optuna_parts import tally
-    from harness.study.driver import Driver
+    from harness.study.session import Session
 
     ov = sweep(tmp_path, "hb", """\
 sweep:
@@ -198,7 +198,7 @@ sweep:
   heartbeat_interval: 1
   grace_period: 1
 """)
-    d = Driver(complete(compose(ov)), ov)
+    d = Session(complete(compose(ov)), ov)
     d.open()
     trial, params, seed = d.next_trial(time.time())
     trial.set_user_attr("driver", "elsewhere:1")  # not on this host: only the heartbeat can tell
@@ -279,7 +279,7 @@ def test_a_study_is_one_experiment_a_resume_with_another_base_config_is_refused(
     """The base config is stored at creation; a resume that changes it (not the budget or parallelism) is
     refused with the differing keys, unless the user vouches for them in sweep.allow_changes."""
     from harness.config.schema import ConfigError, complete, load as compose
-    from harness.study.driver import Driver
+    from harness.study.session import Session
 
     ov = sweep(tmp_path, "one", """\
 sweep:
@@ -290,7 +290,7 @@ sweep:
 """)
 
     def opened(*extra):
-        return Driver(complete(compose([*ov, *extra])), [*ov, *extra]).open()
+        return Session(complete(compose([*ov, *extra])), [*ov, *extra]).open()
 
     assert opened() is True
     assert opened("sweep.parallel=2", "sweep.seeds=[0,1]", "hardware.threads=2") is False  # schedule and budget

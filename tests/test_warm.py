@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from harness import train
+from harness.study.outcome import classify
 from harness.runners.process import ProcessRunner
 from harness.record import trial_dir
 from harness.runners.warm import WarmRunner, make_runner
@@ -25,7 +26,7 @@ def _submit(runner, cfg, pids=None):
     """runner.run as the driver calls it; returns the Outcome and the saved result.json (or None)."""
     d = trial_dir(cfg.out_dir, cfg.study, cfg.trial)
     d.mkdir(parents=True, exist_ok=True)
-    out = runner.run(cfg, d, 0, (pids if pids is not None else []).append, lambda: None, 0.2, ["accuracy"])
+    out = classify(runner.run(cfg, d, 0, (pids if pids is not None else []).append, lambda: None, 0.2), ["accuracy"])
     saved = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else None
     return out, saved
 

@@ -110,11 +110,11 @@ def test_two_workers_asking_at_the_same_moment_do_not_share_a_grid_point(tmp_pat
     """Deterministic interleaving of two drivers' next_trial on one storage: B asks while A is between
     'which point is missing?' and 'enqueue it'. No trial runs, so this is fast."""
     from harness.config.schema import complete, load
-    from harness.study.driver import Driver
+    from harness.study.session import Session
 
     overrides = [*TINY_STUDY, "study=race", f"out_dir={tmp_path}", "storage=journal"]
     cfg = complete(load(overrides))
-    a, b = Driver(cfg, overrides), Driver(cfg, overrides)
+    a, b = Session(cfg, overrides), Session(cfg, overrides)
     a.open(), b.open()
     jobs = {}
 
