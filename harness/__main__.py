@@ -83,6 +83,14 @@ def _run(cfg, overrides: list[str]) -> int:
     else:
         print(f"\naccuracy {_fmt(rec.accuracy)}  (zero-shot baseline {_fmt(rec.baseline_accuracy)}, "
               f"majority class {_fmt(rec.majority_accuracy)})")
+    if rec.convergence and rec.evals and len(rec.evals) > 1:  # with intermediate evals (train.eval_every)
+        print(f"learning {rec.convergence}")
+    if rec.stopped_early:
+        print(f"stopped  early at step {rec.steps} (best eval at step {rec.best_step}): {rec.steps_saved} steps, "
+              f"~{rec.flops_saved:.3g} train FLOPs saved")
+    if rec.degenerate:
+        print(f"warning  degenerate trial: {rec.degenerate}"
+              + (f" (predicted {rec.pred_histogram})" if rec.degenerate == "collapsed" else ""))
     print(f"cost     {rec.flops:.3g} FLOPs, {rec.tokens:,} train tokens, {rec.device_seconds:.1f} device-s "
           f"(${rec.cost_usd:.5f}), peak memory {rec.peak_memory_bytes / 2**20:.0f} MiB, "
           f"{rec.trainable_params:,} trainable params")

@@ -134,7 +134,18 @@ class TrialRecord(BaseModel):
     labels: list[str] | None = None
     data: DataInfo | None = None
     intermediate_eval_examples: int | None = None        # eval.intermediate_examples drew a subset
-    evals: list[dict] = []                              # {step, accuracy, loss, + eval.metrics} per eval
+    evals: list[dict] = []                              # {step, accuracy, loss, n, + eval.metrics} per eval
+    # did it finish learning, and learn anything (harness/metrics/convergence.py)
+    last_quarter_gain: float | None = None              # metric gain over the last 25% of steps (good direction)
+    last_quarter_gain_se: float | None = None           # its binomial standard error (0/1-per-item metrics)
+    convergence: str | None = None                      # "converged (...)" | "still improving (+x points ...)"
+    pred_histogram: dict[str, int] | None = None        # classification: predicted label -> test items
+    degenerate: Literal["collapsed", "diverged"] | None = None
+    # early stopping (train.early_stopping); steps = the step it stopped at
+    stopped_early: bool | None = None
+    best_step: int | None = None                        # the intermediate eval with the best early-stopping metric
+    steps_saved: int | None = None                      # train.max_steps - steps
+    flops_saved: float | None = None                    # steps_saved x this trial's measured train FLOPs per step
     # provenance and where the rest lives
     provenance: Provenance | dict = {}
     wandb: WandbInfo | None = None
@@ -157,7 +168,8 @@ METRICS = ("accuracy", "eval_loss", "best_intermediate_accuracy", "train_loss", 
 INTERMEDIATE = {"accuracy": "accuracy", "eval_loss": "loss"}      # objective -> key of an intermediate eval
 # copied into the Optuna trial's user_attrs (the dashboard and the driver's table show them)
 ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "peak_memory_bytes",
-                "trainable_params", "cost_usd")
+                "trainable_params", "cost_usd", "degenerate", "last_quarter_gain", "last_quarter_gain_se", "steps",
+                "stopped_early", "steps_saved", "flops_saved")
 
 
 def _scalar(annotation) -> bool:

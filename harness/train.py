@@ -28,8 +28,9 @@ from harness.tasks import TASKS, Task  # noqa: F401 (re-exported for tests)
 from harness.config import schema as config_mod
 from harness.trial.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
 from harness.data.load import cache_dir
-from harness.trial.loop import (LoopResult, adapter_checksum, eval_log, intermediate_items, train_batches,  # noqa: F401
-                          train_loop)
+from harness.metrics import convergence
+from harness.trial.loop import (LoopResult, adapter_checksum, eval_entry, eval_log, intermediate_items,  # noqa: F401
+                                train_batches, train_loop)
 from harness.trial.models import prepare
 from harness.optuna_parts import trial_reporter
 from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir, wandb_exit_code  # noqa: F401 (re-exported)
@@ -138,24 +139,31 @@ def final_eval(ctx: TrialContext, model, res: LoopResult):
         return None
     with ctx.clock.phase("eval"):
         final = task.evaluate(model, sh.test_items, cfg, sh.tokenizer, accelerator)
-    if accelerator.is_main_process and "predictions" in final:  # per item, for error analysis and pairing
-        _write_predictions(run_dir / "predictions.jsonl", final.pop("predictions"), sh.test_items, sh.splits.labels)
+    preds = final.pop("predictions", None)
+    if preds is not None and sh.splits.labels:  # classification: what the head predicted, per label
+        final["pred_histogram"] = {y: sum(p["prediction"] == i for p in preds) for i, y in enumerate(sh.splits.labels)}
+    if accelerator.is_main_process and preds is not None:  # per item, for error analysis and pairing
+        _write_predictions(run_dir / "predictions.jsonl", preds, sh.test_items, sh.splits.labels)
     res.eval_tokens += final["tokens"]
     if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/trial/adapters.py)
         adapters.save(accelerator.unwrap_model(model), sh.tokenizer, run_dir, cfg, sh.splits.labels)
-    res.evals.append({"step": res.step, "accuracy": final["accuracy"], "loss": final["loss"],
-                      **final.get("metrics", {})})
+    res.evals.append(eval_entry(res.step, final))
     ctx.tracker.log(eval_log(final), step=res.step)
     return final
 
 
-def _write_predictions(path: Path, preds: list[dict], test_items: list[dict], labels: list[str]) -> None:
-    """trials/<n>/predictions.jsonl: one line per test item (id, prediction, reference, correct)."""
+def _write_predictions(path: Path, preds: list[dict], test_items: list[dict], labels: list[str] | None) -> None:
+    """trials/<n>/predictions.jsonl: one line per test item: id (its place in the test split, the same in every
+    trial of a study), prediction, reference, correct, the text (its first 200 characters), and the item's
+    continuous scores: classification gold_logprob / pred_logprob (log-softmax of the head's logits),
+    sft nll / n_tokens (the answer's summed token NLL under teacher forcing, and its token count)."""
     with open(path, "w") as f:
         for p in preds:
-            text = test_items[p["id"]].get("text", "") if p["id"] is not None else ""
-            f.write(json.dumps({"id": p["id"], "prediction": labels[p["prediction"]], "reference": labels[p["reference"]],
-                                "correct": p["correct"], "text": text[:200]}) + "\n")
+            item = test_items[p["id"]] if p["id"] is not None else {}
+            row = {**p, "text": (item.get("text") or item.get("prompt") or "")[:200]}
+            if labels:  # classification: label ids -> names
+                row.update(prediction=labels[p["prediction"]], reference=labels[p["reference"]])
+            f.write(json.dumps(row) + "\n")
 
 
 def cost(ctx: TrialContext, params: dict, res: LoopResult) -> dict:
@@ -214,7 +222,33 @@ def make_record(ctx: TrialContext, res: LoopResult, final, baseline, base_info: 
         extra["samples"] = samples
     if t.eval_every:  # the intermediate evals' subset, when eval.intermediate_examples drew one (loop.py)
         extra["intermediate_eval_examples"] = len(intermediate_items(sh.test_items, cfg))
-    return TrialRecord(**{**fields, **extra})  # validated: a key the type does not declare must be an eval.metrics number
+    extra.update(_learning(cfg, res, final, costs))
+    return TrialRecord(**{**fields, **extra})
+
+
+def _learning(cfg, res: LoopResult, final, costs: dict) -> dict:
+    """Did the trial finish learning, and learn anything: its convergence verdict over the last quarter
+    of its own steps, degenerate (collapsed / diverged), and what early stopping saved."""
+    t = cfg.train
+    metric = t.early_stopping.metric if t.early_stopping.patience else "accuracy"
+    gain, se = convergence.last_quarter_gain(res.evals, metric, steps=res.step) if final else (None, None)
+    losses = [h["train/loss"] for h in res.history]
+    if res.status == "failed" and res.reason and res.reason.startswith("non-finite loss"):
+        losses.append(float("nan"))  # the step that blew up is not in the history
+    out = {"degenerate": convergence.degenerate((final or {}).get("pred_histogram"), losses),
+           "pred_histogram": (final or {}).get("pred_histogram")}
+    if final:
+        out.update(last_quarter_gain=gain, last_quarter_gain_se=se,
+                   convergence=convergence.verdict(gain, None if se is None else 1.96 * se,
+                                                   points=convergence.is_binomial(metric) or metric == "accuracy"))
+    if t.early_stopping.patience and res.status == "complete":
+        saved = t.max_steps - res.step
+        # an estimate, from this trial's own measured per-step train FLOPs (cost.py's formula over the tokens it
+        # actually trained on), times the steps it did not run; the skipped steps' intermediate evals are not counted
+        per_step = costs["train_flops"] / res.step if res.step else None
+        out.update(stopped_early=res.stopped_early, best_step=res.best_step, steps_saved=saved,
+                   flops_saved=per_step * saved if per_step is not None else None)
+    return out  # validated: a key the type does not declare must be an eval.metrics number
 
 
 def publish(rec: TrialRecord, tracker, resolved: dict, history: list[dict], run_dir: Path, main: bool) -> dict:

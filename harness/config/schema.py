@@ -136,6 +136,14 @@ class QuantCfg(_Strict):
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
 
+class EarlyStoppingCfg(_Strict):
+    """Stop a trial at its plateau (harness/metrics/convergence.py early_stop: transformers'
+    EarlyStoppingCallback semantics); train.max_steps is then a cap."""
+    patience: int = Field(default=0, ge=0)      # intermediate evals without an improvement > min_delta; 0 = off
+    min_delta: float = Field(default=0.0, ge=0)  # in the metric's units (accuracy 0.005 = half a point)
+    metric: str = "accuracy"                     # accuracy | eval_loss | an eval.metrics name (sft: exact_match, ...)
+
+
 class TrainCfg(_Strict):
     lr: float = Field(gt=0)
     max_steps: int = Field(ge=1)
@@ -155,15 +163,27 @@ class TrainCfg(_Strict):
     # null = all for a single run, best in a study (harness/trial/adapters.py)
     save_adapter: Literal["best", "all", "none"] | None = None
     optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # harness/trial/optim.py
-    lr_scheduler_type: str = "linear"   # transformers.get_scheduler: linear, cosine, constant_with_warmup, ...
+    # transformers.get_scheduler: linear, cosine, constant_with_warmup, ...; null = linear, or
+    # constant_with_warmup under early stopping (a schedule planned over max_steps has barely decayed
+    # where an early-stopped trial ends, so its lr at the stop would depend on the cap, not the trial)
+    lr_scheduler_type: str | None = None
+    early_stopping: EarlyStoppingCfg = EarlyStoppingCfg()
 
     @field_validator("lr_scheduler_type")
     @classmethod
     def _scheduler(cls, v):
-
-        if v not in SCHEDULERS:
+        if v is not None and v not in SCHEDULERS:
             raise ValueError(f"train.lr_scheduler_type={v!r}: choose from {', '.join(SCHEDULERS)}")
         return v
+
+    @model_validator(mode="after")
+    def _early_stopping_needs(self):
+        if self.early_stopping.patience and not self.eval_every:
+            raise ValueError(f"train.early_stopping.patience={self.early_stopping.patience} counts intermediate evals, "
+                             "and train.eval_every=0 runs none: set train.eval_every (e.g. 20)")
+        if self.lr_scheduler_type is None:  # resolved here, so config.yaml and result.json name the schedule run
+            self.lr_scheduler_type = "constant_with_warmup" if self.early_stopping.patience else "linear"
+        return self
 
 
 
@@ -287,6 +307,12 @@ class ExperimentCfg(_Strict):
             raise ValueError("quant.compute_dtype=float16 is not supported on CPU; use bfloat16 or float32")
         hw = self.hardware
 
+        es = self.train.early_stopping.metric
+        known = ("accuracy", "eval_loss", *self.eval.metrics,
+                 *(("exact_match", "rouge_l", "bleu", "perplexity") if self.task.type == "sft" else ()))
+        if self.train.early_stopping.patience and es not in known:
+            raise ValueError(f"train.early_stopping.metric={es!r} is not measured by the intermediate evals of this "
+                             f"task: choose from {', '.join(dict.fromkeys(known))}")
         if device_error(self.train.optim, hw.device):
             raise ValueError(device_error(self.train.optim, hw.device))
         if self.train.keep_effective_batch and self.train.batch_size % hw.processes:

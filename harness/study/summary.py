@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from harness.metrics import convergence
 from harness.study import seeds, space
 from harness.config.schema import complete, load_with_choices
 
@@ -43,7 +45,11 @@ def _seed_means(trials, metric: str) -> list[float]:
 
 def configurations(trials, objectives: dict[str, str]) -> list[dict]:
     """Complete trials grouped by their searched values (seed excluded): per configuration the
-    trials, seeds, and mean / 95% half-width of each objective, mean flops and device-seconds."""
+    trials, the seeds its means use, and mean / 95% half-width of each objective, mean flops and
+    device-seconds, over the non-degenerate trials (harness/metrics/convergence.py: collapsed or
+    diverged ones are set aside and counted in `set_aside`); `unstable` when half or more of its trials
+    degenerated (then it is no mean and never the best); `gain` / `gain_ci`: the mean gain over the last
+    25% of steps over seeds and its 95% half-width, `learning` the convergence verdict it gives."""
     groups: dict[str, list] = {}
     for t in trials:
         if t.state.name != "COMPLETE" or t.user_attrs.get("reference"):
@@ -51,39 +57,64 @@ def configurations(trials, objectives: dict[str, str]) -> list[dict]:
         groups.setdefault(json.dumps(t.params, sort_keys=True, default=str), []).append(t)
     out = []
     for key, ts in groups.items():
+        good = [t for t in ts if not t.user_attrs.get("degenerate")]
+        aside = Counter(t.user_attrs["degenerate"] for t in ts if t.user_attrs.get("degenerate"))
         row = {"params": json.loads(key), "trials": [t.number for t in ts],
-               "seeds": [t.user_attrs.get("seed") for t in ts]}
+               "seeds": [t.user_attrs.get("seed") for t in good], "set_aside": dict(aside),
+               "unstable": 2 * sum(aside.values()) >= len(ts)}
         for metric in {*objectives, "accuracy", "flops", "device_seconds"}:
-            vals = _seed_means(ts, metric)
+            vals = _seed_means(good, metric)
             row[metric] = sum(vals) / len(vals) if vals else None
             row[f"{metric}_ci"] = t_half_width(vals)
+        gains = _seed_means(good, "last_quarter_gain")
+        row["gain"], row["gain_ci"], _ = seeds.t_interval(gains)
+        row["learning"] = convergence.verdict(row["gain"] if gains else None, row["gain_ci"])
         out.append(row)
     return out
 
 
+def set_aside_text(row: dict) -> str:
+    """'2 collapsed, 1 diverged' (or '' when none was set aside)."""
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(row["set_aside"].items()))
+
+
+def learning_cell(row: dict) -> str:
+    """The convergence verdict in a table cell: 'converged +0.2 ± 0.9', 'improving +3.1 ± 1.2', '-'."""
+    if row["unstable"] or row["gain"] is None or math.isnan(row["gain"]):
+        return "-"
+    ci = "" if math.isnan(row["gain_ci"]) else f" ± {100 * row['gain_ci']:.1f}"
+    word = "converged" if convergence.converged(row["gain"]) else "improving"
+    return f"{word} {100 * row['gain']:+.1f}{ci}"
+
+
 def _sort_key(row: dict, objectives: dict[str, str]):
-    return seeds.rank_key([row[m] for m in objectives], objectives.values(), row["flops"])
+    return (row.get("unstable", False), *seeds.rank_key([row[m] for m in objectives], objectives.values(), row["flops"]))
 
 
 def best_configuration(trials, objectives: dict[str, str]) -> dict | None:
     """The configuration with the best mean of the first objective (then the others), ties to the
-    lower mean FLOPs; None without a complete trial."""
-    rows = configurations(trials, objectives)
+    lower mean FLOPs; never an unstable one; None without a complete, stable configuration."""
+    rows = [r for r in configurations(trials, objectives) if not r["unstable"]]
     return min(rows, key=lambda r: _sort_key(r, objectives)) if rows else None
 
 
 def summary_table(trials, axes: list[str], objectives: dict[str, str], top: int = 10) -> str:
-    """Configurations, best mean first: axes, seeds, objective means ± 95% CI, mean FLOPs and device-s."""
+    """Configurations, best mean first: axes, seeds, objective means ± 95% CI, mean FLOPs and device-s,
+    the trials set aside as degenerate and the convergence verdict (gain over the last 25% of steps,
+    points); an unstable configuration (half or more degenerate) shows no mean."""
     rows = sorted(configurations(trials, objectives), key=lambda r: _sort_key(r, objectives))[:top]
     metrics = list(dict.fromkeys([*objectives, "accuracy"]))
-    cols = [*axes, "seeds", *(f"{m} (mean ± 95% CI)" for m in metrics), "flops", "device-s", "trials"]
+    cols = [*axes, "seeds", *(f"{m} (mean ± 95% CI)" for m in metrics), "flops", "device-s", "trials", "set aside",
+            "last 25% of steps (points)"]
     body = []
     for r in rows:
         cells = [_value(r["params"].get(a)) for a in axes] + [str(len(r["seeds"]))]
         for m in metrics:
             ci = r[f"{m}_ci"]
-            cells.append(_num(r[m]) + ("" if math.isnan(ci) else f" ± {_num(ci)}"))
-        cells += [_num(r["flops"]), _num(r["device_seconds"]), ",".join(map(str, r["trials"]))]
+            cells.append("unstable at this setting" if r["unstable"] else
+                         _num(r[m]) + ("" if math.isnan(ci) else f" ± {_num(ci)}"))
+        cells += [_num(r["flops"]), _num(r["device_seconds"]), ",".join(map(str, r["trials"])), set_aside_text(r) or "-",
+                  learning_cell(r)]
         body.append(cells)
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
     line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731
@@ -94,13 +125,31 @@ def best_line(trials, axes: list[str], objectives: dict[str, str]) -> str:
     """'best = <configuration> (mean of n seeds)': the sentence under the table."""
     b = best_configuration(trials, objectives)
     if b is None:
-        return "best = none (no complete trial)"
+        return ("best = none (every configuration is unstable: half or more of its seeds collapsed or diverged)"
+                if configurations(trials, objectives) else "best = none (no complete trial)")
     what = " ".join(f"{a}={_value(b['params'].get(a))}" for a in axes) or "the one configuration"
     (m, _), = list(objectives.items())[:1]
     ci = b[f"{m}_ci"]
     return (f"best = {what}: {m} {_num(b[m])}" + ("" if math.isnan(ci) else f" ± {_num(ci)}")
-            + f" (mean of {len(b['seeds'])} seed{'s' if len(b['seeds']) != 1 else ''}; trials "
-            + ",".join(map(str, b["trials"])) + ")")
+            + f" (mean of {len(b['seeds'])} seed{'s' if len(b['seeds']) != 1 else ''}"
+            + (f", {set_aside_text(b)} set aside" if b["set_aside"] else "") + "; trials "
+            + ",".join(map(str, b["trials"])) + f"); {b['learning']}")
+
+
+def learning_lines(trials, axes: list[str], objectives: dict[str, str]) -> list[str]:
+    """One line per configuration that is unstable, had trials set aside, or has not converged: what the
+    table's means rest on (the converged, clean ones need no line)."""
+    out, rows = [], sorted(configurations(trials, objectives), key=lambda r: _sort_key(r, objectives))
+    if not any(r["gain"] is not None and not math.isnan(r["gain"]) for r in rows):
+        out.append("  convergence: not measured (no intermediate evals: set train.eval_every)")
+    for r in rows:
+        what = " ".join(f"{a}={_value(r['params'].get(a))}" for a in axes) or "the configuration"
+        if r["unstable"]:
+            out.append(f"  {what}: unstable at this setting ({set_aside_text(r)} of {len(r['trials'])} trials)")
+        elif r["set_aside"] or convergence.converged(r["gain"] if not math.isnan(r["gain"]) else None) is False:
+            aside = f"{set_aside_text(r)} set aside, mean of the other {len(r['seeds'])}; " if r["set_aside"] else ""
+            out.append(f"  {what}: {aside}{r['learning']}")
+    return out
 
 
 # ---------------------------------------------------------------------------- the driver's console
@@ -178,7 +227,9 @@ def trial_line(state: str, info: dict) -> str:
     head = f"trial {info['number']:>3} {state:<8} {params} seed={info['seed']}"
     if state == "COMPLETE":
         return (f"{head}  accuracy={_num(info.get('accuracy'))} flops={_num(info.get('flops'))} "
-                f"device-s={_num(info.get('device_seconds'))}")
+                f"device-s={_num(info.get('device_seconds'))}"
+                + (f" stopped at step {info.get('steps')}" if info.get("stopped_early") else "")
+                + (f"  [{info['degenerate']}: set aside]" if info.get("degenerate") else ""))
     return f"{head}  {info.get('fail_reason') or info.get('prune_reason') or ''}"
 
 
@@ -219,6 +270,8 @@ def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str) -> int:
               + (" (top 10)" if n > 10 else "") + ":")
         print(summary_table(done, axes, objectives))
         print(best_line(done, axes, objectives))
+        for line in learning_lines(done, axes, objectives):
+            print(line)
         for line in reference_lines(done, objectives):
             print(line)
         b = best_configuration(done, objectives)

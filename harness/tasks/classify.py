@@ -5,7 +5,8 @@ A task module gives train.py its task-specific parts (see harness/train.py TASKS
   items(tokenizer, examples, cfg) -> [dict]  tokenized examples, each with "input_ids"
   collate(items, pad_id, device) -> batch    model(**batch).loss is the training loss
   evaluate(model, items, cfg, tokenizer, accelerator) -> {"accuracy", "loss", "tokens", "n", ...}
-                                             (+ "predictions": [{id, prediction, reference, correct}])
+                                             (+ "predictions": [{id, prediction, reference, correct,
+                                                gold_logprob, pred_logprob}])
   reference_accuracy(items) -> float | None  what a trivial predictor scores (majority class)
 """
 from __future__ import annotations
@@ -49,10 +50,17 @@ def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
         batch = collate(batch_items, pad_id, accelerator.device)
         with accelerator.autocast():
             out = model(**batch)
-        hit = out.logits.argmax(-1) == batch["labels"]
+        pred = out.logits.argmax(-1)
+        hit = pred == batch["labels"]
         correct += hit.sum().item()
-        preds += [{"id": x.get("id"), "prediction": int(p), "reference": x["label"], "correct": bool(h)}
-                  for x, p, h in zip(batch_items, out.logits.argmax(-1).tolist(), hit.tolist())]
+        # per item, continuous: the log-softmax of the head's logits at the gold and the predicted label
+        # (a paired test on items can use them where 0/1 correctness is too coarse)
+        logp = torch.log_softmax(out.logits.float(), dim=-1)
+        gold = logp.gather(-1, batch["labels"][:, None])[:, 0].tolist()
+        top = logp.gather(-1, pred[:, None])[:, 0].tolist()
+        preds += [{"id": x.get("id"), "prediction": int(p), "reference": x["label"], "correct": bool(h),
+                   "gold_logprob": g, "pred_logprob": t}
+                  for x, p, h, g, t in zip(batch_items, pred.tolist(), hit.tolist(), gold, top)]
         loss_sum += out.loss.float().item() * len(batch["labels"])
         tokens += batch["attention_mask"].sum().item()
     totals = accelerator.reduce(torch.tensor([correct, loss_sum, tokens, len(shard)], dtype=torch.float64,

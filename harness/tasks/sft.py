@@ -76,8 +76,9 @@ def items(tokenizer, pairs: list[Pair], cfg) -> list[dict]:
         room = cfg.model.max_length - len(target_ids)
         if len(prompt_ids) > room:
             prompt_ids = prompt_ids[-room:] if t.prompt_truncation == "left" else prompt_ids[:room]
+        # id: the pair's place in its split (fixed by data.split_seed), so trials can be paired per item
         out.append({"input_ids": prompt_ids + target_ids, "n_prompt": len(prompt_ids),
-                    "prompt": p.prompt, "target": p.target})
+                    "prompt": p.prompt, "target": p.target, "id": len(out)})
     return out
 
 
@@ -134,6 +135,10 @@ def score_and_generate(model, tokenizer, items: list[dict], max_new_tokens: int,
     logits = out.logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, width:].reshape(-1),
                                             ignore_index=-100, reduction="sum").item()
+    # per item: the answer's summed token NLL and its token count (predictions.jsonl; paired tests on items)
+    tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, width:], ignore_index=-100,
+                                            reduction="none")
+    row_nll, row_n = tok.sum(-1).tolist(), (labels[:, width:] != -100).sum(-1).tolist()
     cache = out.past_key_values
     cache.crop(-(labels.shape[1] - width + 1))  # keep width-1 tokens: generation re-reads the last prompt token
     stops = stop_ids(tokenizer, model)
@@ -146,7 +151,8 @@ def score_and_generate(model, tokenizer, items: list[dict], max_new_tokens: int,
         end = next((i for i, tok in enumerate(row) if tok in stops), None)
         kept.append(row if end is None else row[: end + 1])
     texts = [t.strip() for t in tokenizer.batch_decode(kept, skip_special_tokens=True)]
-    return {"texts": texts, "nll": nll, "n_target": int((labels != -100).sum().item()),
+    return {"texts": texts, "nll": nll, "n_target": int((labels != -100).sum().item()), "row_nll": row_nll,
+            "row_n": [int(n) for n in row_n],
             "tokens": int(mask.sum().item()) + sum(len(k) for k in kept)}
 
 
@@ -165,13 +171,16 @@ def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
             res = score_and_generate(plain, tokenizer, [items[i] for i in idx], cfg.task.max_new_tokens,
                                      accelerator.device)
         nll, n_target, tokens = nll + res["nll"], n_target + res["n_target"], tokens + res["tokens"]
-        mine.extend(zip(idx, res["texts"]))
-    generated = dict(gather_object(mine))
+        mine.extend(zip(idx, zip(res["texts"], res["row_nll"], res["row_n"])))
+    generated = dict(gather_object(mine))  # item -> (generation, its answer's summed NLL, answer tokens)
     nll, n_target, tokens = accelerator.reduce(
         torch.tensor([nll, n_target, tokens], dtype=torch.float64, device=accelerator.device), reduction="sum").tolist()
     model.train()
-    preds = [generated[i] for i in range(len(items))]
+    preds = [generated[i][0] for i in range(len(items))]
     refs = [x["target"] for x in items]
+    per_item = [{"id": x.get("id", i), "prediction": g, "reference": r, "correct": metrics.normalize(g) == metrics.normalize(r),
+                 "nll": generated[i][1], "n_tokens": generated[i][2]}
+                for i, (x, g, r) in enumerate(zip(items, preds, refs))]
     scores = metrics.generation_metrics(preds, refs)
     signature = scores.pop("bleu_signature")
     scores["perplexity"] = metrics.perplexity(nll, int(n_target))
@@ -179,7 +188,7 @@ def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
     samples = [{"prompt": x["prompt"], "generation": g, "target": x["target"]}
                for x, g in list(zip(items, preds))[: cfg.task.samples]]
     return {"accuracy": scores["exact_match"], "loss": nll / max(n_target, 1), "tokens": int(tokens), "n": len(items),
-            "metrics": scores, "samples": samples,
+            "metrics": scores, "samples": samples, "predictions": per_item,
             "notes": {"bleu_signature": signature, "exact_match_normalisation": metrics.NORMALISATION}}
 
 

@@ -18,6 +18,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
+from harness.metrics.convergence import early_stop
 from harness.trial import checkpoint as ckpt
 from harness.trial import optim
 from harness.trial.context import TrialContext
@@ -56,8 +57,15 @@ def adapter_checksum(model) -> str:
 
 
 def eval_log(ev: dict) -> dict:
+    """An eval as W&B `eval/*` series (intermediate evals and the final one, at their optimizer step)."""
     return {"eval/accuracy": ev["accuracy"], "eval/loss": ev["loss"],
             **{f"eval/{k}": v for k, v in ev.get("metrics", {}).items()}}
+
+
+def eval_entry(step: int, ev: dict) -> dict:
+    """One point of the trial's eval curve (the record's `evals`); n: the items it scored, for the
+    binomial standard error of the convergence verdict (harness/metrics/convergence.py)."""
+    return {"step": step, "accuracy": ev["accuracy"], "loss": ev["loss"], "n": ev.get("n"), **ev.get("metrics", {})}
 
 
 @dataclass
@@ -73,6 +81,8 @@ class LoopResult:
     eval_tokens: int = 0
     history: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    best_step: int | None = None   # the intermediate eval with the best train.early_stopping.metric
 
 
 def _resume(cfg, accelerator, state, stream, tracker, res: LoopResult, main: bool):
@@ -114,6 +124,17 @@ def _step(model, opt, sched, trainable, stream, items, task, pad_id, accelerator
     sched.step()
     opt.zero_grad(set_to_none=True)
     return step_loss, grad_norm
+
+
+def _plateau(es, res: LoopResult, step: int) -> bool:
+    """train.early_stopping after this eval: stop here? Replayed from the evals so far (a resumed trial
+    has them from its checkpoint), transformers' EarlyStoppingCallback semantics."""
+    stop, res.best_step, best = early_stop(res.evals, es.metric, es.patience, es.min_delta)
+    if stop:
+        res.stopped_early = True
+        res.reason = (f"early stop at step {step}: {es.metric} did not improve by more than {es.min_delta:g} in "
+                      f"{es.patience} eval(s) (best {best:.4g} at step {res.best_step})")
+    return stop
 
 
 def intermediate_items(items: list[dict], cfg) -> list[dict]:
@@ -169,13 +190,15 @@ def train_loop(ctx: TrialContext, model, reporter):
                 ev = task.evaluate(model, eval_items, cfg, shared.tokenizer, accelerator)
             res.eval_tokens += ev["tokens"]
             ev.pop("predictions", None)
-            res.evals.append({"step": step, "accuracy": ev["accuracy"], "loss": ev["loss"], **ev.get("metrics", {})})
+            res.evals.append(eval_entry(step, ev))
             tracker.log(eval_log(ev), step=step)
             decision = [bool(reporter(step, ev)) if (main and reporter) else False]
             if world > 1:
                 broadcast_object_list(decision, from_process=0)  # every rank follows rank 0
             if decision[0]:
                 res.status, res.reason = "pruned", f"pruned after step {step} (eval accuracy {ev['accuracy']:.4f})"
+                break
+            if _plateau(t.early_stopping, res, step):  # the evals are reduced over ranks: every rank agrees
                 break
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
             state.step, state.batches, state.loss_ema = step, step * t.grad_accum, loss_ema
