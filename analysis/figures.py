@@ -40,6 +40,7 @@ from analysis.plotting import (  # noqa: E402
     seed_dots,
     split,
 )
+from analysis import curves  # noqa: E402
 from analysis.stats import (  # noqa: E402,F401 - pareto_mask: tests
     LABELS,
     configurations,
@@ -255,6 +256,9 @@ def training_curves(loaded, width: str):
     return fig
 
 
+FIGURES["learning_curves"] = curves.learning_curves  # eval accuracy vs step per configuration (analysis/curves.py)
+
+
 @figure("param_importance")
 def param_importance(loaded, width: str, min_trials: int = 8):
     """fANOVA importance of each searched parameter for accuracy (Optuna's evaluator)."""
@@ -288,7 +292,7 @@ def figure_names(loaded) -> list[str]:
     """The figures this study asks for: the fixed ones and one per searched axis."""
     axes = [a for a in loaded.axes if a != "method"]
     return ["accuracy_vs_compute", *(axis_figure_name(a) for a in axes), "alpha_rank_heatmap", "training_curves",
-            "param_importance"]
+            "learning_curves", "param_importance"]
 
 
 def draw(name: str, loaded, width: str):

@@ -39,7 +39,23 @@ class Skip(Exception):
 
 
 def complete(df: pd.DataFrame) -> pd.DataFrame:
-    return df[(df["status"] == "complete") & df["accuracy"].notna()]
+    """Complete trials that learned: a collapsed or diverged one (record `degenerate`) is set aside from
+    every mean (analysis/curves.py counts and names them)."""
+    ok = (df["status"] == "complete") & df["accuracy"].notna()
+    if "degenerate" in df:
+        ok &= df["degenerate"].isna()
+    return df[ok]
+
+
+def unstable_trials(df: pd.DataFrame, axes: list[str]) -> pd.Index:
+    """Trials of configurations where half or more of the complete trials degenerated: such a
+    configuration is "unstable at this setting" (analysis/curves.py), not a mean over its survivors."""
+    done = df[(df["status"] == "complete")]
+    if "degenerate" not in done or done.empty:
+        return pd.Index([])
+    groups = done.groupby(axes, dropna=False) if axes else [((), done)]
+    bad = [g.index for _, g in groups if 2 * g["degenerate"].notna().sum() >= len(g)]
+    return bad[0].append(bad[1:]) if bad else pd.Index([])
 
 
 def varying(df: pd.DataFrame, keys=CONFIG_KEYS) -> list[str]:
@@ -52,7 +68,10 @@ def split(loaded) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     df = complete(loaded.trials)
     method = df["method"].fillna("lora") if "method" in df else pd.Series("lora", index=df.index)
     axes = [a for a in loaded.axes if a != "method"]
-    return df[method == "lora"], df[method != "lora"], axes
+    everyone = loaded.trials
+    lora_all = everyone[everyone["method"].fillna("lora") == "lora"] if "method" in everyone else everyone
+    lora = df[method == "lora"]
+    return lora.drop(unstable_trials(lora_all, axes), errors="ignore"), df[method != "lora"], axes
 
 
 def config_label(row, keys) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import stats
+from analysis import curves, stats
 from analysis.plotting import reference_name, split
 from analysis.tables import _p, best_configs, comparison_table, to_latex
 
@@ -149,7 +149,8 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
     study = loaded.trials["study"].iloc[0]
     flags = "".join([f" --tune {tune}" if tune else "", f" --epsilon {100 * epsilon:g}" if epsilon != 0.01 else "",
                      f" --cost {cost}" if cost != "flops" else ""])
-    md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides, flags), ""]
+    md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides, flags),
+          curves.standard_error_line(loaded), ""]
     figs = sorted(figures_dir.glob("*_2col.png"))
     if figs:
         md += ["## Figures", "Configuration means with 95% Student-t intervals over seeds; single seeds faint.", ""]
@@ -169,6 +170,13 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
            "p-values Holm-corrected across the study's comparisons (α = 0.05)."]
     md += [""] + (comparison_sentences(cmp, effect) if not cmp.empty else ["- no two configurations differ in exactly "
                                                                            "one searched axis."]) + [""]
+    climbing = sorted(curves.not_converged(loaded))  # issue 23: a comparison of arms still climbing says so
+    if climbing and not cmp.empty:
+        md[-1:-1] = [f"- not converged (still improving over the last 25% of steps): {'; '.join(climbing)}; the "
+                     "comparisons involving them compare arms still climbing, not what they can learn."]
+    md += ["## Convergence and degenerate trials", "Per configuration: the gain over the last 25% of steps "
+           "(harness/metrics/convergence.py), and the collapsed / diverged trials set aside from every mean above.",
+           "", *curves.report_lines(loaded), ""]
     rec = recommendation(work, axes, epsilon, cost)  # tuned or not, a configuration names every axis
     md += ["## Recommendation", *rec, ""]
     if not refs.empty:
