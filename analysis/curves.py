@@ -39,7 +39,7 @@ def status(loaded) -> pd.DataFrame:
     rows = []
     for vals, g in (df.groupby(axes, dropna=False, sort=True) if axes else [((), df)]):
         bad = _degenerate(g)
-        kinds = g.loc[bad, "degenerate"].value_counts().sort_index()
+        kinds = g.loc[bad, "degenerate"].value_counts().sort_index() if bad.any() else pd.Series(dtype=int)
         good = g[~bad]
         gains = per_seed_values(good, "last_quarter_gain") if "last_quarter_gain" in good else np.array([])
         mean, half, n = t_interval(gains)
@@ -118,16 +118,20 @@ def learning_curves(loaded, width: str, max_lines: int = 7):
             else:
                 ax.plot(c["step"], c["eval/accuracy"], color=color, lw=0.5, alpha=0.3)
         good = ev[ev["trial"].isin(set(g["trial"].astype(int)) - bad)]
-        if good.empty:
+        if good.empty:  # every seed set aside: the dotted curves carry the configuration's name
+            ax.plot([], [], color=color, lw=0.8, ls=":", label=f"{config_label(g.iloc[0], axes)} "
+                    f"({len(bad)} seed{'s' if len(bad) != 1 else ''}, all set aside)")
             continue
         st = pd.DataFrame([(s, *t_interval(v)) for s, v in good.groupby("step")["eval/accuracy"]],
                           columns=["step", "mean", "ci", "n"])
         n_seeds = good["trial"].nunique()
         ax.plot(st["step"], st["mean"], color=color, marker=marker, ms=3,
                 label=f"{config_label(g.iloc[0], axes)} ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
-        ax.fill_between(st["step"], st["mean"] - st["ci"].fillna(0), st["mean"] + st["ci"].fillna(0), color=color,
-                        alpha=0.15, lw=0)
+        lo, hi = (st["mean"] - st["ci"].fillna(0)).clip(0, 1), (st["mean"] + st["ci"].fillna(0)).clip(0, 1)
+        ax.fill_between(st["step"], lo, hi, color=color, alpha=0.15, lw=0)  # accuracy lives in [0, 1]
     baseline_line(ax, df)
+    shown = ev["eval/accuracy"]
+    ax.set_ylim(max(0.0, shown.min() - 0.05), min(1.0, shown.max() + 0.05))  # the curves, not a 2-seed t band
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ACC_CI.replace("accuracy", "held-out accuracy"))
     legend_below(fig, axs, ncol=1 if width == "1col" else 2)

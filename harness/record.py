@@ -174,7 +174,8 @@ ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "p
 
 def _scalar(annotation) -> bool:
     args = typing.get_args(annotation) or (annotation,)
-    return typing.get_origin(annotation) is Literal or all(a in (str, int, float, bool, type(None)) for a in args)
+    return typing.get_origin(annotation) is Literal or all(
+        typing.get_origin(a) is Literal or a in (str, int, float, bool, type(None)) for a in args)  # Literal | None
 
 
 # The record's scalar fields (a column each in the analysis's frame, a key each in the W&B summary)
