@@ -270,6 +270,7 @@ def test_study_dir_without_runs_is_a_clear_error(tmp_path, capsys):
     assert "no trials" in err and "\n" not in err
 
 
+@pytest.mark.process
 def test_cli_runs_as_a_module(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "analysis", "study=nothing_here", f"out_dir={tmp_path}"],

@@ -15,8 +15,8 @@ from harness.config.schema import complete, load
 from harness.record import TrialRecord
 from harness.runners import Ended
 from harness.runners.process import write_config
-from harness.study.outcome import classify
 from harness.study.driver import Driver
+from harness.study.outcome import classify
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 
@@ -180,6 +180,7 @@ def test_a_storage_that_becomes_read_only_mid_sweep_ends_the_driver_with_one_lin
     assert first.state == TrialState.COMPLETE and first.params["lora.r"] == 2
 
 
+@pytest.mark.process
 def test_printing_a_config_imports_neither_torch_nor_optuna():
     """`python -m harness --cfg` (and every config error) stays fast: the schema, the presets and the
     record type are torch-free."""

@@ -12,8 +12,8 @@ from harness.config.schema import ConfigError, complete, load
 from harness.record import TrialRecord
 from harness.runners import Ended
 from harness.runners.process import write_config
-from harness.study.summary import best_configuration
 from harness.study.driver import Driver, check
+from harness.study.summary import best_configuration
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 REFS = "+sweep.references=[{method: head_only, train.lr: 0.01}, {method: full, quant: none}]"
