@@ -109,7 +109,7 @@ def test_loader_rows_match_study_and_records(study_dir, loaded):
         # a pruned trial finished as asked (exit code 0, summary status "pruned"); only a failed one is a failed run
         assert row["wandb_state"] == ("failed" if t.state.name == "FAIL" else "finished")
         for key in METRICS:  # W&B's summary, decoded by `wandb leet inspect`, equals the record exactly
-            assert row[key] == rec[key] or (rec[key] is None and pd.isna(row[key])), key
+            assert row[key] == rec.get(key) or (rec.get(key) is None and pd.isna(row[key])), key
         assert (row["lora.r"], row["lora.alpha"], row["seed"]) == (rec["config"]["lora"]["r"],
                                                                     rec["config"]["lora"]["alpha"], rec["config"]["seed"])
         hist = loaded.history[loaded.history["trial"] == t.number].set_index("step")
