@@ -231,6 +231,7 @@ sweep:
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_a_forced_collapse_is_flagged_and_set_aside_in_the_summary_and_the_report(tmp_path, capsys, env):
     """lr=10 pushes the tiny head to one class (every seed); lr=5e-2 learns: the summary and the report
     name the first unstable, the second a mean of its seeds, and the hard-items list ignores the collapse."""
