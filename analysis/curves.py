@@ -31,6 +31,19 @@ def _degenerate(df: pd.DataFrame) -> pd.Series:
     return df["degenerate"].notna() if "degenerate" in df else pd.Series(False, index=df.index)
 
 
+def degenerate_trials(loaded) -> pd.DataFrame:
+    """The complete LoRA trials set aside as collapsed or diverged (drawn, never averaged)."""
+    df = _lora_done(loaded)
+    return df[_degenerate(df)]
+
+
+def degenerate_marks(ax, x, y, color) -> None:
+    """Set-aside seeds in a figure: an x in the configuration's colour, one legend entry for all."""
+    if len(x):
+        ax.scatter(x, y, marker="x", s=16, color=color, linewidths=0.8, zorder=2,
+                   label="collapsed / diverged seed (set aside)")
+
+
 def status(loaded) -> pd.DataFrame:
     """One row per configuration: label, trials, set_aside ('2 collapsed'), unstable, and the convergence
     verdict over its non-degenerate seeds (mean gain over the last 25% of steps ± 95% t half-width)."""
@@ -71,7 +84,7 @@ def not_converged(loaded) -> set[str]:
     """Labels of the configurations whose mean gain over the last 25% of steps exceeds the tolerance."""
     st = status(loaded)
     return set() if st.empty else {r["label"] for _, r in st.iterrows()
-                                    if r["gain_n"] and convergence.converged(r["gain"]) is False}
+                                    if r["gain_n"] and not r["unstable"] and convergence.converged(r["gain"]) is False}
 
 
 def standard_error_line(loaded) -> str:

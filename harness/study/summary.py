@@ -59,7 +59,7 @@ def configurations(trials, objectives: dict[str, str]) -> list[dict]:
     for key, ts in groups.items():
         good = [t for t in ts if not t.user_attrs.get("degenerate")]
         aside = Counter(t.user_attrs["degenerate"] for t in ts if t.user_attrs.get("degenerate"))
-        row = {"params": json.loads(key), "trials": [t.number for t in ts],
+        row = {"params": json.loads(key), "trials": [t.number for t in good] + [t.number for t in ts if t not in good],
                "seeds": [t.user_attrs.get("seed") for t in good], "set_aside": dict(aside),
                "unstable": 2 * sum(aside.values()) >= len(ts)}
         for metric in {*objectives, "accuracy", "flops", "device_seconds"}:

@@ -265,3 +265,61 @@ def test_a_forced_collapse_is_flagged_and_set_aside_in_the_summary_and_the_repor
     assert "1 configurations" in hard or "/1 configurations" in hard  # the collapsed setting is not counted
     capsys.readouterr()
     assert os.path.isfile(Path(tmp_path) / "runs" / "collapse" / "tables" / "best.md")
+
+
+# ---------------------------------------------------------------------------- the analysis (a constructed frame)
+
+
+def _frame():
+    """lr x 3 seeds: 1e-3 clean (still climbing), 3e-3 with one collapsed seed, 1e-1 with two of three."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.runs import Loaded
+
+    rows, hist = [], []
+    spec = {1e-3: [None, None, None], 3e-3: [None, None, "collapsed"], 1e-1: ["collapsed", "diverged", None]}
+    n = 0
+    for lr, kinds in spec.items():
+        for s, kind in enumerate(kinds):
+            acc = 0.5 if kind else 0.70 + 0.01 * s + (0.05 if lr == 3e-3 else 0.0)
+            curve = [0.5, 0.5, 0.5, 0.5] if kind else [0.5, acc - 0.1, acc - 0.04, acc]  # steps 10..40
+            rows.append({"trial": n, "seed": s, "train.lr": lr, "method": "lora", "accuracy": acc, "degenerate": kind,
+                         "last_quarter_gain": curve[-1] - curve[-2], "flops": 1e9, "trainable_params": 100,
+                         "test_size": 400})
+            hist += [{"trial": n, "step": 10 * (i + 1), "eval/accuracy": a} for i, a in enumerate(curve)]
+            n += 1
+    df = pd.DataFrame(rows).assign(status="complete", study="syn", device_hours=1e-3, cost_usd=0.0,
+                                   baseline_accuracy=0.5, baseline_flops=1e7, run_dir=None,
+                                   sweep_axes=json.dumps(["train.lr"]))
+    return Loaded(df, pd.DataFrame(hist).assign(**{"train/loss": np.nan}))
+
+
+def test_the_analysis_sets_degenerate_seeds_aside_counts_them_and_marks_them_in_the_figures():
+    import matplotlib.pyplot as plt
+
+    from analysis import curves
+    from analysis.figures import axis_figure
+    from analysis.plotting import split
+    from analysis.tables import best_configs
+
+    loaded = _frame()
+    lora, _, _ = split(loaded)
+    assert sorted(set(lora["train.lr"])) == [1e-3, 3e-3] and lora["degenerate"].isna().all()  # 1e-1: unstable
+    table = best_configs(loaded)
+    row = table[table.iloc[:, 0].astype(str) == "0.003"].iloc[0]
+    assert row["seeds"] == "2" and row["accuracy"].startswith("0.7550")  # the two clean seeds' mean
+    lines = curves.report_lines(loaded)
+    assert any(x.startswith("- lr=0.1: **unstable at this setting** (1 collapsed, 1 diverged of 3 trials)") for x in lines)
+    assert any(x.startswith("- lr=0.003: still improving (+4.00 ± 0.00 points") and "1 collapsed set aside" in x
+               for x in lines)
+    assert curves.not_converged(loaded) == {"lr=0.001", "lr=0.003"}
+    se = curves.standard_error_line(loaded)
+    assert "400 test items" in se and "2,000 test items would give" in se
+    for fig in (curves.learning_curves(loaded, "2col"), axis_figure(loaded, "2col", "train.lr")):
+        labels = fig.axes[0].get_legend_handles_labels()[1]
+        assert "collapsed / diverged seed (set aside)" in labels
+        xs = [c for c in fig.axes[0].collections if getattr(c, "get_label", lambda: "")() ==
+              "collapsed / diverged seed (set aside)"]
+        assert xs  # an x per set-aside seed, in the configuration's colour
+        plt.close(fig)
