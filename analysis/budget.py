@@ -30,7 +30,7 @@ def expected_max(values, ns) -> np.ndarray:
 
 def curve(configs: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOOT_SEED, cost: str = "flops") -> dict | None:
     """n = 1..N: expected best mean, its bootstrap band, and the compute of n configurations."""
-    c = configs.dropna(subset=["mean"])
+    c = configs.dropna(subset=["mean"]) if "mean" in configs else configs[:0]
     if len(c) < 2:
         return None
     ns = np.arange(1, len(c) + 1)

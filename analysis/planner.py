@@ -81,7 +81,7 @@ def sd_at_items(sd: float, flip_var: float, items: int, new_items: int) -> float
 
 def pooled_sd(cmp: pd.DataFrame) -> tuple[float, int]:
     """(root mean square of the seed SDs of the comparisons with ≥ 2 seeds, how many), for 1-seed pairs."""
-    sds = cmp.loc[(cmp["n"] >= 2) & (cmp["sd_diff"] > 0), "sd_diff"] if not cmp.empty else pd.Series(dtype=float)
+    sds = cmp.loc[cmp["test"] == "paired t over seeds", "sd_diff"] if not cmp.empty else pd.Series(dtype=float)
     return (float(np.sqrt(np.mean(sds ** 2))), len(sds)) if len(sds) else (np.nan, 0)
 
 
@@ -133,21 +133,31 @@ def wall_line(trials: pd.DataFrame, configs: int, seeds_now: int, seeds: int | N
             f"trials on this machine), run one at a time: {extra * med / 3600:,.1f} h more")
 
 
+def seeds_needed_for(r, cmp: pd.DataFrame, margin: float, alpha: float = stats.ALPHA) -> int | None:
+    """Shared seeds to decide ±margin at this comparison's seed SD (1 seed: the pooled one); None where
+    seeds do not help (no spread over seeds: test items do) or the SD is unknown."""
+    if r["test"] == "paired t over seeds":
+        return seeds_to_decide(r["sd_diff"], margin, alpha)
+    if r["n"] <= 1 and pooled_sd(cmp)[1]:
+        return seeds_to_decide(pooled_sd(cmp)[0], margin, alpha)
+    return None
+
+
 def plan_table(cmp: pd.DataFrame, margin: float, alpha: float = stats.ALPHA) -> pd.DataFrame:
     from analysis.verdicts import points
 
     pooled = pooled_sd(cmp)
     rows = []
     for _, r in cmp.iterrows():
-        sd = r["sd_diff"] if r["n"] >= 2 else np.nan  # 0 with no spread over seeds: observed, not unknown
-        k = seeds_to_decide(sd if np.isfinite(sd) else pooled[0], margin, alpha) if r["n"] >= 1 else None
+        sd = r["sd_diff"] if r["test"] == "paired t over seeds" else np.nan
+        k = seeds_needed_for(r, cmp, margin, alpha)
         k4 = seeds_to_decide(sd_at_items(sd, r["flip_var"], r["items"], 4 * r["items"]), margin, alpha) \
             if np.isfinite(sd) and np.isfinite(r["flip_var"]) else None
         m1 = items_for_mcnemar(r["discordance"], margin, alpha) if r["items"] else None
         rows.append({"comparison": f"{r['b_name']} vs {r['a_name']}" + (f" (at {r['held']})" if r["held"] else ""),
                      "seeds": r["n"], "items": r["items"] or "—",
                      "seed SD of b − a (points)": points(sd, False) if np.isfinite(sd) else
-                     ("pooled " + points(pooled[0], False) if pooled[1] else "—"),
+                     ("0 (no spread)" if r["n"] >= 2 else "pooled " + points(pooled[0], False) if pooled[1] else "—"),
                      "item discordance": f"{r['discordance']:.3f}" if np.isfinite(r["discordance"]) else "—",
                      "MDE now (points)": points(r["mde"], False), "verdict now": r["verdict"],
                      f"seeds for ±{100 * margin:g}": f"{k:,}" if k else "—",
@@ -173,14 +183,20 @@ def plan(loaded, margin: float, alpha: float = stats.ALPHA) -> list[str]:
         return out
     table = plan_table(cmp, margin, alpha)
     out += [table.to_markdown(index=False), ""]
-    need = [seeds_to_decide(r["sd_diff"] if r["n"] >= 2 else pooled_sd(cmp)[0], margin, alpha)
-            for _, r in cmp.iterrows()]
+    need = [seeds_needed_for(r, cmp, margin, alpha) for _, r in cmp.iterrows()
+            if r["verdict"] == "undecided" and not r["test"].startswith("seeds × items")]
     known = [k for k in need if k]
     seeds_now = int(configs["n"].min())
     if known:
         worst, median = max(known), int(np.median(known))
-        out += [f"- to decide {margin_words(margin)} on every comparison: {worst:,} seeds per configuration "
-                f"(the median comparison needs {median:,})", wall_line(loaded.trials, len(configs), seeds_now, worst)]
+        out += [f"- to decide {margin_words(margin)} on every undecided comparison that more seeds can decide: {worst:,} "
+                f"seeds per configuration (the median one needs {median:,})",
+                wall_line(loaded.trials, len(configs), seeds_now, worst)]
+    elif not (cmp["verdict"] == "undecided").any():
+        out += ["- every comparison is decided at this design", wall_line(loaded.trials, len(configs), seeds_now, None)]
+    elif not need:
+        out += ["- no undecided comparison is limited by seeds (no spread over seeds): more test items decide them "
+                "(column `items`, report)", wall_line(loaded.trials, len(configs), seeds_now, None)]
     else:
         out += ["- the seed SD is unknown (every comparison has < 2 shared seeds): run a second seed of each "
                 "configuration, then plan again", wall_line(loaded.trials, len(configs), seeds_now, None)]
