@@ -135,7 +135,8 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
     for i, g in enumerate(shown):
         g = g.sort_values(axis)
         color, marker = OKABE_ITO[i % 7], MARKERS[i % 8]
-        name = config_label(g.iloc[0], others) if others else (
+        varying = [k for k in others if configs[k].astype(str).nunique() > 1]  # a name omits constant axes
+        name = config_label(g.iloc[0], varying) if varying else (
             f"mean ± 95% CI ({int(g['n'].max())} seeds)" if g["n"].max() > 1 else "1 seed per configuration")
         trials = match(lora, g.iloc[0], others)
         if numeric:
@@ -317,6 +318,10 @@ def expected_best_vs_budget(loaded, width: str):
                         label=f"95% bootstrap band ({cv['n_boot']} resamples)")
         if x == "compute":
             log_x(ax, cv[x])
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("expected best configuration mean")
     legend_below(fig, axs, ncol=2)

@@ -183,8 +183,9 @@ def plan(loaded, margin: float, alpha: float = stats.ALPHA) -> list[str]:
         return out
     table = plan_table(cmp, margin, alpha)
     out += [table.to_markdown(index=False), ""]
-    need = [seeds_needed_for(r, cmp, margin, alpha) for _, r in cmp.iterrows()
-            if r["verdict"] == "undecided" and not r["test"].startswith("seeds × items")]
+    sized = [r for _, r in cmp.iterrows() if r["verdict"] == "undecided" and (
+        r["test"] == "paired t over seeds" or (r["n"] <= 1 and pooled_sd(cmp)[1]))]  # a seed SD to size them by
+    need = [seeds_needed_for(r, cmp, margin, alpha) for r in sized]
     known = [k for k in need if k]
     seeds_now = int(configs["n"].min())
     if known:
@@ -194,12 +195,15 @@ def plan(loaded, margin: float, alpha: float = stats.ALPHA) -> list[str]:
                 wall_line(loaded.trials, len(configs), seeds_now, worst)]
     elif not (cmp["verdict"] == "undecided").any():
         out += ["- every comparison is decided at this design", wall_line(loaded.trials, len(configs), seeds_now, None)]
-    elif not need:
-        out += ["- no undecided comparison is limited by seeds (no spread over seeds): more test items decide them "
-                "(column `items`, report)", wall_line(loaded.trials, len(configs), seeds_now, None)]
-    else:
+    elif not (cmp["n"] >= 2).any():
         out += ["- the seed SD is unknown (every comparison has < 2 shared seeds): run a second seed of each "
                 "configuration, then plan again", wall_line(loaded.trials, len(configs), seeds_now, None)]
-    if len(known) < len(need):
+    elif not need:
+        out += ["- no undecided comparison is limited by seeds (no spread over seeds): more test items decide them "
+                "(column `items, 1 seed (McNemar)` and the report)", wall_line(loaded.trials, len(configs), seeds_now, None)]
+    else:
+        out += [f"- every undecided comparison would need more than {CAP:,} seeds at its seed SD: a larger margin, "
+                "or a design with less seed noise", wall_line(loaded.trials, len(configs), seeds_now, None)]
+    if known and len(known) < len(need):
         out.append(f"- {len(need) - len(known)} comparison(s) would need more than {CAP:,} seeds at their seed SD")
     return out
