@@ -102,6 +102,9 @@ def what_decides(r, margin: float, pooled: tuple[float, int], alpha: float = sta
             k2 = seeds_to_decide(sd_at_items(r["sd_diff"], r["flip_var"], r["items"], 4 * r["items"]), margin, alpha)
             more = f"; with 4× the test items, ~{k2:,}" if k2 and k2 < k else ""
         return f"~{k:,} shared seeds would decide {pts} at 80% power ({sd}){more}"
+    if r["test"] == "none" and r["n"] >= 2:
+        return ("the seed differences have no spread and the trials wrote no predictions.jsonl: nothing to test "
+                "them against; rerun them with per-item predictions, or add seeds")
     if r["test"].startswith("seeds × items") and np.isfinite(r["mde"]) and r["mde"] > 0:
         return f"no spread over seeds; ~{math.ceil(r['items'] * (r['mde'] / margin) ** 2):,} test items would bring the MDE to {pts}"
     parts = []

@@ -5,26 +5,11 @@ modules of tiny_bert: query, value) are "equivalent within ±1 point"; a planted
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-SWEEP = """\
-# @package _global_
-defaults:
-  - override /model: tiny_bert
-  - override /data: tiny
-study: tiny_verdicts
-data: {test_size: 100, train_size: 100}
-train: {max_steps: 60, lr: 1.0e-2, eval_every: 0}
-hardware: {threads: 1}
-tracking: {mode: offline}
-sweep:
-  space:
-    lora.targets: {choices: [attn_qv, peft_default]}
-    train.lr: {choices: [1.0e-2, 1.0e-4]}
-  sampler: grid
-  seeds: [0, 1, 2]
-"""
+CONF = Path(__file__).resolve().parent.parent / "docs" / "verdicts" / "conf"  # the README's study, as committed
 
 
 @pytest.mark.slow
@@ -32,9 +17,7 @@ def test_a_real_study_gives_equivalent_and_better(tmp_path, capsys):
     from analysis.__main__ import main as analysis_main
     from harness.__main__ import main as harness_main
 
-    (tmp_path / "conf" / "sweep").mkdir(parents=True)
-    (tmp_path / "conf" / "sweep" / "tiny_verdicts.yaml").write_text(SWEEP)
-    ov = ["sweep=tiny_verdicts", "--config-dir", str(tmp_path / "conf"), f"out_dir={tmp_path}/runs"]
+    ov = ["sweep=tiny_verdicts", "--config-dir", str(CONF), f"out_dir={tmp_path}/runs"]
     assert harness_main(ov) == 0
     capsys.readouterr()
     assert analysis_main([*ov, "--report", "--out", str(tmp_path / "out")]) == 0
