@@ -45,19 +45,18 @@ def _args(argv):
 
 
 def _searchpath(overrides: list[str], dirs: list[str]) -> list[str]:
-    """--config-dir DIR as hydra.searchpath=[file://DIR], merged with one already given (Hydra takes one list).
-    The same rule as harness/cli.py's; raises ValueError for a DIR that is not a directory."""
-    import re
+    """--config-dir DIR as hydra.searchpath=[file://DIR], merged with one already given, by the harness
+    CLI's own rule (harness/cli/args.py); raises ValueError for a DIR that is not a directory."""
+    from harness.cli.args import _merge_searchpath
 
     if not dirs:
         return overrides
     for d in dirs:
         if not Path(d).is_dir():
             raise ValueError(f"--config-dir {d}: not a directory")
-    given = [o for o in overrides if o.startswith("hydra.searchpath=")]
-    extra = [p for o in given for p in re.findall(r"file://[^,\]]+|pkg://[^,\]]+", o)]
-    extra += [f"file://{Path(d).resolve()}" for d in dirs]
-    return [o for o in overrides if o not in given] + [f"hydra.searchpath=[{','.join(extra)}]"]
+    out = list(overrides)
+    merged = _merge_searchpath(out, [f"file://{Path(d).resolve()}" for d in dirs])  # takes the given one out of out
+    return [*out, merged]
 
 
 def _margin(args, cfg) -> float:

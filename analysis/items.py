@@ -8,10 +8,10 @@ and `n_tokens` of the gold answer. The continuous score read here is `gold_logpr
 (the gold answer's log-probability); a trial without either has no score and that line of evidence
 is skipped.
 
-Degenerate trials (record field `degenerate: "collapsed" | "diverged"`: a trial that finished but
-predicts one class, or whose loss ran away) are set aside: their status becomes
-"set aside (collapsed)" etc., so every figure, table and test leaves them out and the status counts
-show how many there were. Torch-free.
+Degenerate trials (record field `degenerate: "collapsed" | "diverged"`, a column of the study
+frame: a trial that finished but predicts one class, or whose loss ran away) are set aside: their
+status becomes "set aside (collapsed)" etc., so every figure, table and test leaves them out and
+the status counts show how many there were. Torch-free.
 """
 from __future__ import annotations
 
@@ -65,15 +65,11 @@ def per_seed_items(trials: pd.DataFrame) -> dict[int, pd.DataFrame]:
 
 
 def degenerate(df: pd.DataFrame) -> pd.Series:
-    """Each row's `degenerate` flag: the frame's column where the loader copied it, else the record's."""
-    if "degenerate" in df:
-        return df["degenerate"].where(df["degenerate"].notna(), None)
-    flags = []
-    for d in df["run_dir"] if "run_dir" in df else [None] * len(df):
-        rec = trial_dir(d)
-        path = rec / "result.json" if rec is not None else None
-        flags.append(json.loads(path.read_text()).get("degenerate") if path is not None and path.is_file() else None)
-    return pd.Series(flags, index=df.index, dtype=object)
+    """Each row's `degenerate` flag (None where the trial is not): the frame's column, which
+    analysis/runs.py fills from the record's field once harness/record.py declares it."""
+    if "degenerate" not in df:
+        return pd.Series([None] * len(df), index=df.index, dtype=object)
+    return df["degenerate"].astype(object).where(df["degenerate"].notna(), None)
 
 
 def set_aside(loaded):

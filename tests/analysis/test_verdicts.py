@@ -129,3 +129,15 @@ def test_accuracy_text_never_prints_nan():
                                                                     "95% over 400 test items [0.")
     assert verdicts.accuracy_text(0.745, 0.012, 3) == "0.7450 ± 0.0120 (95% CI over 3 seeds)"
     assert "nan" not in verdicts.accuracy_text(0.745, np.nan, 1)
+
+
+def test_degenerate_trials_are_set_aside_and_counted():
+    from analysis.items import set_aside
+    from analysis.runs import Loaded
+
+    df = pd.DataFrame({"trial": range(4), "status": ["complete", "complete", "complete", "failed"],
+                       "degenerate": [None, "collapsed", "diverged", None]})
+    got, counts = set_aside(Loaded(df, pd.DataFrame()))
+    assert counts == {"collapsed": 1, "diverged": 1}
+    assert got.trials["status"].tolist() == ["complete", "set aside (collapsed)", "set aside (diverged)", "failed"]
+    assert set_aside(Loaded(df.drop(columns="degenerate"), pd.DataFrame()))[1] == {}  # no such field: nothing set aside

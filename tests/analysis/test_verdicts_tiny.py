@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-CONF = Path(__file__).resolve().parent.parent / "docs" / "verdicts" / "conf"  # the README's study, as committed
+CONF = Path(__file__).resolve().parents[2] / "docs" / "verdicts" / "conf"  # the README's study, as committed
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_a_real_study_gives_equivalent_and_better(tmp_path, capsys):
     from analysis.__main__ import main as analysis_main
     from harness.__main__ import main as harness_main
