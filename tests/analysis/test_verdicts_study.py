@@ -141,7 +141,13 @@ def test_config_dir_and_margin_flags(tmp_path, capsys):
             "--margin", "0.005", "--out", str(tmp_path / "out")]
     assert main(args) == 0
     assert "margin ±0.5 points" in (tmp_path / "out" / "plan.md").read_text()
+    sweep = tmp_path / "conf" / "sweep" / "three_seeds.yaml"
+    sweep.write_text(sweep.read_text() + "  margin: 0.02\n")  # sweep.margin, when --margin is not given
+    assert main(args[:-4] + ["--out", str(tmp_path / "out")]) == 0
+    assert "margin ±2 points" in (tmp_path / "out" / "plan.md").read_text()
     capsys.readouterr()
+    sweep.write_text(sweep.read_text().replace("margin: 0.02", "margin: 2"))
+    assert main(args[:-4]) == 2 and "margin" in capsys.readouterr().err
     assert main(["sweep=three_seeds", "--config-dir", str(tmp_path / "nowhere")]) == 2
     assert main(["sweep=three_seeds", "--config-dir", str(tmp_path / "conf"), "--margin", "1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
