@@ -133,7 +133,7 @@ def all_trials(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 NUMERIC = ("accuracy", "seeds", "items", "compute", "device-h", "cost (USD)", "trainable params", "b − a", "95%", "p (",
            "MDE", "log-prob")
 # Characters pdflatex without extra packages rejects, as LaTeX math / dashes.
-TEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", "—": "---", "−": "-"}
+TEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", "—": "---", "−": "-", "×": r"$\times$"}
 
 
 def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:

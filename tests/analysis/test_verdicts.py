@@ -141,3 +141,20 @@ def test_degenerate_trials_are_set_aside_and_counted():
     assert counts == {"collapsed": 1, "diverged": 1}
     assert got.trials["status"].tolist() == ["complete", "set aside (collapsed)", "set aside (diverged)", "failed"]
     assert set_aside(Loaded(df.drop(columns="degenerate"), pd.DataFrame()))[1] == {}  # no such field: nothing set aside
+
+
+def test_log_probability_line_and_where_it_disagrees_with_accuracy():
+    ids = range(8)
+    a = {0: pd.DataFrame({"correct": 1.0, "score": [-0.5, -0.6, -0.7, -0.2, -0.9, -0.4, -0.3, -0.8]}, index=ids)}
+    b = {0: pd.DataFrame({"correct": 1.0, "score": a[0]["score"] - [0.1, 0.2, 0.15, 0.3, 0.05, 0.25, 0.12, 0.4]},
+                         index=ids)}
+    got = verdicts.score_test(a, b, [0])
+    x = (b[0]["score"] - a[0]["score"]).to_numpy()
+    assert got["score_items"] == 8 and got["score_diff"] == pytest.approx(x.mean())
+    assert got["score_p"] == pytest.approx(sps.wilcoxon(x).pvalue) == pytest.approx(2 / 256)  # exact: all 8 negative
+    row = {"score_items": 8, "score_diff": got["score_diff"], "score_p_holm": got["score_p"]}
+    assert verdicts.agreement({**row, "verdict": "better"}) == "disagree: opposite directions"
+    assert verdicts.agreement({**row, "verdict": "worse"}) == "agree"
+    assert verdicts.agreement({**row, "verdict": "undecided"}) == "only log-probability separates them"
+    assert verdicts.agreement({**row, "score_p_holm": 0.5, "verdict": "better"}) == "only accuracy separates them"
+    assert verdicts.agreement({"score_items": 0, "score_p_holm": np.nan, "verdict": "better"}) == ""
