@@ -184,10 +184,12 @@ def mde(e: dict, alpha: float = stats.ALPHA, target: float = stats.POWER) -> flo
     z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(target)
     if e["test"] == "paired t over seeds":
         return stats.min_detectable_effect(e["sd_diff"], e["n"], alpha, target)
+    # no variation at all (every item the same in both): nothing to scale an MDE by, and 0 would claim any
+    # difference is detectable
     if e["test"].startswith("seeds × items"):
-        return float(z * e["boot_se"])
+        return float(z * e["boot_se"]) if e["boot_se"] > 0 else np.nan
     if e["test"].startswith("McNemar"):  # normal approximation: sd of an item's difference ~ sqrt(discordance)
-        return float(z * math.sqrt(e["discordance"] / e["items"]))
+        return float(z * math.sqrt(e["discordance"] / e["items"])) if e["discordance"] > 0 else np.nan
     return np.nan
 
 
@@ -311,7 +313,8 @@ def sentence(r, margin: float) -> str:
         if r["test"].startswith("seeds × items"):
             ev.append(f"bootstrap p = {_p(r['p_diff'])} (Holm {_p(r['p_diff_holm'])}), TOST p = {_p(r['p_eq'])} "
                       f"(Holm {_p(r['p_eq_holm'])})")
-    ev.append(f"MDE {points(r['mde'], False)} points" if np.isfinite(r["mde"]) else "MDE not computable")
+    ev.append(f"MDE {points(r['mde'], False)} points" if np.isfinite(r["mde"]) else
+              "MDE not computable (no variation to scale it by)")
     tail = " (this test set only: the seeds × items bootstrap does not support it)" if r["this_test_set_only"] else ""
     if r["verdict"] == equivalent_word(margin) and r["p_diff_holm"] < 0.05:
         tail += f" (a real difference below the margin: {points(r['diff'])} points)"
