@@ -373,10 +373,12 @@ def test_report_states_configurations_comparisons_and_a_recommendation(study_dir
     for part in ("## What was run", "## Configurations", "## Comparisons", "## Recommendation", "zero-shot (base model)",
                  "Holm", "best configuration mean", "## Test items most configurations get wrong"):
         assert part in md, part
-    # one seed per configuration but one (r=8, alpha=16: seeds 0 and 1): no pair shares 2 seeds, nothing is tested
+    # one seed per configuration but one (r=8, alpha=16: seeds 0 and 1): no pair shares 2 seeds, so each is
+    # McNemar's exact test on the shared test items; chance-level tiny trials decide nothing
     comparisons = md.split("## Comparisons")[1].split("##")[0]
     lines = [x for x in comparisons.splitlines() if x.startswith("- ")]
-    assert lines and all("untested (1 shared seed)" in x for x in lines)
+    assert lines and all("1 seed, no interval over seeds" in x and "McNemar exact p" in x for x in lines)
+    assert all(x.count("**undecided**") == 1 and " — " in x for x in lines)
     assert "recommendation:" in printed and "best configuration mean" in printed
     tex = (out / "report.tex").read_text()
     assert tex.startswith("\\documentclass") and "\\toprule" in tex and tex.rstrip().endswith("\\end{document}")
