@@ -20,10 +20,16 @@ from analysis.stats import per_seed_values, t_interval
 from harness.metrics import convergence
 
 
+def finished(df: pd.DataFrame) -> pd.Series:
+    """Trials that ran to the end: complete, or complete and then relabelled "set aside (<kind>)" by
+    analysis/items.py set_aside (a degenerate trial)."""
+    return (df["status"] == "complete") | df["status"].astype(str).str.startswith("set aside")
+
+
 def _lora_done(loaded) -> pd.DataFrame:
-    """Complete LoRA trials, degenerate ones included (plotting.complete sets those aside)."""
+    """Finished LoRA trials, degenerate ones included (plotting.complete sets those aside)."""
     df = loaded.trials
-    df = df[(df["status"] == "complete") & df["accuracy"].notna()]
+    df = df[finished(df) & df["accuracy"].notna()]
     return df[df["method"].fillna("lora") == "lora"] if "method" in df else df
 
 

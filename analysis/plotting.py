@@ -50,7 +50,7 @@ def complete(df: pd.DataFrame) -> pd.DataFrame:
 def unstable_trials(df: pd.DataFrame, axes: list[str]) -> pd.Index:
     """Trials of configurations where half or more of the complete trials degenerated: such a
     configuration is "unstable at this setting" (analysis/curves.py), not a mean over its survivors."""
-    done = df[(df["status"] == "complete")]
+    done = df[(df["status"] == "complete") | df["status"].astype(str).str.startswith("set aside")]  # items.set_aside
     if "degenerate" not in done or done.empty:
         return pd.Index([])
     groups = done.groupby(axes, dropna=False) if axes else [((), done)]
