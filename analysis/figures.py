@@ -40,7 +40,7 @@ from analysis.plotting import (  # noqa: E402
     seed_dots,
     split,
 )
-from analysis import curves  # noqa: E402
+from analysis import curves as learning  # noqa: E402  (learning curves; `curves` is a local name below)
 from analysis.stats import (  # noqa: E402,F401 - pareto_mask: tests
     LABELS,
     configurations,
@@ -94,9 +94,9 @@ def accuracy_vs_compute(loaded, width: str):
             sub = configs[configs[key].astype(str) == g] if key else configs
             trials = lora[lora[key].astype(str) == g] if key else lora
             seed_dots(ax, trials[x], trials["accuracy"], col[g])
-            bad = curves.degenerate_trials(loaded)
+            bad = learning.degenerate_trials(loaded)
             bad = bad[bad[key].astype(str) == g] if key else bad
-            curves.degenerate_marks(ax, bad[x], bad["accuracy"], col[g])
+            learning.degenerate_marks(ax, bad[x], bad["accuracy"], col[g])
             mean_bars(ax, sub[x], sub, col[g], MARKERS[i % 8], f"{LABELS.get(key, key)}={g}" if key else "configurations",
                    line=False)
         front = configs[pareto_mask(configs[x], configs["mean"])].sort_values(x)
@@ -151,9 +151,9 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
             xs = np.array([cats.index(str(v)) for v in g[axis]]) + off
             txs = np.array([cats.index(str(v)) for v in trials[axis]]) + off - 0.05
         seed_dots(ax, txs, trials["accuracy"], color)
-        bad = match(curves.degenerate_trials(loaded), g.iloc[0], others)
+        bad = match(learning.degenerate_trials(loaded), g.iloc[0], others)
         bad = bad if numeric else bad[bad[axis].astype(str).isin(cats)]
-        curves.degenerate_marks(ax, bad[axis] * dodge * 0.985 if numeric else
+        learning.degenerate_marks(ax, bad[axis] * dodge * 0.985 if numeric else
                                 np.array([cats.index(str(v)) for v in bad[axis]]) + off - 0.05, bad["accuracy"], color)
         mean_bars(ax, xs, g, color, marker, name, line=numeric)
         if axis == "data.train_size":
@@ -275,7 +275,7 @@ def training_curves(loaded, width: str):
     return fig
 
 
-FIGURES["learning_curves"] = curves.learning_curves  # eval accuracy vs step per configuration (analysis/curves.py)
+FIGURES["learning_curves"] = learning.learning_curves  # eval accuracy vs step per configuration (analysis/curves.py)
 
 
 @figure("param_importance")
