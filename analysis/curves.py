@@ -55,6 +55,7 @@ def status(loaded) -> pd.DataFrame:
     verdict over its non-degenerate seeds (mean gain over the last 25% of steps ± 95% t half-width)."""
     df = _lora_done(loaded)
     axes = [a for a in loaded.axes if a != "method"]
+    named = [a for a in axes if df[a].astype(str).nunique() > 1] or axes  # a name omits the axes that do not vary
     rows = []
     for vals, g in (df.groupby(axes, dropna=False, sort=True) if axes else [((), df)]):
         bad = _degenerate(g)
@@ -62,7 +63,7 @@ def status(loaded) -> pd.DataFrame:
         good = g[~bad]
         gains = per_seed_values(good, "last_quarter_gain") if "last_quarter_gain" in good else np.array([])
         mean, half, n = t_interval(gains)
-        rows.append({"label": config_label(g.iloc[0], axes), "trials": len(g), "n": len(good),
+        rows.append({"label": config_label(g.iloc[0], named), "trials": len(g), "n": len(good),
                      "set_aside": ", ".join(f"{c} {k}" for k, c in kinds.items()),
                      "unstable": 2 * int(bad.sum()) >= len(g), "gain": mean, "gain_ci": half, "gain_n": n,
                      "learning": convergence.verdict(mean if n else None, half)})
@@ -75,14 +76,19 @@ def report_lines(loaded) -> list[str]:
     st = status(loaded)
     if st.empty:
         return ["- no complete LoRA trial."]
-    out = []
+    measured = bool(st["gain_n"].sum())
+    out = [] if measured else ["- convergence: not measured (no intermediate evals: set train.eval_every)"]
     for _, r in st.iterrows():
         if r["unstable"]:
             out.append(f"- {r['label']}: **unstable at this setting** ({r['set_aside']} of {r['trials']} trials); "
                        "no mean is reported")
             continue
-        aside = f"; {r['set_aside']} set aside, the means use the other {r['n']}" if r["set_aside"] else ""
-        out.append(f"- {r['label']}: {r['learning']} ({r['gain_n']} seed{'s' if r['gain_n'] != 1 else ''}){aside}")
+        aside = f"{r['set_aside']} set aside, the means use the other {r['n']}" if r["set_aside"] else ""
+        if measured:
+            seeds = f"{r['gain_n']} seed{'s' if r['gain_n'] != 1 else ''}"
+            out.append(f"- {r['label']}: {r['learning']} ({seeds})" + (f"; {aside}" if aside else ""))
+        elif aside:
+            out.append(f"- {r['label']}: {aside}")
     return out
 
 

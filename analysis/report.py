@@ -179,6 +179,9 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
         md += ["## Configurations", "Best mean first (ties: lower compute); mean ± 95% CI over seeds, or one seed "
                "with the test items' 95% interval; reference arms and the zero-shot baseline below.", "",
                table.to_markdown(index=False), ""]
+    md += ["## Convergence and degenerate trials", "Per configuration: the gain over the last 25% of steps "
+           "(harness/metrics/convergence.py), and the collapsed / diverged trials set aside from every mean.",
+           "", *curves.report_lines(loaded), ""]
     work, work_axes = lora, axes
     if tune and tune in axes:
         work, work_axes, picked = stats.tune(lora, axes, tune)
@@ -194,9 +197,6 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
     if climbing and not cmp.empty:
         md[-1:-1] = [f"Not converged (still improving over the last 25% of steps): {'; '.join(climbing)}; the "
                      "comparisons involving them compare arms still climbing, not what they can learn."]
-    md += ["## Convergence and degenerate trials", "Per configuration: the gain over the last 25% of steps "
-           "(harness/metrics/convergence.py), and the collapsed / diverged trials set aside from every mean above.",
-           "", *curves.report_lines(loaded), ""]
     md += ["## Accuracy and gold log-probability", *score_lines(cmp), ""]
     if not cmp.empty and (cmp["verdict"] == "undecided").any():
         plan = [x for x in planner.plan(loaded if not tune else _with(loaded, work), margin) if x.startswith("- ")]
