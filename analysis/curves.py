@@ -110,7 +110,8 @@ def standard_error_line(loaded) -> str:
     p, size = float(ok["accuracy"].mean()), int(n.median())
     se = lambda m: 100 * math.sqrt(p * (1 - p) / m)  # noqa: E731
     return (f"- per-trial standard error of accuracy implied by the test split: √(p(1−p)/n) = {se(size):.2f} points "
-            f"at p = {p:.3f}, n = {size:,} test items (the difference of two trials: √2× that, {1.414 * se(size):.2f}); "
+            f"at p = {p:.3f}, n = {size:,} test items (the difference of two trials: √2× that, "
+            f"{1.414 * se(size):.2f}); "
             f"2,000 test items would give {se(2000):.2f}")
 
 

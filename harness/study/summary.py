@@ -88,7 +88,8 @@ def learning_cell(row: dict) -> str:
 
 
 def _sort_key(row: dict, objectives: dict[str, str]):
-    return (row.get("unstable", False), *seeds.rank_key([row[m] for m in objectives], objectives.values(), row["flops"]))
+    ranked = seeds.rank_key([row[m] for m in objectives], objectives.values(), row["flops"])
+    return (row.get("unstable", False), *ranked)  # an unstable configuration sorts last
 
 
 def best_configuration(trials, objectives: dict[str, str]) -> dict | None:
@@ -113,8 +114,8 @@ def summary_table(trials, axes: list[str], objectives: dict[str, str], top: int 
             ci = r[f"{m}_ci"]
             cells.append("unstable at this setting" if r["unstable"] else
                          _num(r[m]) + ("" if math.isnan(ci) else f" ± {_num(ci)}"))
-        cells += [_num(r["flops"]), _num(r["device_seconds"]), ",".join(map(str, r["trials"])), set_aside_text(r) or "-",
-                  learning_cell(r)]
+        cells += [_num(r["flops"]), _num(r["device_seconds"]), ",".join(map(str, r["trials"])),
+                  set_aside_text(r) or "-", learning_cell(r)]
         body.append(cells)
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
     line = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731

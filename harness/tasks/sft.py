@@ -178,8 +178,8 @@ def evaluate(model, items, cfg, tokenizer, accelerator) -> dict:
     model.train()
     preds = [generated[i][0] for i in range(len(items))]
     refs = [x["target"] for x in items]
-    per_item = [{"id": x.get("id", i), "prediction": g, "reference": r, "correct": metrics.normalize(g) == metrics.normalize(r),
-                 "nll": generated[i][1], "n_tokens": generated[i][2]}
+    per_item = [{"id": x.get("id", i), "prediction": g, "reference": r,
+                 "correct": metrics.normalize(g) == metrics.normalize(r), "nll": generated[i][1], "n_tokens": generated[i][2]}
                 for i, (x, g, r) in enumerate(zip(items, preds, refs))]
     scores = metrics.generation_metrics(preds, refs)
     signature = scores.pop("bleu_signature")

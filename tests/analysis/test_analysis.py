@@ -121,7 +121,7 @@ def test_loader_rows_match_study_and_records(study_dir, loaded):
     diverged = df[df["reason"].fillna("").str.contains("non-finite loss")]
     assert len(diverged) == 1 and diverged["state"].iloc[0] == "FAIL" and diverged["source"].iloc[0] == "wandb-offline"
     pruned = df[df["state"] == "PRUNED"]
-    assert len(pruned) == 1 and pruned["status"].iloc[0] == "pruned" and "pruned after step 10" in pruned["reason"].iloc[0]  # train.eval_every=10
+    assert len(pruned) == 1 and pruned["status"].iloc[0] == "pruned" and "pruned after step 10" in pruned["reason"].iloc[0]
 
 
 def _small_copy(study_dir: Path, tmp_path: Path, keep=("0", "1")) -> Path:

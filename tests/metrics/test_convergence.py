@@ -310,7 +310,8 @@ def test_the_analysis_sets_degenerate_seeds_aside_counts_them_and_marks_them_in_
     row = table[table.iloc[:, 0].astype(str) == "0.003"].iloc[0]
     assert row["seeds"] == "2" and row["accuracy"].startswith("0.7550")  # the two clean seeds' mean
     lines = curves.report_lines(loaded)
-    assert any(x.startswith("- lr=0.1: **unstable at this setting** (1 collapsed, 1 diverged of 3 trials)") for x in lines)
+    unstable = "- lr=0.1: **unstable at this setting** (1 collapsed, 1 diverged of 3 trials)"
+    assert any(x.startswith(unstable) for x in lines)
     assert any(x.startswith("- lr=0.003: still improving (+4.00 ± 0.00 points") and "1 collapsed set aside" in x
                for x in lines)
     assert curves.not_converged(loaded) == {"lr=0.001", "lr=0.003"}
