@@ -5,7 +5,10 @@ With -m and comma/range/choice values: a grid study over them. `--help` lists gr
 """
 from __future__ import annotations
 
+import json
 import sys
+
+from omegaconf import DictConfig, OmegaConf
 
 from harness.record import trial_dir
 
@@ -16,9 +19,9 @@ def _fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from harness import cli
-    from harness.config import ConfigError, complete, load, one_line, to_yaml
-    from harness.data import DataError
+    from harness.cli import args as cli
+    from harness.config.schema import ConfigError, complete, load, one_line, to_yaml
+    from harness.data.load import DataError
 
     try:
         args = cli.parse(argv)
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides, note = cli.multirun(args.overrides) if args.multirun else (args.overrides, None)
         if not args.multirun:
             cli.reject_sweeps(overrides)
-        from harness.devices import pick_hardware
+        from harness.config.devices import pick_hardware
 
         overrides, picked = pick_hardware(overrides)  # trials and config.yaml get the option it picked
         for msg in (note, picked):
@@ -38,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.show:
             print(to_yaml(cfg))
             return 0
-        from harness import preflight
+        from harness.cli import preflight
 
         preflight.check(cfg)  # the devices, data, out_dir, hub model, W&B login: before any model loads
+        if cfg.train.resume_from:  # a checkpoint of another configuration would fail after the model loads
+            from harness.trial import checkpoint  # reads the checkpoint's state with torch: the entry point's call
+
+            checkpoint.check(cfg)
     except (ConfigError, DataError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -48,23 +55,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg, overrides: list[str]) -> int:
-    from harness.config import ConfigError, one_line
-    from harness.data import DataError
-    from harness.presets import ModelError
+    from harness.config.schema import ConfigError, one_line
+    from harness.data.load import DataError
+    from harness.config.presets import ModelError
     from harness.record import TrialFailed, TrialPruned  # not harness.train: the driver never imports torch
 
     try:
         if cfg.launcher.name == "slurm":
-            from harness.slurm import submit
+            from harness.runners.slurm import submit
 
             return submit(cfg, overrides)
         if cfg.get("sweep"):
-            from harness.study import run_study
+            from harness.study.driver import run_study
 
             return run_study(cfg, overrides)
-        from harness.launch import run_single
-
-        rec = run_single(cfg)
+        rec = _run_single(cfg)
     except (ConfigError, DataError, ModelError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -84,7 +89,7 @@ def _run(cfg, overrides: list[str]) -> int:
           f"{rec['trainable_params']:,} trainable params")
     run_dir = trial_dir(cfg.out_dir, rec["study"], rec["trial"])
     print(f"record   {run_dir}/result.json")
-    if (run_dir / "adapter").is_dir():  # train.save_adapter (harness/adapters.py)
+    if (run_dir / "adapter").is_dir():  # train.save_adapter (harness/trial/adapters.py)
         print(f"adapter  {run_dir}/adapter (load with peft; merge: python -m harness.export {run_dir} --merge)")
     wb = rec.get("wandb") or {}
     if wb.get("mode") == "offline":
@@ -93,6 +98,22 @@ def _run(cfg, overrides: list[str]) -> int:
     elif wb:
         print(f"W&B      {wb['url']}")
     return 0
+
+
+def _run_single(cfg: DictConfig) -> dict:
+    """`python -m harness` without a sweep: one trial, in-process for 1 process."""
+    from harness import train  # the entry point runs a single trial itself: torch loads here, never in the driver
+    from harness.runners.process import allocate_trial, run_subprocess, write_config
+
+    run_dir = allocate_trial(cfg)
+    path = write_config(cfg, run_dir)
+    if cfg.hardware.processes == 1:
+        return train.run(OmegaConf.load(path))
+    rc = run_subprocess(cfg, path)
+    result = run_dir / "result.json"
+    if rc != 0 or not result.is_file():
+        raise SystemExit(f"trial failed (exit {rc}); see the output above and {run_dir}")
+    return json.loads(result.read_text())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness.adapters import ADAPTER, META
+from harness.trial.adapters import ADAPTER, META
 
 
 class ExportError(ValueError):
@@ -47,8 +47,8 @@ def merge(trial: Path, out: Path) -> Path:
     import transformers
     from peft import PeftModel
 
-    from harness import config as config_mod
-    from harness.models import load_base, load_tokenizer
+    from harness.config import schema as config_mod
+    from harness.trial.models import load_base, load_tokenizer
 
     transformers.utils.logging.set_verbosity_error()  # the "newly initialized head" note: the adapter brings it
     transformers.utils.logging.disable_progress_bar()

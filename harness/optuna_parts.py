@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness.config import ConfigError
+from harness.config.schema import ConfigError
 from harness.record import INTERMEDIATE
 
 

@@ -8,10 +8,14 @@ so a new metric is added in one place. Torch-free: the driver and analysis impor
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
 
 
 class TrialFailed(RuntimeError):
@@ -78,3 +82,55 @@ def read_record(path: Path) -> TrialRecord | None:
 def trial_dir(out_dir: str | Path, study: str, trial: int) -> Path:
     """Where trial n of a study keeps its files (config.yaml, log.txt, result.json, ...)."""
     return Path(out_dir) / study / "trials" / str(trial)
+
+
+# ---------------------------------------------------------------------------- a trial's files
+
+ADAPTER = "adapter"                 # trials/<n>/adapter/ (harness/trial/adapters.py writes it)
+META = "harness_adapter.json"       # what `python -m harness.export` needs, inside the adapter folder
+CHECKPOINT = "checkpoint"           # trials/<n>/checkpoint/ (harness/trial/checkpoint.py)
+NAME = CHECKPOINT
+
+
+def adapter_policy(cfg) -> str:
+    """train.save_adapter, its null resolved: best in a study, all for a single run."""
+    return cfg.train.save_adapter or ("best" if cfg.get("sweep") else "all")
+
+
+def resume_dir(run_root: Path, system_attrs: Mapping | None) -> Path | None:
+    """The newest checkpoint among the attempts a retried trial repeats, or None to start from step 0.
+
+    run_root is <out_dir>/<study>; system_attrs are the retry's Optuna system attrs. Optuna's retry
+    callbacks keep "failed_trial" = the FIRST attempt's number across a chain of retries and list
+    every earlier attempt in "retry_history" (oldest first), so the newest attempt with a checkpoint
+    is searched from the end: each attempt resumed from the one before, so it is the furthest."""
+    attrs = system_attrs or {}
+    attempts = list(attrs.get("retry_history") or ([attrs["failed_trial"]] if "failed_trial" in attrs else []))
+    for m in reversed(attempts):
+        for name in (NAME, f"{NAME}.old"):  # .old: killed between the two renames of a save
+            d = Path(run_root) / "trials" / str(m) / name
+            if is_checkpoint(d):
+                return d.resolve()  # the trial process may not share the driver's working directory
+    return None
+
+
+def is_checkpoint(d: Path) -> bool:
+    return (Path(d) / "custom_checkpoint_1.pkl").is_file() and (Path(d) / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------- provenance
+
+@cache  # once per process: the driver stamps every trial's config.yaml with it (two git calls each)
+def git_sha() -> str | None:
+    """The checkout's commit (-dirty with uncommitted changes); None for an installed package, whose
+    version is in `versions` (its site-packages may sit inside some other git repository)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "conf" / "config.yaml").is_file():  # an installed package ships conf/ inside harness/
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None

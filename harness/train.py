@@ -16,38 +16,25 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
 
-from harness import adapters
-from harness import checkpoint as ckpt
-from harness import classify, sft
-from harness import config as config_mod
-from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
-from harness.data import Splits, cache_dir
-from harness.loop import (LoopResult, adapter_checksum, eval_log, intermediate_items, train_batches,  # noqa: F401
+from harness.trial import adapters
+from harness.trial import checkpoint as ckpt
+from harness.tasks import TASKS, Task  # noqa: F401 (re-exported for tests)
+from harness.config import schema as config_mod
+from harness.trial.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
+from harness.data.load import cache_dir
+from harness.trial.loop import (LoopResult, adapter_checksum, eval_log, intermediate_items, train_batches,  # noqa: F401
                           train_loop)
-from harness.models import prepare
+from harness.trial.models import prepare
 from harness.optuna_parts import trial_reporter
 from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir  # noqa: F401 (re-exported)
-from harness.shared import Shared, release, shared
-from harness.tracking import Run, provenance, usable_cpus, write_json
-
-
-class Task(Protocol):
-    """What a task module gives the trial (harness/classify.py and harness/sft.py document theirs)."""
-    def load_splits(self, data_cfg) -> Splits: ...
-    def items(self, tokenizer, examples, cfg) -> list[dict]: ...
-    def collate(self, items: list[dict], pad_id: int, device) -> dict: ...
-    def evaluate(self, model, items, cfg, tokenizer, accelerator) -> dict: ...
-    def reference_accuracy(self, items: list[dict]) -> float | None: ...
-
-
-TASKS: dict[str, Task] = {"classification": classify, "sft": sft}
+from harness.trial.shared import Shared, release, shared
+from harness.trial.tracking import Run, provenance, usable_cpus, write_json
 
 
 def run_dir_of(cfg) -> Path:
@@ -149,7 +136,7 @@ def final_eval(cfg, task: Task, model, sh: Shared, accelerator, tracker, clock: 
     if accelerator.is_main_process and "predictions" in final:  # per item, for error analysis and pairing
         _write_predictions(run_dir / "predictions.jsonl", final.pop("predictions"), sh.test_items, sh.splits.labels)
     res.eval_tokens += final["tokens"]
-    if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/adapters.py)
+    if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/trial/adapters.py)
         adapters.save(accelerator.unwrap_model(model), sh.tokenizer, run_dir, cfg, sh.splits.labels)
     res.evals.append({"step": res.step, "accuracy": final["accuracy"], "loss": final["loss"],
                       **final.get("metrics", {})})
@@ -243,7 +230,7 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     """Run one trial from a resolved config; returns the record (also written to result.json).
 
     reporter(step, metrics) -> bool is called on rank 0 after each intermediate eval; True prunes.
-    cache: a warm worker's {shared_key: Shared} (harness/warm.py); None loads everything (the cold path).
+    cache: a warm worker's {shared_key: Shared} (harness/trial/worker.py); None loads everything (the cold path).
     """
     cfg = config_mod.complete(cfg)
     task, clock = TASKS[cfg.task.type], Clock()

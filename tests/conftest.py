@@ -24,7 +24,7 @@ TINY = ["model=tiny_bert", "data=tiny", "train.max_steps=6", "train.eval_every=0
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """Compose the tiny config (plus overrides) with outputs under tmp_path."""
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
 
     def make(*overrides: str, study: str = "t"):
         return complete(load([*TINY, f"out_dir={tmp_path}", f"study={study}", *overrides]))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.config import ROOT, ConfigError, complete, load
+from harness.config.schema import ROOT, ConfigError, complete, load
 
 # (overrides) per trial; the grid varies rank, alpha, training-set size and seed so every figure
 # has data. "lora.r=0" cannot run and lr=1e30 diverges (NaN loss): both FAIL, as in the driver.

@@ -65,8 +65,8 @@ def path(rel: str, key: str, make: str | None = None) -> Setup:
 def study_created_with(*overrides: str) -> Setup:
     """A study created (no trials run) in files/s.db with BASE + overrides; the case resumes it."""
     def setup(d: Path) -> list[str]:
-        from harness.config import complete, load
-        from harness.study import Driver
+        from harness.config.schema import complete, load
+        from harness.study.driver import Driver
 
         url = [f"storage.url=sqlite:///{d}/s.db"]
         ov = [*BASE, *overrides, *url, f"out_dir={d}/first"]
@@ -236,8 +236,8 @@ def test_bad_input_stops_with_one_line_and_leaves_nothing_behind(tmp_path, capsy
 
 def test_the_preflight_accepts_good_inputs(tmp_path, monkeypatch):
     """The other side of the table: what the checks must not refuse."""
-    from harness import preflight
-    from harness.config import complete, load
+    from harness.cli import preflight
+    from harness.config.schema import complete, load
 
     for k in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
         monkeypatch.delenv(k, raising=False)

@@ -1,4 +1,4 @@
-"""In-trial checkpoints (harness/checkpoint.py) and the progress line (harness/progress.py), on tiny.
+"""In-trial checkpoints (harness/trial/checkpoint.py) and the progress line (harness/trial/progress.py), on tiny.
 
 The resume test is the issue's: an interrupted trial, continued from its last checkpoint, gives the
 record of an uninterrupted run (losses per step, accuracy, adapter checksum). Dropout (BERT's and
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from harness import checkpoint as ckpt
+from harness.trial import checkpoint as ckpt
 from harness import train
 
 SAME = ("accuracy", "eval_loss", "train_loss", "adapter_checksums", "steps", "tokens", "padded_tokens",
@@ -136,7 +136,7 @@ def test_resume_from_not_a_checkpoint_is_bad_input(tmp_path):
 
 
 def test_progress_line():
-    from harness.progress import Progress
+    from harness.trial.progress import Progress
 
     lines = []
     p = Progress(every=5, total=12, start_step=0, write=lines.append)

@@ -10,9 +10,9 @@ import pytest
 from conftest import TINY
 from omegaconf import OmegaConf
 
-from harness import cli
+from harness.cli import args as cli
 from harness.__main__ import main
-from harness.config import CONF_DIR, ROOT, ConfigError, complete, load
+from harness.config.schema import CONF_DIR, ROOT, ConfigError, complete, load
 from harness.optuna_parts import dashboard_command
 
 
@@ -54,8 +54,8 @@ def test_bad_command_lines_exit_2_with_one_line(capsys, argv, needle):
                                        ("train.learning_rate", "train.lr"), ("train.maxsteps", "train.max_steps"),
                                        ("hardware.gpus", "hardware.processes"), ("modle", "model"), ("task.foo", None)])
 def test_did_you_mean_names_the_key_from_the_schema(key, meant):
-    from harness.config import ExperimentCfg
-    from harness.keys import did_you_mean
+    from harness.config.schema import ExperimentCfg
+    from harness.config.keys import did_you_mean
 
     hint = did_you_mean(key, ExperimentCfg)
     assert (f"did you mean `{meant}`?" in hint) if meant else ("did you mean" not in hint), hint
@@ -140,7 +140,7 @@ def test_multirun_runs_two_trials_as_one_study(tmp_path):
 
 
 def test_hardware_auto_picks_what_is_there_and_says_so(capsys):
-    from harness.devices import cuda_devices
+    from harness.config.devices import cuda_devices
 
     rc, out, err = run_main(capsys, "hardware=auto", "--cfg")
     expect = "gpu1" if cuda_devices() else "cpu"
@@ -149,7 +149,7 @@ def test_hardware_auto_picks_what_is_there_and_says_so(capsys):
 
 
 def test_cuda_without_enough_devices_stops_before_any_load(capsys, tmp_path):
-    from harness.devices import cuda_devices
+    from harness.config.devices import cuda_devices
 
     n = cuda_devices()
     argv = [*TINY, f"out_dir={tmp_path}", "hardware=gpu1", f"hardware.processes={n + 1}", "train.batch_size=16",
@@ -314,7 +314,7 @@ def test_dashboard_command_masks_the_password():
 
 
 def test_a_new_study_names_its_metrics_for_the_dashboard(tiny_cfg):
-    from harness.study import Driver
+    from harness.study.driver import Driver
 
     ov, _ = cli.multirun(["lora.r=2,4"])
     cfg = tiny_cfg(*ov, "+sweep.objectives={accuracy: maximize, flops: minimize}", study="named")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import CONF_DIR, ConfigError, complete, load
+from harness.config.schema import CONF_DIR, ConfigError, complete, load
 
 # Options whose `???` values a user must fill in, and what a test fills in.
 REQUIRED = {("model", "hub"): ["model.path=org/model"], ("data", "hub"): ["data.path=org/ds"],
@@ -87,6 +87,6 @@ def test_validating_a_config_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys; from harness.config import complete, load; complete(load([])); print('torch' in sys.modules)"
+    code = "import sys; from harness.config.schema import complete, load; complete(load([])); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONF_DIR.parent, check=True)
     assert out.stdout.strip() == "False"  # a bad input costs ~1 s, not a torch import

@@ -1,4 +1,4 @@
-"""The FLOPs formula of harness/cost.py against torch's own count (FlopCounterMode), and compute as a
+"""The FLOPs formula of harness/trial/cost.py against torch's own count (FlopCounterMode), and compute as a
 property of the configuration: the same config and seed cost the same with a cold or a warm cache."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness import train
-from harness.cost import eval_flops, param_counts, train_flops
+from harness.trial.cost import eval_flops, param_counts, train_flops
 
 # Wider than the stock tiny models so attention scores, which the formula leaves out (4 L d per
 # token and layer), stay a few per cent as in real models: at d=32 and L=16 they would be ~15%.
@@ -21,7 +21,7 @@ LENGTH, BATCH = 16, 4
 def _model(tiny_cfg, *overrides):
     import transformers
 
-    from harness.models import load_base, load_tokenizer, prepare
+    from harness.trial.models import load_base, load_tokenizer, prepare
 
     cfg = tiny_cfg("quant=none", *WIDE, *overrides)
     tok = load_tokenizer(cfg)

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from omegaconf import OmegaConf
 
-from harness.data import DataError, load_splits, read_records, stratified_order
+from harness.data.load import DataError, load_splits, read_records, stratified_order
 
 
 def _data(**kw):
@@ -110,7 +110,7 @@ def test_every_accepted_file_type_and_encoding_gives_the_same_splits(tmp_path):
 
 
 def test_alpaca_style_json_array_gives_sft_pairs(tmp_path):
-    from harness.data import Pair
+    from harness.data.load import Pair
 
     f = tmp_path / "alpaca.json"
     f.write_text(json.dumps([{"instruction": f"Add {i} and 1.", "input": "" if i % 2 else "Show the sum.",

@@ -12,7 +12,7 @@ import yaml
 from omegaconf import open_dict
 
 from harness import train
-from harness.launch import accelerate_command, accelerate_config, allocate_trial, run_subprocess, write_config
+from harness.runners.process import accelerate_command, accelerate_config, allocate_trial, run_subprocess, write_config
 
 # Dropout off everywhere, so one process and two see the same function of the same batches.
 EXACT = ["lora.dropout=0", "+model.tiny.hidden_dropout_prob=0.0", "+model.tiny.attention_probs_dropout_prob=0.0",
@@ -29,7 +29,7 @@ def _launch(cfg):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """The same trial in process (1 rank) and under accelerate launch (2 ranks)."""
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
     from conftest import TINY
 
     out = tmp_path_factory.mktemp("dist")
@@ -89,7 +89,7 @@ def test_a_launch_that_starts_one_process_for_two_fails_loudly(tiny_cfg):
 
 
 def test_fsdp_is_refused_on_cpu_before_any_compute(tiny_cfg):
-    from harness.config import ConfigError
+    from harness.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="strategy=fsdp"):
         tiny_cfg("hardware=cpu2", "hardware.strategy=fsdp")
@@ -97,7 +97,7 @@ def test_fsdp_is_refused_on_cpu_before_any_compute(tiny_cfg):
 
 def test_fsdp_accelerate_config_follows_the_qlora_recipe(tiny_cfg):
     """Written, not run: no CUDA here. The fields the FSDP + QLoRA recipe needs are set."""
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
     from conftest import TINY
 
     cfg = complete(load([*TINY, "hardware=gpu4", "hardware.strategy=fsdp"]))
@@ -108,7 +108,7 @@ def test_fsdp_accelerate_config_follows_the_qlora_recipe(tiny_cfg):
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_compute(tiny_cfg):
-    from harness.config import ConfigError
+    from harness.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="train.batch_size=16 does not split over 3"):
         tiny_cfg("hardware.processes=3")
@@ -121,7 +121,7 @@ def test_every_rank_follows_rank_0s_prune_decision(tiny_cfg):
     in the next collective forever) and the launch must end with the pruned exit code."""
     import optuna
 
-    from harness.launch import outcome
+    from harness.runners.process import outcome
 
     cfg = tiny_cfg("hardware=cpu2", "tracking.mode=disabled", "sweep=lora_rank", "sweep.pruner=median",
                    "+sweep.pruner_args.n_startup_trials=0", "train.max_steps=8", "train.eval_every=2",

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from harness.config import complete, load
-from harness.launch import Outcome, outcome, write_config
-from harness.study import Driver
+from harness.config.schema import complete, load
+from harness.runners.process import Outcome, outcome, write_config
+from harness.study.driver import Driver
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 
@@ -122,7 +122,7 @@ def test_the_record_status_is_the_outcome_and_the_exit_code_explains_a_missing_o
 def test_cpu_threads_split_the_cores_this_process_may_use_over_the_concurrent_trial_processes():
     import os
 
-    from harness.launch import cpu_threads
+    from harness.runners.process import cpu_threads
 
     cfg = complete(load(TINY[:-1]))  # hardware.threads unset
     cores = len(os.sched_getaffinity(0))
@@ -143,8 +143,8 @@ def test_a_storage_that_becomes_read_only_mid_sweep_ends_the_driver_with_one_lin
     """Root ignores file permissions, so the study file and its directory are made immutable
     (chattr +i, ext4) after the first trial: the next write fails. The driver stops with one line
     naming the storage, and what was recorded before stays."""
-    from harness.config import ConfigError
-    from harness.study import run_study
+    from harness.config.schema import ConfigError
+    from harness.study.driver import run_study
 
     study_dir = tmp_path / "ro"
 
@@ -207,7 +207,7 @@ def test_a_sweep_file_edited_mid_study_stops_the_driver_and_the_trial_runs_again
 def test_a_resume_ignores_settings_added_since_that_are_off_and_names_every_real_change():
     """A study created before a setting existed resumes when the new setting is null (off); any value that
     differs, or a setting that is on, is named."""
-    from harness.sweep_check import config_changes
+    from harness.study.checks import config_changes
 
     old = {"train.lr": 0.001, "eval.max_examples": None}
     assert config_changes(old, {**old, "eval.intermediate_examples": None}, []) == []

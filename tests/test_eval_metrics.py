@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import eval_metrics, metrics
-from harness.config import ConfigError, complete, load
+from harness.metrics import extra as eval_metrics
+from harness.metrics import scores as metrics
+from harness.config.schema import ConfigError, complete, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,7 @@ def test_unknown_metric_fails_at_config_time_with_one_line():
 
 
 def test_empty_metrics_import_no_evaluate():
-    code = ("import sys; from harness.config import complete, load; import harness.classify, harness.sft; "
+    code = ("import sys; from harness.config.schema import complete, load; import harness.tasks.classify, harness.tasks.sft; "
             "complete(load([])); print('evaluate' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
@@ -47,8 +48,9 @@ def test_empty_metrics_import_no_evaluate():
 def test_a_trial_records_its_listed_metrics_and_they_can_be_objectives(tiny_cfg):
     from omegaconf import open_dict
 
-    from harness import study, train
-    from harness.launch import allocate_trial
+    from harness import train
+    from harness.study import driver as study
+    from harness.runners.process import allocate_trial
 
     cfg = tiny_cfg("eval.metrics=[accuracy,f1]", "quant=none", "train.max_steps=20", "tracking.mode=disabled",
                    "train.save_adapter=none")

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import adapters, train
-from harness.launch import allocate_trial
+from harness import train
+from harness.study import keep
+from harness.runners.process import allocate_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 # Share of the trial's test predictions the merged export must reproduce. quant=none: the merged
@@ -31,8 +32,8 @@ def _trial(tiny_cfg, *overrides):
 
 
 def _test_items(cfg):
-    from harness import classify
-    from harness.models import load_tokenizer
+    from harness.tasks import classify
+    from harness.trial.models import load_tokenizer
 
     splits = classify.load_splits(cfg.data)
     return classify.items(load_tokenizer(cfg), splits.test, cfg), splits.labels
@@ -43,7 +44,7 @@ def test_merged_export_loads_with_transformers_and_reproduces_the_predictions(ti
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from harness.models import load_base, load_tokenizer
+    from harness.trial.models import load_base, load_tokenizer
 
     cfg, tdir = _trial(tiny_cfg, f"quant={quant}")
     # the adapter as saved loads into its base with peft
@@ -110,9 +111,9 @@ def test_keep_best_keeps_the_best_configurations_seeds_and_attaches_artifacts(tm
         trial.set_user_attr("accuracy", acc)
         trial.set_user_attr("flops", 1.0)
         trial.set_user_attr("run_dir", str(d))
-        adapters.attach_trial(trial, d, cfg)  # the driver's call, before tell
+        keep.attach_trial(trial, d, cfg)  # the driver's call, before tell
         study.tell(trial, acc)
-    assert adapters.keep_best(study, cfg) == [0, 1]
+    assert keep.keep_best(study, cfg) == [0, 1]
     assert [(tmp_path / "s" / "trials" / str(n) / "adapter").is_dir() for n in range(4)] == [True, True, False, False]
     assert "adapters kept: trials [0, 1]" in capsys.readouterr().err
     best = (tmp_path / "s" / "best.yaml").read_text()
@@ -121,5 +122,5 @@ def test_keep_best_keeps_the_best_configurations_seeds_and_attaches_artifacts(tm
     assert sorted(m.filename for m in get_all_artifact_meta(study.trials[2], storage=storage)) == ["config.yaml", "result.json"]
     study_files = lambda: sorted(m.filename for m in get_all_artifact_meta(study))
     assert study_files() == ["trial-0.adapter_model.safetensors", "trial-1.adapter_model.safetensors"]
-    adapters.keep_best(study, cfg)  # a resume: nothing attached twice
+    keep.keep_best(study, cfg)  # a resume: nothing attached twice
     assert len(study_files()) == 2

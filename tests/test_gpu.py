@@ -55,7 +55,7 @@ def test_qlora_gradients_through_the_cuda_kernels_match_a_model_holding_the_dequ
                                                                                                 compute):
     import bitsandbytes as bnb
 
-    from harness.models import add_adapters, load_base, load_tokenizer
+    from harness.trial.models import add_adapters, load_base, load_tokenizer
 
     common = ("model=tiny_llama", HW, "lora.targets=all_linear", "lora.dropout=0", "lora.r=4")
     cfg_q = tiny_cfg(*common, f"quant={mode}", f"quant.compute_dtype={compute}")
@@ -132,9 +132,9 @@ def test_a_trial_run_warm_equals_the_same_trial_run_cold_on_cuda(tiny_cfg):
     Expected bitwise (cuBLAS picks the same kernels for the same shapes on one device, and the frozen embedding
     gets no scattered gradient); if the checksums differ the adapters must still agree within 1e-5, and the
     test says so."""
-    from harness.launch import ProcessRunner
+    from harness.runners.process import ProcessRunner
     from harness.record import trial_dir
-    from harness.warm import WarmRunner
+    from harness.runners.warm import WarmRunner
 
     base = ("model=tiny_llama", HW, "quant=nf4", "train.max_steps=12", "train.eval_every=4", "tracking.mode=disabled")
     trial = ("seed=0", "lora.r=4")

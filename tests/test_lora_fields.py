@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from harness import lora_fields
-from harness.config import ConfigError, complete, load
+from harness.config import lora as lora_fields
+from harness.config.schema import ConfigError, complete, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_data_file_matches_the_installed_peft():
-    # regenerate with `python -m harness.lora_fields` after a peft upgrade
+    # regenerate with `python -m harness.config.lora` after a peft upgrade
     assert json.loads(lora_fields.DATA.read_text()) == json.loads(json.dumps(lora_fields.generate()))
 
 
 def test_every_lora_config_field_is_accepted_and_reaches_peft(tiny_cfg):
     import peft
 
-    from harness.models import lora_kwargs
+    from harness.trial.models import lora_kwargs
 
     cfg = tiny_cfg("lora.use_dora=true", "lora.rank_pattern={query: 4}", "lora.layers_to_transform=[0]",
                    "lora.lora_alpha=32", "lora.target_modules=all-linear")
@@ -51,7 +51,7 @@ def test_bad_lora_settings_fail_with_one_line(override, message):
 def test_peft_spellings_in_a_yaml_lora_section():
     base = dict(complete(load([])))
     lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear"}
-    from harness.config import validate
+    from harness.config.schema import validate
 
     got = validate({**base, "lora": lora}).lora
     assert (got.alpha, got.dropout, got.targets) == (8, 0.0, "all_linear")
@@ -60,7 +60,7 @@ def test_peft_spellings_in_a_yaml_lora_section():
 
 
 def test_cfg_with_lora_fields_stays_torch_free():
-    code = ("import sys; from harness.config import complete, load; "
+    code = ("import sys; from harness.config.schema import complete, load; "
             "complete(load(['lora.use_dora=true', 'lora.rank_pattern={query: 4}', 'model.family=qwen2', "
             "'lora.targets=peft_default'])); print('torch' in sys.modules, 'peft' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -72,7 +72,7 @@ TINY_MISTRAL = ["model.name=tiny_mistral", "model.family=mistral", "model.tiny.m
 
 @pytest.mark.parametrize("preset,per_layer", [("peft_default", 2), ("all_linear", 7)])
 def test_presets_derived_from_peft_resolve_for_another_model_type(tiny_cfg, preset, per_layer):
-    from harness.models import load_base, load_tokenizer, resolve_targets
+    from harness.trial.models import load_base, load_tokenizer, resolve_targets
 
     cfg = tiny_cfg("model=tiny_llama", *TINY_MISTRAL, f"lora.targets={preset}", "quant=none")
     base = load_base(cfg, 2, "cpu", load_tokenizer(cfg))
@@ -86,7 +86,7 @@ def test_presets_derived_from_peft_resolve_for_another_model_type(tiny_cfg, pres
                                       "lora.init_lora_weights=olora"])
 def test_each_lora_variant_runs_a_tiny_trial(tiny_cfg, override):
     from harness import train
-    from harness.launch import allocate_trial
+    from harness.runners.process import allocate_trial
 
     cfg = tiny_cfg(override, "quant=none", "train.max_steps=3", "eval.baseline=false", "train.save_adapter=none")
     allocate_trial(cfg)
@@ -99,7 +99,7 @@ def test_each_lora_variant_runs_a_tiny_trial(tiny_cfg, override):
 
 def test_dora_records_more_train_flops_than_lora_at_equal_rank(tiny_cfg):
     from harness import train
-    from harness.launch import allocate_trial
+    from harness.runners.process import allocate_trial
 
     flops = {}
     for dora in ("false", "true"):
@@ -116,7 +116,7 @@ def test_dora_records_more_train_flops_than_lora_at_equal_rank(tiny_cfg):
 def test_dora_formula_within_10_percent_of_torch_flop_counter(tiny_cfg):
     from test_cost import BATCH, LENGTH, _batch, _measured, _model
 
-    from harness.cost import param_counts, train_flops
+    from harness.trial.cost import param_counts, train_flops
 
     cfg, model = _model(tiny_cfg, "lora.use_dora=true", "lora.targets=all_linear")
     counts = param_counts(model)
@@ -127,7 +127,8 @@ def test_dora_formula_within_10_percent_of_torch_flop_counter(tiny_cfg):
 
 
 def test_lora_variants_sweep_composes_and_every_point_validates():
-    from harness import space, study
+    from harness.study import space
+    from harness.study import driver as study
 
     cfg = complete(load(["sweep=lora_variants"]))
     study.check(cfg, ["sweep=lora_variants"])  # the driver's check: every axis value gives a valid config

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from harness import metrics
+from harness.metrics import scores as metrics
 
 
 def test_normalisation_is_the_stated_one():

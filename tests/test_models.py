@@ -7,7 +7,7 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from harness.models import (ModelError, PRESETS, add_adapters, load_base, load_tokenizer, resolve_targets,
+from harness.trial.models import (ModelError, PRESETS, add_adapters, load_base, load_tokenizer, resolve_targets,
                             weights_path)
 
 # modules per transformer layer that each preset must pick
@@ -35,7 +35,7 @@ def test_presets_resolve_on_each_family(tiny_cfg, model, preset):
 def test_presets_resolve_on_the_embedded_minilm(preset):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
 
     cfg = complete(load([]))
     with torch.device("meta"):  # the architecture without loading weights
@@ -110,7 +110,7 @@ def test_llama_1b_random_has_the_shape_of_llama_3_2_1b():
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
 
     spec = dict(complete(load(["model=llama_1b_random"])).model.tiny)
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)

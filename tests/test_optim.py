@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, complete, load
-from harness.optim import SCHEDULERS, build
+from harness.config.schema import ConfigError, complete, load
+from harness.trial.optim import SCHEDULERS, build
 
 
 def test_every_listed_scheduler_is_a_transformers_scheduler():
@@ -48,7 +48,7 @@ def test_tiny_trial_trains_with_each_optimizer(tiny_cfg, optim):
     import bitsandbytes as bnb
 
     from harness import train
-    from harness.launch import allocate_trial
+    from harness.runners.process import allocate_trial
 
     cfg = tiny_cfg(f"train.optim={optim}", "train.lr_scheduler_type=cosine", "train.max_steps=60",
                    "lora.targets=all_linear", "lora.r=64", "tracking.mode=disabled", "train.save_adapter=none")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, complete, load
-from harness.launch import outcome, write_config
-from harness.report import best_configuration
-from harness.study import Driver, check
+from harness.config.schema import ConfigError, complete, load
+from harness.runners.process import outcome, write_config
+from harness.study.summary import best_configuration
+from harness.study.driver import Driver, check
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 REFS = "+sweep.references=[{method: head_only, train.lr: 0.01}, {method: full, quant: none}]"

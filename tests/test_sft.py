@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import sft
-from harness.config import ConfigError, complete, load
-from harness.data import DataError
+from harness.tasks import sft
+from harness.config.schema import ConfigError, complete, load
+from harness.data.load import DataError
 
 TINY_SFT = ["task=sft", "model=tiny_llama", "data=tiny_sft", "train.max_steps=6", "train.lr=1e-2",
             "hardware.threads=1", "task.max_new_tokens=4", "task.max_target_tokens=8"]
@@ -28,7 +28,7 @@ def sft_cfg(tmp_path):
 
 @pytest.fixture
 def tok(sft_cfg):
-    from harness.models import load_tokenizer
+    from harness.trial.models import load_tokenizer
 
     return load_tokenizer(sft_cfg())
 
@@ -79,7 +79,7 @@ def test_batched_eval_matches_one_at_a_time_and_the_training_loss(sft_cfg, tok):
     one-at-a-time ones, and the completion NLL equals the training loss on the same items."""
     import torch
 
-    from harness.models import load_base
+    from harness.trial.models import load_base
 
     cfg = sft_cfg("quant=none")
     model = load_base(cfg, 0, "cpu", tok).eval()
@@ -140,7 +140,7 @@ def test_chatterbot_pairs_come_from_the_installed_corpus(sft_cfg):
 
 def test_a_tiny_sft_trial_writes_a_complete_record(sft_cfg):
     from harness import train
-    from harness.launch import allocate_trial
+    from harness.runners.process import allocate_trial
 
     cfg = sft_cfg("train.max_steps=8", "task.samples=3")
     allocate_trial(cfg)

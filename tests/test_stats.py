@@ -114,7 +114,7 @@ def _frozen(number, targets, seed, acc, flops):
 
 
 def test_driver_summary_aggregates_seeds_and_names_the_best_configuration():
-    from harness import report
+    from harness.study import summary as report
 
     spec = [("qv", 0, 0.90, 1.0), ("qv", 1, 0.50, 1.0), ("qv", 2, 0.52, 1.0), ("all", 0, 0.70, 2.0),
             ("all", 1, 0.71, 2.0), ("all", 2, 0.72, 2.0), ("mlp", 0, 0.69, 1.5), ("mlp", 1, 0.71, 1.5),
@@ -137,7 +137,7 @@ def test_driver_summary_imports_neither_torch_nor_analysis():
     import subprocess
     import sys
 
-    code = "import sys, harness.report; print(sorted(m for m in ('torch', 'analysis') if m in sys.modules))"
+    code = "import sys, harness.study.summary; print(sorted(m for m in ('torch', 'analysis') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -154,7 +154,7 @@ def test_a_seed_run_twice_counts_once():
 def test_the_console_summary_counts_a_rerun_seed_once():
     from types import SimpleNamespace
 
-    from harness.report import configurations, t_half_width
+    from harness.study.summary import configurations, t_half_width
 
     def trial(n, seed, acc):
         return SimpleNamespace(number=n, state=SimpleNamespace(name="COMPLETE"), params={"lora.r": 4},

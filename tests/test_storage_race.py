@@ -25,8 +25,8 @@ K, ROUNDS = 4, 3
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from harness.config import complete, load
-from harness.study import Driver
+from harness.config.schema import complete, load
+from harness.study.driver import Driver
 base, urls, sync, me = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 jobs = [(complete(load([*base, f"storage.url={u}"])), [*base, f"storage.url={u}"]) for u in urls]
 for i, (cfg, overrides) in enumerate(jobs):

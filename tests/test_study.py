@@ -187,9 +187,9 @@ sweep:
 
 def test_a_trial_left_running_by_a_driver_elsewhere_is_failed_after_the_grace_period_and_retried(tmp_path):
     """The heartbeat path (RDB storages): a RUNNING trial of a driver on another host goes stale."""
-    from harness.config import complete, load as compose
+    from harness.config.schema import complete, load as compose
     from harness.optuna_parts import tally
-    from harness.study import Driver
+    from harness.study.driver import Driver
 
     ov = sweep(tmp_path, "hb", """\
 sweep:
@@ -278,8 +278,8 @@ sweep:
 def test_a_study_is_one_experiment_a_resume_with_another_base_config_is_refused(tmp_path):
     """The base config is stored at creation; a resume that changes it (not the budget or parallelism) is
     refused with the differing keys, unless the user vouches for them in sweep.allow_changes."""
-    from harness.config import ConfigError, complete, load as compose
-    from harness.study import Driver
+    from harness.config.schema import ConfigError, complete, load as compose
+    from harness.study.driver import Driver
 
     ov = sweep(tmp_path, "one", """\
 sweep:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness import train
-from harness.data import DataError
-from harness.launch import allocate_trial
+from harness.data.load import DataError
+from harness.runners.process import allocate_trial
 
 RECORD_KEYS = {"accuracy", "baseline_accuracy", "flops", "tokens", "peak_memory_bytes", "device_seconds",
                "world_size", "trainable_params", "total_params", "wall_seconds", "cost_usd", "provenance",
@@ -74,12 +74,12 @@ def test_nan_loss_fails_the_trial_with_a_reason(tiny_cfg):
 
 
 def test_train_size_larger_than_the_data_fails_before_any_model_is_loaded(tiny_cfg, monkeypatch):
-    import harness.models
+    import harness.trial.models
 
     def boom(*a, **k):
         raise AssertionError("model loaded before the data check")
 
-    monkeypatch.setattr(harness.models, "load_base", boom)
+    monkeypatch.setattr(harness.trial.models, "load_base", boom)
     with pytest.raises(DataError, match="train_size=5000"):
         train.run(tiny_cfg("data.train_size=5000", "trial=0"))
 
@@ -113,7 +113,7 @@ def test_reference_arms_train_what_they_say(tiny_cfg, method):
 
 
 def test_full_finetune_of_a_quantized_base_is_refused_before_compute(tiny_cfg):
-    from harness.config import ConfigError
+    from harness.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="quant=none"):
         tiny_cfg("method=full", "quant=nf4")

@@ -1,4 +1,4 @@
-"""Warm trial workers (harness/warm.py) on the tiny model: a trial run warm gives the record it gives cold,
+"""Warm trial workers (harness/runners/warm.py) on the tiny model: a trial run warm gives the record it gives cold,
 nothing leaks from one trial into the next (the base weights stay as loaded), and a failing, diverging or
 killed trial fails alone while its worker (or a fresh replacement) runs the next one."""
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from harness import train
-from harness.launch import ProcessRunner
+from harness.runners.process import ProcessRunner
 from harness.record import trial_dir
-from harness.warm import WarmRunner, make_runner
+from harness.runners.warm import WarmRunner, make_runner
 
 A = ("seed=0", "lora.r=2")
 B = ("seed=1", "lora.r=4", "train.lr=3e-3", "lora.targets=all_linear")
@@ -71,8 +71,8 @@ def _base_checksum(model) -> str:
 def test_adapters_come_off_and_leave_the_cached_base_as_loaded(tiny_cfg, model):
     """In process, the worker's own calls: after trial A the cached base holds the loaded weights (4-bit
     storage included), no LoRA module, the loaded requires_grad flags, and B still reuses it."""
-    from harness.cost import Clock
-    from harness.shared import load_shared
+    from harness.trial.cost import Clock
+    from harness.trial.shared import load_shared
     from accelerate import Accelerator
 
     cfg_a = tiny_cfg(f"model={model}", *A, "trial=0", "tracking.mode=disabled")

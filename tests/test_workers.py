@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from harness.config import ConfigError
-from harness.slurm import worker_command
+from harness.config.schema import ConfigError
+from harness.runners.slurm import worker_command
 
 GRID = [1, 2, 4, 8]
 # a 4-point grid of tiny trials; one seed each
@@ -79,7 +79,7 @@ def test_slurm_job_script_asks_for_the_trials_gpus(tiny_cfg, monkeypatch):
     """The sbatch script submitit would submit (rendered, not submitted: no SLURM here)."""
     import submitit
 
-    from harness.slurm import executor
+    from harness.runners.slurm import executor
 
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # pretend srun exists
 
@@ -109,8 +109,8 @@ def test_slurm_launcher_runs_workers_through_submitit(tmp_path):
 def test_two_workers_asking_at_the_same_moment_do_not_share_a_grid_point(tmp_path):
     """Deterministic interleaving of two drivers' next_trial on one storage: B asks while A is between
     'which point is missing?' and 'enqueue it'. No trial runs, so this is fast."""
-    from harness.config import complete, load
-    from harness.study import Driver
+    from harness.config.schema import complete, load
+    from harness.study.driver import Driver
 
     overrides = [*TINY_STUDY, "study=race", f"out_dir={tmp_path}", "storage=journal"]
     cfg = complete(load(overrides))
