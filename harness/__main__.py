@@ -84,6 +84,11 @@ def _run(cfg, overrides: list[str]) -> int:
     else:
         print(f"\naccuracy {_fmt(rec['accuracy'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
               f"majority class {_fmt(rec['majority_accuracy'])})")
+    for b, p in (rec.get("benchmark_pairs") or {}).items():  # eval.benchmarks: the same items before and after
+        print(f"{b:<9} {_fmt(p['base'])} -> {_fmt(p['tuned'])}  ({p['items']} items; {p['lost']} lost, "
+              f"{p['gained']} gained; retention {_fmt(rec['retention'][b])})")
+    if rec.get("forgetting") is not None:
+        print(f"forgetting {rec['forgetting']:+.4f}  (mean base - tuned over {len(rec['benchmarks'])} benchmark(s))")
     print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
           f"(${rec['cost_usd']:.5f}), peak memory {rec['peak_memory_bytes'] / 2**20:.0f} MiB, "
           f"{rec['trainable_params']:,} trainable params")

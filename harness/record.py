@@ -57,6 +57,20 @@ class TrialRecord(BaseModel):
     cost_usd: float | None = None
     steps: int | None = None
     evals: list[dict] = []
+    # eval.benchmarks (harness/tasks/benchmarks.py), on the same seeded items for the base and the tuned
+    # model: their scores, retention = tuned / base, and forgetting = the mean of base - tuned in score
+    # points (an objective to minimize). benchmark_flops is inside flops; the base's is the study's.
+    forgetting: float | None = None
+    benchmark_flops: float | None = None
+    benchmark_tokens: int | None = None
+    benchmark_seconds: float | None = None
+    benchmark_baseline_flops: float | None = None
+    benchmarks: dict[str, float] = {}
+    baseline_benchmarks: dict[str, float] = {}
+    retention: dict[str, float] = {}
+    benchmark_items: dict[str, int] = {}
+    benchmark_baseline_cached: list[str] = []
+    benchmark_pairs: dict[str, dict] = {}     # per benchmark: items, base, tuned, lost, gained
 
 
 # What a sweep can optimise: every numeric field above (and for tasks that record them, their metrics).
@@ -64,11 +78,11 @@ _NUMERIC = ("float | None", "int | None")
 TASK_METRICS = ("exact_match", "rouge_l", "bleu", "perplexity")  # task=sft adds these
 METRICS = tuple(k for k, f in TrialRecord.model_fields.items()
                 if str(f.annotation) in _NUMERIC and k not in ("trial", "steps", "baseline_accuracy",
-                                                                  "majority_accuracy")) + TASK_METRICS
+                                                                  "majority_accuracy", "benchmark_baseline_flops")) + TASK_METRICS
 INTERMEDIATE = {"accuracy": "accuracy", "eval_loss": "loss"}      # objective -> key of an intermediate eval
 # copied into the Optuna trial's user_attrs (the dashboard and the driver's table show them)
 ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "peak_memory_bytes",
-                "trainable_params", "cost_usd")
+                "trainable_params", "cost_usd", "forgetting", "retention", "benchmarks")
 
 
 def read_record(path: Path) -> TrialRecord | None:

@@ -25,6 +25,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from harness.trial import adapters
 from harness.trial import checkpoint as ckpt
 from harness.tasks import TASKS, Task  # noqa: F401 (re-exported for tests)
+from harness.tasks import benchmarks
 from harness.config import schema as config_mod
 from harness.trial.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
 from harness.data.load import cache_dir
@@ -218,7 +219,9 @@ def publish(rec: TrialRecord, tracker, resolved: dict, history: list[dict], run_
     if main:
         record["wandb"] = tracker.info()
         write_json(run_dir / "result.json", {**record, "config": resolved, "history": history})
-        tracker.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None},
+        flat = {f"{k}.{b}": v for k in ("benchmarks", "baseline_benchmarks", "retention")
+                for b, v in (record.get(k) or {}).items()}  # W&B's summary keeps scalars only
+        tracker.finish({k: v for k, v in {**record, **flat}.items() if isinstance(v, (int, float, str)) and v is not None},
                        exit_code=0 if rec.status == "complete" else 1)
     return record
 
@@ -242,6 +245,7 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     sh = shared(cfg, task, accelerator, clock, cache)
     tracker = Run(cfg, resolved, run_dir, enabled=main)
     baseline, *base_info = baseline_eval(cfg, task, sh, accelerator, clock)
+    bench_base = benchmarks.on_base(cfg, sh.model, sh.tokenizer, accelerator, clock)  # eval.benchmarks, cached
     model = sh.model
     try:
         model, targets, params = attach_adapters(cfg, sh, clock)
@@ -249,6 +253,10 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
             announce(cfg, sh, targets, params, accelerator.num_processes)
         model, res = train_loop(cfg, task, model, sh, accelerator, tracker, reporter, clock, run_dir, resolved)
         final = final_eval(cfg, task, model, sh, accelerator, tracker, clock, res, run_dir)
+        bench = benchmarks.on_final(cfg, model, sh.tokenizer, accelerator, clock, bench_base, run_dir) if final else None
+        if bench:  # the tuned model's benchmark eval is the trial's own compute
+            res.eval_tokens += bench["benchmark_tokens"]
+            bench["benchmark_flops"] = eval_flops(params, bench["benchmark_tokens"])
         costs = cost(cfg, params, res, accelerator, clock)
         checksums = [adapter_checksum(model)]
         if accelerator.num_processes > 1:
@@ -257,6 +265,8 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
         if cache is not None:
             release(cfg, accelerator.unwrap_model(model), sh, cache)
     rec = make_record(cfg, sh, res, final, baseline, tuple(base_info), targets, costs, checksums, accelerator, clock)
+    if final and bench:
+        rec = rec.model_copy(update=bench)
     record = publish(rec, tracker, resolved, res.history, run_dir, main)
     accelerator.wait_for_everyone()
     if main and res.status != "failed" and cfg.train.checkpoint_every:

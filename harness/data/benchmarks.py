@@ -84,9 +84,9 @@ def check_names(names: list[str]) -> list[str]:
         if n not in BENCHMARKS:
             close = difflib.get_close_matches(n, list(BENCHMARKS), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"eval.benchmarks: unknown benchmark {n!r}; {hint}choose from {', '.join(BENCHMARKS)}")
+            raise ValueError(f"unknown benchmark {n!r}; {hint}choose from {', '.join(BENCHMARKS)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"eval.benchmarks lists a benchmark twice: {names}")
+        raise ValueError("a benchmark is listed twice")
     return names
 
 

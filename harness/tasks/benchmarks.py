@@ -161,7 +161,7 @@ def base_scores(cfg, model, tokenizer, bench_plan: dict[str, dict], **kw) -> tup
     todo = {b: p for b, p in bench_plan.items() if b not in cached}
     out = {"scores": {}, "predictions": {}, "tokens": 0, "seconds": 0.0}
     if todo:
-        out = evaluate(model, tokenizer, todo, batch_size=cfg.eval.batch_size,
+        out = evaluate(model, tokenizer, todo, batch_size=cfg.eval.benchmark_batch_size,
                        mixed_precision=cfg.hardware.mixed_precision, **kw)
         for b in todo:
             paths[b].parent.mkdir(parents=True, exist_ok=True)
@@ -185,3 +185,54 @@ def paired(base: dict, tuned: dict) -> dict[str, dict]:
         out[b] = {"items": len(rows), "base": base["scores"][b]["score"], "tuned": tuned["scores"][b]["score"],
                   "lost": lost, "gained": gained}
     return out
+
+
+# ---------------------------------------------------------------------------- the trial's two calls
+
+def on_base(cfg, model, tokenizer, accelerator, clock) -> dict | None:
+    """Before the adapters go on: the base model's benchmark scores (a study-level cost, phase
+    "baseline", like the zero-shot baseline). Rank 0 alone; the other ranks wait and get None."""
+    if not cfg.eval.benchmarks:
+        return None
+    from harness.trial.cost import eval_flops, matmul_params
+
+    ev = None
+    with clock.phase("baseline"):
+        if accelerator.is_main_process:
+            bench_plan = plan(list(cfg.eval.benchmarks), cfg.eval.benchmark_items, cfg.eval.benchmark_seed)
+            model = accelerator.unwrap_model(model)
+            ev, cached, tokens = base_scores(cfg, model, tokenizer, bench_plan)
+            ev.update(plan=bench_plan, cached=cached, flops=eval_flops(matmul_params(model), tokens))
+        accelerator.wait_for_everyone()
+    return ev
+
+
+def on_final(cfg, model, tokenizer, accelerator, clock, base: dict | None, run_dir: Path) -> dict | None:
+    """After the final eval: the tuned model on the same items (phase "eval": the trial's own cost),
+    trials/<n>/benchmarks.jsonl with one line per item (base and tuned side by side, for paired tests),
+    and what the record keeps: scores, retention, forgetting, items, tokens."""
+    if base is None:
+        if cfg.eval.benchmarks:
+            accelerator.wait_for_everyone()
+        return None
+    with clock.phase("eval"):
+        tuned = evaluate(accelerator.unwrap_model(model), tokenizer, base["plan"], batch_size=cfg.eval.benchmark_batch_size,
+                         mixed_precision=cfg.hardware.mixed_precision)
+    pairs = paired(base, tuned)
+    with open(run_dir / "benchmarks.jsonl", "w") as f:
+        for b, rows in tuned["predictions"].items():
+            brows = {r["id"]: r for r in base["predictions"][b]}
+            metric = tuned["scores"][b]["metric"]
+            for r in rows:
+                f.write(json.dumps({"benchmark": b, "id": r["id"], "metric": metric, "target": r["target"],
+                                    "base": brows[r["id"]][metric], "tuned": r[metric],
+                                    "base_pred": brows[r["id"]]["pred"], "tuned_pred": r["pred"]}) + "\n")
+    retention, forget = forgetting(base["scores"], tuned["scores"])
+    accelerator.wait_for_everyone()
+    return {"benchmarks": {b: s["score"] for b, s in tuned["scores"].items()},
+            "baseline_benchmarks": {b: s["score"] for b, s in base["scores"].items()},
+            "retention": retention, "forgetting": forget,
+            "benchmark_items": {b: s["items"] for b, s in tuned["scores"].items()},
+            "benchmark_tokens": tuned["tokens"], "benchmark_seconds": tuned["seconds"],
+            "benchmark_baseline_cached": base["cached"], "benchmark_baseline_flops": base["flops"],
+            "benchmark_pairs": pairs}
