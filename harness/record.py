@@ -67,7 +67,7 @@ class TrialRecord(BaseModel):
     benchmark_baseline_flops: float | None = None
     benchmarks: dict[str, float] = {}
     baseline_benchmarks: dict[str, float] = {}
-    retention: dict[str, float] = {}
+    retention: dict[str, float | None] = {}
     benchmark_items: dict[str, int] = {}
     benchmark_baseline_cached: list[str] = []
     benchmark_pairs: dict[str, dict] = {}     # per benchmark: items, base, tuned, lost, gained

@@ -63,8 +63,8 @@ def run_tasks(model, tokenizer, samples: dict[str, list[int]], task_dirs=(TASK_D
               mixed_precision: str = "no") -> tuple[dict[str, list[dict]], int]:
     """lm-eval on the chosen documents of each task: ({task: per-item rows}, tokens run).
 
-    A row: doc (the index in the task's scored split), target, pred (the argmax choice by loglikelihood)
-    and each metric the task computes (acc, acc_norm, ...) for that item."""
+    A row: doc (the index in the task's scored split), target, ll (each choice's loglikelihood), pred
+    (the argmax choice by raw loglikelihood) and each metric the task computes (acc, acc_norm, ...)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -95,6 +95,7 @@ def run_tasks(model, tokenizer, samples: dict[str, list[int]], task_dirs=(TASK_D
         chosen = sorted(docs)
         metrics = [m["metric"] for m in out["configs"][task]["metric_list"]]
         rows[task] = sorted(({"doc": s["doc_id"], "target": s["target"],
+                              "ll": [float(r[0]) for r in s["filtered_resps"]],  # per choice, for paired tests
                               "pred": int(np.argmax([r[0] for r in s["filtered_resps"]])),
                               **{m: float(s[m]) for m in metrics if m in s}} for s in out["samples"][task]),
                             key=lambda r: r["doc"])
@@ -115,18 +116,19 @@ def evaluate(model, tokenizer, bench_plan: dict[str, dict], task_dirs=(TASK_DIR,
         preds[b] = [{"id": f"{t}/{r['doc']}", **r} for t in sorted(p["samples"]) for r in rows[t]]
         vals = [r[p["metric"]] for r in preds[b]]
         k = len(vals)
-        sd = float(np.std(vals, ddof=1)) if k > 1 else math.nan
-        scores[b] = {"score": float(np.mean(vals)), "metric": p["metric"], "items": k, "stderr": sd / math.sqrt(k)}
+        se = float(np.std(vals, ddof=1)) / math.sqrt(k) if k > 1 else None
+        scores[b] = {"score": float(np.mean(vals)), "metric": p["metric"], "items": k, "stderr": se}
     return {"scores": scores, "predictions": preds, "tokens": tokens, "seconds": time.perf_counter() - start}
 
 
 def forgetting(base: dict[str, dict], tuned: dict[str, dict]) -> tuple[dict[str, float], float]:
-    """(retention.<b> = tuned / base, forgetting = mean of base - tuned) over the benchmarks both scored.
+    """(retention.<b> = tuned / base (None where the base scored 0), forgetting = mean of base - tuned)
+    over the benchmarks both scored.
     The two must have scored the same items (checked on the item ids by the caller that holds them)."""
     names = [b for b in tuned if b in base]
-    retention = {b: tuned[b]["score"] / base[b]["score"] if base[b]["score"] else math.nan for b in names}
+    retention = {b: tuned[b]["score"] / base[b]["score"] if base[b]["score"] else None for b in names}  # none of 0
     drop = [base[b]["score"] - tuned[b]["score"] for b in names]
-    return retention, float(np.mean(drop)) if drop else math.nan
+    return retention, float(np.mean(drop)) if drop else None
 
 
 # ---------------------------------------------------------------------------- the base model, cached
@@ -226,7 +228,8 @@ def on_final(cfg, model, tokenizer, accelerator, clock, base: dict | None, run_d
             for r in rows:
                 f.write(json.dumps({"benchmark": b, "id": r["id"], "metric": metric, "target": r["target"],
                                     "base": brows[r["id"]][metric], "tuned": r[metric],
-                                    "base_pred": brows[r["id"]]["pred"], "tuned_pred": r["pred"]}) + "\n")
+                                    "base_pred": brows[r["id"]]["pred"], "tuned_pred": r["pred"],
+                                    "base_ll": brows[r["id"]]["ll"], "tuned_ll": r["ll"]}) + "\n")
     retention, forget = forgetting(base["scores"], tuned["scores"])
     accelerator.wait_for_everyone()
     return {"benchmarks": {b: s["score"] for b, s in tuned["scores"].items()},
