@@ -274,7 +274,8 @@ def matmul_peak(n: int = 8192, repeats: int = 10) -> dict:
 def fixed_cost(args, cfg_over: list[str], steps: int = 5) -> dict:
     """Issue #12: one trial cold (fresh `python -m harness.train`) vs the same trial second in a warm worker."""
     from harness.runners.process import ProcessRunner
-    from harness.record import trial_dir
+    from harness.record import TrialRecord, read_record, trial_dir
+    from harness.study.outcome import classify
     from harness.runners.warm import WarmRunner
 
     out = tempfile.mkdtemp(prefix="bench-gpu-warm-")
@@ -285,14 +286,14 @@ def fixed_cost(args, cfg_over: list[str], steps: int = 5) -> dict:
         d = trial_dir(cfg.out_dir, cfg.study, cfg.trial)
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        o = runner.run(cfg, d, 0, lambda pid: None, lambda: None, 1.0, ["accuracy"])
+        o = classify(runner.run(cfg, d, 0, lambda pid: None, lambda: None, 1.0), ["accuracy"])
         wall = time.perf_counter() - t0
-        rec = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else {}
-        ph = rec.get("phase_seconds", {})
+        rec = read_record(d / "result.json") or TrialRecord(status="failed")
+        ph = rec.phase_seconds
         work = sum(ph.get(k, 0) for k in ("train", "eval", "final_eval", "baseline"))
         rows.append({"how": how, "trial": trial, "state": o.state, "wall_seconds": wall, "phase_seconds": ph,
-                     "fixed_seconds": wall - work, "accuracy": rec.get("accuracy"),
-                     "adapter_checksums": rec.get("adapter_checksums")})
+                     "fixed_seconds": wall - work, "accuracy": rec.accuracy,
+                     "adapter_checksums": rec.adapter_checksums})
 
     one(ProcessRunner(1), 0, "cold")
     warm = WarmRunner(1)

@@ -5,12 +5,11 @@ With -m and comma/range/choice values: a grid study over them. `--help` lists gr
 """
 from __future__ import annotations
 
-import json
 import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.record import trial_dir
+from harness.record import ADAPTER, TrialRecord, read_record, trial_dir
 
 
 def _fmt(x) -> str:
@@ -76,50 +75,52 @@ def _run(cfg, overrides: list[str]) -> int:
     except (TrialFailed, TrialPruned) as e:
         print(f"trial did not complete: {e}", file=sys.stderr)
         return 1
-    if "exact_match" in rec:  # task=sft: accuracy is the exact match
-        print(f"\nexact match {_fmt(rec['exact_match'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
-              f"most common answer {_fmt(rec['majority_accuracy'])})")
-        print("         " + ", ".join(f"{k} {_fmt(rec[k])} (zero-shot {_fmt(rec.get('baseline_' + k))})"
+    if rec.exact_match is not None:  # task=sft: accuracy is the exact match
+        print(f"\nexact match {_fmt(rec.exact_match)}  (zero-shot baseline {_fmt(rec.baseline_accuracy)}, "
+              f"most common answer {_fmt(rec.majority_accuracy)})")
+        print("         " + ", ".join(f"{k} {_fmt(getattr(rec, k))} (zero-shot {_fmt(getattr(rec, 'baseline_' + k))})"
                                       for k in ("rouge_l", "bleu", "perplexity")))
     else:
-        print(f"\naccuracy {_fmt(rec['accuracy'])}  (zero-shot baseline {_fmt(rec['baseline_accuracy'])}, "
-              f"majority class {_fmt(rec['majority_accuracy'])})")
-    for b, p in (rec.get("benchmark_pairs") or {}).items():  # eval.benchmarks: the same items before and after
+        print(f"\naccuracy {_fmt(rec.accuracy)}  (zero-shot baseline {_fmt(rec.baseline_accuracy)}, "
+              f"majority class {_fmt(rec.majority_accuracy)})")
+    for b, p in rec.benchmark_pairs.items():  # eval.benchmarks: the same items before and after
         print(f"{b:<9} {_fmt(p['base'])} -> {_fmt(p['tuned'])}  ({p['items']} items; {p['lost']} lost, "
-              f"{p['gained']} gained; retention {_fmt(rec['retention'][b])})")
-    if rec.get("forgetting") is not None:
-        print(f"forgetting {rec['forgetting']:+.4f}  (mean base - tuned over {len(rec['benchmarks'])} benchmark(s))")
-    print(f"cost     {rec['flops']:.3g} FLOPs, {rec['tokens']:,} train tokens, {rec['device_seconds']:.1f} device-s "
-          f"(${rec['cost_usd']:.5f}), peak memory {rec['peak_memory_bytes'] / 2**20:.0f} MiB, "
-          f"{rec['trainable_params']:,} trainable params")
-    run_dir = trial_dir(cfg.out_dir, rec["study"], rec["trial"])
+              f"{p['gained']} gained; retention {_fmt(rec.retention[b])})")
+    if rec.forgetting is not None:
+        print(f"forgetting {rec.forgetting:+.4f}  (mean base - tuned over {len(rec.benchmarks)} benchmark(s))")
+    print(f"cost     {rec.flops:.3g} FLOPs, {rec.tokens:,} train tokens, {rec.device_seconds:.1f} device-s "
+          f"(${rec.cost_usd:.5f}), peak memory {rec.peak_memory_bytes / 2**20:.0f} MiB, "
+          f"{rec.trainable_params:,} trainable params")
+    run_dir = trial_dir(cfg.out_dir, rec.study, rec.trial)
     print(f"record   {run_dir}/result.json")
-    if (run_dir / "adapter").is_dir():  # train.save_adapter (harness/trial/adapters.py)
-        print(f"adapter  {run_dir}/adapter (load with peft; merge: python -m harness.export {run_dir} --merge)")
-    wb = rec.get("wandb") or {}
-    if wb.get("mode") == "offline":
-        run_files = wb["dir"].rsplit("/files", 1)[0]
+    if (run_dir / ADAPTER).is_dir():  # train.save_adapter (harness/trial/adapters.py)
+        print(f"adapter  {run_dir}/{ADAPTER} (load with peft; merge: python -m harness.export {run_dir} --merge)")
+    wb = rec.wandb
+    if wb and wb.mode == "offline":
+        run_files = wb.dir.rsplit("/files", 1)[0]
         print(f"W&B      {run_files} (offline; upload with `wandb sync {run_files}`)")
-    elif wb:
-        print(f"W&B      {wb['url']}")
+    elif wb and wb.url:
+        print(f"W&B      {wb.url}")
     return 0
 
 
-def _run_single(cfg: DictConfig) -> dict:
-    """`python -m harness` without a sweep: one trial, in-process for 1 process."""
+def _run_single(cfg: DictConfig) -> TrialRecord:
+    """`python -m harness` without a sweep: one trial, in-process for 1 process; the record it wrote."""
     from harness import train  # the entry point runs a single trial itself: torch loads here, never in the driver
     from harness.runners.process import allocate_trial, run_subprocess, write_config
 
     run_dir = allocate_trial(cfg)
     path = write_config(cfg, run_dir)
     if cfg.hardware.processes == 1:
-        return train.run(OmegaConf.load(path))
-    rc = run_subprocess(cfg, path)
-    result = run_dir / "result.json"
-    if rc != 0 or not result.is_file():
-        raise SystemExit(f"trial failed (exit {rc}); see the output above and {run_dir}")
-    return json.loads(result.read_text())
-
+        train.run(OmegaConf.load(path))
+    else:
+        rc = run_subprocess(cfg, path)
+        if rc != 0 or not (run_dir / "result.json").is_file():
+            raise SystemExit(f"trial failed (exit {rc}); see the output above and {run_dir}")
+    rec = read_record(run_dir / "result.json")
+    if rec is None:
+        raise SystemExit(f"trial wrote no readable record: {run_dir}/result.json")
+    return rec
 
 if __name__ == "__main__":
     sys.exit(main())

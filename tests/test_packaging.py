@@ -51,6 +51,7 @@ def test_torch_is_a_range_in_the_dependencies(wheel):
     assert torch and "==" not in torch[0] and "<3" in torch[0], torch
 
 
+@pytest.mark.process
 def test_installed_package_runs_from_another_directory(wheel, tmp_path):
     """pip install --no-deps --target: the wheel alone on sys.path (the dependencies come from this
     environment's site-packages), run from a directory that has no conf/ and no checkout."""

@@ -5,20 +5,19 @@ ranks and workers cannot collide.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig, open_dict
 
 from harness.config.schema import to_yaml
-from harness.record import TrialRecord, read_record
+from harness.record import read_record
+from harness.runners import Ended
 
 
 def allocate_trial(cfg: DictConfig) -> Path:
@@ -101,7 +100,7 @@ def accelerate_config(cfg: DictConfig) -> dict:
 def command(cfg: DictConfig, config_path: Path) -> tuple[list[str], dict]:
     """The command line and environment that run this trial in child process(es): `python -m
     harness.train` for one, `accelerate launch` for N. How it ended is the record's `status`
-    (outcome()); the exit code only matters where no record was written (torchrun turns any rank's
+    (harness/study/outcome.py); the exit code only matters where no record was written (torchrun turns any rank's
     non-zero exit into 1, so it cannot carry "pruned")."""
     from harness.optuna_parts import PASSWORD_ENV, strip_password
 
@@ -136,46 +135,6 @@ def run_subprocess(cfg: DictConfig, config_path: Path, log_path: Path | None = N
 
 
 # ---------------------------------------------------------------------------- the trial process, for the driver
-
-
-@dataclass
-class Outcome:
-    """How a trial ended, read from its record (status is the one outcome; the exit code only
-    explains a trial that left no record)."""
-    state: str                       # "COMPLETE" | "PRUNED" | "FAIL" (Optuna's TrialState names)
-    values: list[float] | None = None
-    reason: str | None = None
-    record: TrialRecord | None = None
-
-
-def outcome(rc: int, record: TrialRecord | dict | None, log: Path, objectives) -> Outcome:
-    rec = TrialRecord.model_validate(record) if isinstance(record, dict) else record
-    status = rec.status if rec else None
-    if status == "pruned":
-        return Outcome("PRUNED", None, rec.reason or "pruned", rec)
-    if status == "failed":
-        return Outcome("FAIL", None, rec.reason or f"failed (exit code {rc})", rec)
-    if rc < 0:
-        sig = signal.Signals(-rc).name
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if sig == "SIGKILL" else ""
-        return Outcome("FAIL", None, f"trial process killed by {sig}{hint}; log: {_tail(log)}", rec)
-    if rc != 0:
-        return Outcome("FAIL", None, f"exit code {rc}: {_tail(log, 1)} (full log: {log})", rec)
-    if status != "complete":
-        return Outcome("FAIL", None, f"exit code 0 but no complete result.json; log: {_tail(log)}", rec)
-    values = [getattr(rec, k, None) for k in objectives]
-    bad = [k for k, v in zip(objectives, values) if not isinstance(v, (int, float)) or not math.isfinite(v)]
-    if bad:
-        return Outcome("FAIL", None, f"objective {', '.join(bad)} is {getattr(rec, bad[0], None)}", rec)
-    return Outcome("COMPLETE", values, None, rec)
-
-
-def _tail(path: Path, n: int = 3) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return " | ".join(ln.strip()[:300] for ln in lines[-n:])
 
 
 def set_pdeathsig() -> None:
@@ -233,7 +192,10 @@ class ProcessRunner:
         self.procs: dict[int, subprocess.Popen] = {}
         self.stopping = False
 
-    def run(self, tcfg: DictConfig, run_dir: Path, slot: int, started, beat, every: float, objectives) -> Outcome:
+    def prestart(self, cfg: DictConfig) -> None:
+        """Nothing to start ahead: each trial is a fresh process."""
+
+    def run(self, tcfg: DictConfig, run_dir: Path, slot: int, started, beat, every: float) -> Ended:
         for stale in ("result.json", "log.txt"):
             (run_dir / stale).unlink(missing_ok=True)
         k = tcfg.hardware.processes
@@ -259,7 +221,7 @@ class ProcessRunner:
                         beat()
             finally:
                 self.procs.pop(n, None)
-        return outcome(rc, read_record(run_dir / "result.json"), run_dir / "log.txt", objectives)
+        return Ended(rc, read_record(run_dir / "result.json"), run_dir / "log.txt")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """End every running trial's process group (SIGTERM first; SIGKILL for a second interrupt)."""
@@ -269,3 +231,9 @@ class ProcessRunner:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def close(self) -> None:
+        """No idle process is left between trials."""
+
+    def discard(self) -> None:
+        self.stop(signal.SIGKILL)

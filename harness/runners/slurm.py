@@ -53,11 +53,11 @@ def submit(cfg, overrides: list[str]) -> int:
     ex = executor(cfg)
     cmd = worker_command(overrides)
     if cfg.get("sweep"):  # create the study (and queue its grid) once, here, before K workers race to
-        from harness.study.driver import Driver, base_overrides
+        from harness.study.session import Session, base_overrides
         from harness.study.checks import check
 
         check(cfg, base_overrides(overrides))
-        new = Driver(cfg, cmd[3:]).open()
+        new = Session(cfg, cmd[3:]).open()
         print(f"[harness] study {cfg.study} {'created' if new else 'exists'} in the storage; submitting workers")
     with ex.batch():  # one job array
         jobs = [ex.submit(run_worker, cmd, os.getcwd()) for _ in range(cfg.launcher.workers)]

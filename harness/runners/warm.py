@@ -2,12 +2,12 @@
 trial for the driver, keeping what trials share (harness/trial/shared.py: tokenizer, tokenized splits, the
 quantized base model). Per trial a worker builds a fresh head from the trial's seed, fresh adapters,
 optimizer and scheduler, and reseeds every RNG, so a trial run warm gives the record it gives cold
-(tests/test_warm.py). The cold path, one `python -m harness.train` per trial, is launch.ProcessRunner.
+(tests/runners/test_warm.py). The cold path, one `python -m harness.train` per trial, is launch.ProcessRunner.
 
 Protocol: the runner writes one JSON line per trial to the worker's stdin ({"config": path, "log":
 path}); the worker sends back one JSON line ({"rc": exit code as train.main would give, "rss": bytes})
 on its original stdout, while the trial's own output goes to its trials/<n>/log.txt. The record's
-`status` stays the one outcome (launch.outcome), exactly as for a cold trial.
+`status` stays the one outcome (harness/study/outcome.py), exactly as for a cold trial.
 
 Isolation: a trial that raises, diverges or is pruned ends as it would cold and the worker goes on; a
 worker that dies (killed, out of memory) fails its trial with the signal and is replaced by a fresh
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.runners.process import Outcome, ProcessRunner, cpu_threads, outcome, read_record, set_pdeathsig, trial_env, write_config
+from harness.runners import Ended
+from harness.runners.process import ProcessRunner, cpu_threads, read_record, set_pdeathsig, trial_env, write_config
 
 GiB = 2**30
 
@@ -102,7 +103,7 @@ class Worker:
 
 class WarmRunner:
     """The driver's runner with one warm worker per slot (sweep.parallel), started by prestart() or on the
-    slot's first trial. Same interface and outcome contract as launch.ProcessRunner."""
+    slot's first trial. The Runner protocol (harness/runners/__init__.py), as ProcessRunner."""
 
     def __init__(self, slots: int, max_rss_growth: int = 2 * GiB):
         self.slots, self.max_rss_growth = slots, max_rss_growth
@@ -129,7 +130,7 @@ class WarmRunner:
                 w = self.workers[slot] = Worker(env, log)
             return w
 
-    def run(self, tcfg: DictConfig, run_dir: Path, slot: int, started, beat, every: float, objectives) -> Outcome:
+    def run(self, tcfg: DictConfig, run_dir: Path, slot: int, started, beat, every: float) -> Ended:
         for stale in ("result.json", "log.txt"):
             (run_dir / stale).unlink(missing_ok=True)
         if tcfg.hardware.device == "cpu":
@@ -147,20 +148,26 @@ class WarmRunner:
             w.start_errors(log)
             with self.lock:
                 self.workers.pop(slot, None)
-            return outcome(e.rc, read_record(run_dir / "result.json"), log, objectives)
+            return Ended(e.rc, read_record(run_dir / "result.json"), log)
         if w.base_rss is None:
             w.base_rss = reply["rss"]
         elif reply["rss"] - w.base_rss > self.max_rss_growth:
             with self.lock:
                 self.workers.pop(slot, None)
             w.close()  # grown past the limit: replaced before the next trial
-        return outcome(reply["rc"], read_record(run_dir / "result.json"), log, objectives)
+        return Ended(reply["rc"], read_record(run_dir / "result.json"), log)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """End every worker's process group, running or idle (SIGTERM first; SIGKILL for a second interrupt)."""
         self.stopping = True
         for w in list(self.workers.values()):
             w.kill(sig)
+
+    def discard(self) -> None:
+        """Kill the workers now (a sweep refused before it ran)."""
+        if self.workers:
+            self.stop(signal.SIGKILL)
+            self.close()
 
     def close(self) -> None:
         """The study is done: let the idle workers exit."""

@@ -1,5 +1,6 @@
 """The end-of-sweep console summary, seed-aware: configuration means over seeds, best = the best
-configuration mean (ties: lower FLOPs), never a lucky seed.
+configuration mean (ties: lower FLOPs), never a lucky seed. The seed statistics are harness/study/seeds.py's,
+the ones the analysis uses.
 
 Takes Optuna FrozenTrials as the driver has them (params hold the searched axes, user_attrs the
 seed and the record's metrics). Runs in the driver: no torch, no analysis/ import; scipy for t.
@@ -13,10 +14,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness.study import space
+from harness.study import seeds, space
 from harness.config.schema import complete, load_with_choices
 
-DIRECTIONS = {"maximize": -1, "minimize": 1}  # sort key sign: best first
 
 
 def _num(v) -> str:
@@ -33,24 +33,12 @@ def _value(v) -> str:
 
 def t_half_width(values: list[float], level: float = 0.95) -> float:
     """Half-width of the Student-t interval of the mean (NaN below 2 values)."""
-    n = len(values)
-    if n < 2:
-        return math.nan
-    from scipy import stats  # here: importing scipy.stats costs the driver ~2 s, and one seed needs none
-
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+    return seeds.t_interval(values, level)[1]
 
 
 def _seed_means(trials, metric: str) -> list[float]:
-    """metric once per seed, the mean of that seed's trials: a seed run twice (a sampler proposing the
-    configuration again) is one observation (analysis/stats.py per_seed_values does the same on frames)."""
-    by_seed: dict = {}
-    for t in trials:
-        if t.user_attrs.get(metric) is not None:
-            by_seed.setdefault(t.user_attrs.get("seed", f"trial {t.number}"), []).append(float(t.user_attrs[metric]))
-    return [sum(v) / len(v) for v in by_seed.values()]
+    """metric once per seed, the mean of that seed's trials (harness/study/seeds.py, as analysis does)."""
+    return seeds.seed_means((t.user_attrs.get("seed", f"trial {t.number}"), t.user_attrs.get(metric)) for t in trials)
 
 
 def configurations(trials, objectives: dict[str, str]) -> list[dict]:
@@ -74,9 +62,7 @@ def configurations(trials, objectives: dict[str, str]) -> list[dict]:
 
 
 def _sort_key(row: dict, objectives: dict[str, str]):
-    keys = [DIRECTIONS[d] * (row[m] if row[m] is not None else math.inf * -DIRECTIONS[d])
-            for m, d in objectives.items()]
-    return (*keys, row["flops"] if row["flops"] is not None else math.inf)
+    return seeds.rank_key([row[m] for m in objectives], objectives.values(), row["flops"])
 
 
 def best_configuration(trials, objectives: dict[str, str]) -> dict | None:

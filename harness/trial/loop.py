@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from harness.trial import checkpoint as ckpt
 from harness.trial import optim
+from harness.trial.context import TrialContext
 from harness.trial.progress import Progress
 
 
@@ -124,9 +125,10 @@ def intermediate_items(items: list[dict], cfg) -> list[dict]:
     return [items[i] for i in sorted(random.Random(cfg.data.split_seed).sample(range(len(items)), n))]
 
 
-def train_loop(cfg, task, model, shared, accelerator, tracker, reporter, clock, run_dir: Path, resolved: dict):
+def train_loop(ctx: TrialContext, model, reporter):
     """Train the prepared model for train.max_steps; returns (the accelerate-prepared model, LoopResult)."""
-    t, main, world = cfg.train, accelerator.is_main_process, accelerator.num_processes
+    cfg, task, shared, accelerator, tracker, clock = ctx.cfg, ctx.task, ctx.shared, ctx.accelerator, ctx.tracker, ctx.clock
+    t, main, world = cfg.train, ctx.main, accelerator.num_processes
     per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt, sched = optim.build(trainable, t, accelerator.device)  # train.optim + train.lr_scheduler_type
@@ -135,7 +137,7 @@ def train_loop(cfg, task, model, shared, accelerator, tracker, reporter, clock, 
     stream = train_batches(shared.train_items, per_device * world, cfg.seed, t.group_by_length)
     eval_items = intermediate_items(shared.test_items, cfg)
     res, loss_ema = LoopResult(), None
-    state = ckpt.TrialState(resolved)
+    state = ckpt.TrialState(ctx.resolved)
     ckpt.attach(accelerator, sched, state)
     if t.resume_from:
         loss_ema = _resume(cfg, accelerator, state, stream, tracker, res, main)
@@ -178,7 +180,7 @@ def train_loop(cfg, task, model, shared, accelerator, tracker, reporter, clock, 
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
             state.step, state.batches, state.loss_ema = step, step * t.grad_accum, loss_ema
             state.history, state.evals = res.history, res.evals
-            ckpt.save(accelerator, run_dir, state, [res.tokens, res.padded, res.examples])
+            ckpt.save(accelerator, ctx.run_dir, state, [res.tokens, res.padded, res.examples])
     bar.close()
     res.step = step
     return model, res

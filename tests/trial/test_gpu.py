@@ -114,10 +114,11 @@ def test_a_4bit_tiny_llama_trains_its_adapters_on_hardware_gpu1(tiny_cfg):
 
 def _submit(runner, cfg):
     from harness.record import trial_dir
+    from harness.study.outcome import classify
 
     d = trial_dir(cfg.out_dir, cfg.study, cfg.trial)
     d.mkdir(parents=True, exist_ok=True)
-    out = runner.run(cfg, d, 0, lambda pid: None, lambda: None, 0.2, ["accuracy"])
+    out = classify(runner.run(cfg, d, 0, lambda pid: None, lambda: None, 0.2), ["accuracy"])
     return out, json.loads((d / "result.json").read_text())
 
 
@@ -127,13 +128,14 @@ def _adapter_weights(rec_dir: Path) -> dict:
     return load_file(next((rec_dir / "adapter").glob("*.safetensors")))
 
 
+@pytest.mark.process
 def test_a_trial_run_warm_equals_the_same_trial_run_cold_on_cuda(tiny_cfg):
     """Cold: a fresh `python -m harness.train`. Warm: another trial first, then the same trial, in one worker.
     Expected bitwise (cuBLAS picks the same kernels for the same shapes on one device, and the frozen embedding
     gets no scattered gradient); if the checksums differ the adapters must still agree within 1e-5, and the
     test says so."""
-    from harness.runners.process import ProcessRunner
     from harness.record import trial_dir
+    from harness.runners.process import ProcessRunner
     from harness.runners.warm import WarmRunner
 
     base = ("model=tiny_llama", HW, "quant=nf4", "train.max_steps=12", "train.eval_every=4", "tracking.mode=disabled")

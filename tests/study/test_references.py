@@ -3,37 +3,36 @@ seed, outside its search space, run with their own overrides, never the study's 
 repeated) on resume. In process, with a runner that 'trains' by formula (see test_driver.py)."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 
+from conftest import NoProcessRunner
 from harness.config.schema import ConfigError, complete, load
-from harness.runners.process import outcome, write_config
-from harness.study.summary import best_configuration
+from harness.record import TrialRecord
+from harness.runners import Ended
+from harness.runners.process import write_config
 from harness.study.driver import Driver, check
+from harness.study.summary import best_configuration
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 REFS = "+sweep.references=[{method: head_only, train.lr: 0.01}, {method: full, quant: none}]"
 
 
-class Runner:
+class Runner(NoProcessRunner):
     """Records (method, quant, lr, r, seed) of each trial; a reference scores above every searched point,
     so the test can see it is kept out of 'best'."""
 
     def __init__(self):
         self.ran = []
 
-    def run(self, tcfg, run_dir, slot, started, beat, every, objectives):
+    def run(self, tcfg, run_dir, slot, started, beat, every):
         started(1)
         self.ran.append((tcfg.method, tcfg.quant.mode, tcfg.train.lr, tcfg.lora.r, tcfg.seed))
         acc = 0.99 if tcfg.method != "lora" else 0.5 + 0.01 * tcfg.lora.r
         write_config(tcfg, Path(run_dir))
-        return outcome(0, {"status": "complete", "accuracy": acc, "flops": 1e9, "device_seconds": 1.0, "tokens": 1},
-                       Path(run_dir) / "log.txt", objectives)
-
-    def stop(self, sig=signal.SIGTERM):
-        pass
+        rec = TrialRecord(status="complete", accuracy=acc, flops=1e9, device_seconds=1.0, tokens=1)
+        return Ended(0, rec, Path(run_dir) / "log.txt")
 
 
 def _driver(tmp_path, *extra):
@@ -56,7 +55,7 @@ def test_reference_arms_run_once_per_seed_with_their_overrides_and_are_never_the
         [(2, 0), (2, 1), (8, 0), (8, 1), (32, 0), (32, 1)]
     head = [r for r in refs if r[0] == "head_only"]
     assert all(lr == 0.01 for _, _, lr, _, _ in head)
-    best = best_configuration(d.study.trials, {"accuracy": "maximize"})
+    best = best_configuration(d.session.study.trials, {"accuracy": "maximize"})
     assert best["params"]["lora.r"] == 32  # 0.99 of the references is not the study's best
 
 

@@ -14,19 +14,20 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from tests.conftest import PG_URL
-from tests.test_workers import TINY_STUDY
+from tests.runners.test_workers import TINY_STUDY
 
 K, ROUNDS = 4, 3
 
 # One worker: load every round's config first (slow, imports), then per round wait at the barrier and
-# open the study: Driver() builds the storage (schema creation), open() creates or loads the study.
+# open the study: Session() builds the storage (schema creation), open() creates or loads the study.
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from harness.config.schema import complete, load
-from harness.study.driver import Driver
+from harness.study.session import Session
 base, urls, sync, me = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 jobs = [(complete(load([*base, f"storage.url={u}"])), [*base, f"storage.url={u}"]) for u in urls]
 for i, (cfg, overrides) in enumerate(jobs):
@@ -34,7 +35,7 @@ for i, (cfg, overrides) in enumerate(jobs):
     while not (sync / f"go-{i}").exists():
         time.sleep(0.0005)
     try:
-        d = Driver(cfg, overrides)
+        d = Session(cfg, overrides)
         res = {"new": d.open(), "waiting": len(d.study.get_trials(deepcopy=False))}
     except BaseException as e:
         res = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
@@ -78,6 +79,7 @@ def _check(urls: list[str], rounds: list[list[dict]]) -> None:
         assert {o["waiting"] for o in outcomes} == {4}, f"{where}: the grid (4 points) queued {outcomes}"
 
 
+@pytest.mark.process
 def test_workers_started_together_on_new_storages_each_create_or_load_the_study_once(tmp_path, fresh_pg):
     """One set of K workers (their start-up, imports included, paid once) through ROUNDS new SQLite files,
     ROUNDS new journal files and ROUNDS new PostgreSQL databases (where HARNESS_TEST_PG_URL is set)."""

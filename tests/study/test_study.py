@@ -116,6 +116,7 @@ def _wait(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.process
 def test_kill_9_of_the_driver_then_rerun_loses_and_duplicates_nothing(tmp_path, capsys):
     """A multi-objective grid: kill -9 the driver mid-trial, rerun: every point completes exactly
     once, the orphaned trial is FAIL (driver died) and retried; a third run reruns nothing."""
@@ -187,9 +188,10 @@ sweep:
 
 def test_a_trial_left_running_by_a_driver_elsewhere_is_failed_after_the_grace_period_and_retried(tmp_path):
     """The heartbeat path (RDB storages): a RUNNING trial of a driver on another host goes stale."""
-    from harness.config.schema import complete, load as compose
+    from harness.config.schema import complete
+    from harness.config.schema import load as compose
     from harness.optuna_parts import tally
-    from harness.study.driver import Driver
+    from harness.study.session import Session
 
     ov = sweep(tmp_path, "hb", """\
 sweep:
@@ -198,7 +200,7 @@ sweep:
   heartbeat_interval: 1
   grace_period: 1
 """)
-    d = Driver(complete(compose(ov)), ov)
+    d = Session(complete(compose(ov)), ov)
     d.open()
     trial, params, seed = d.next_trial(time.time())
     trial.set_user_attr("driver", "elsewhere:1")  # not on this host: only the heartbeat can tell
@@ -229,6 +231,7 @@ def _gone(pgid: int) -> bool:
     return False
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_driver_within_seconds_and_the_rerun_does_every_point_once(tmp_path, capsys, sig):
     """Ctrl-C, or the SIGTERM SLURM/Kubernetes send before a kill: the running trial is ended (its
@@ -256,6 +259,7 @@ sweep:
     assert any(t.system_attrs.get("failed_trial") == victim.number for t in study.trials)
 
 
+@pytest.mark.process
 def test_a_second_ctrl_c_exits_at_once_and_the_rerun_still_does_every_point_once(tmp_path, capsys):
     ov = sweep(tmp_path, "twice", """\
 sweep:
@@ -278,8 +282,9 @@ sweep:
 def test_a_study_is_one_experiment_a_resume_with_another_base_config_is_refused(tmp_path):
     """The base config is stored at creation; a resume that changes it (not the budget or parallelism) is
     refused with the differing keys, unless the user vouches for them in sweep.allow_changes."""
-    from harness.config.schema import ConfigError, complete, load as compose
-    from harness.study.driver import Driver
+    from harness.config.schema import ConfigError, complete
+    from harness.config.schema import load as compose
+    from harness.study.session import Session
 
     ov = sweep(tmp_path, "one", """\
 sweep:
@@ -290,7 +295,7 @@ sweep:
 """)
 
     def opened(*extra):
-        return Driver(complete(compose([*ov, *extra])), [*ov, *extra]).open()
+        return Session(complete(compose([*ov, *extra])), [*ov, *extra]).open()
 
     assert opened() is True
     assert opened("sweep.parallel=2", "sweep.seeds=[0,1]", "hardware.threads=2") is False  # schedule and budget

@@ -4,21 +4,24 @@ exercised by test_study.py; this checks the bookkeeping around them."""
 from __future__ import annotations
 
 import math
-import signal
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
+from conftest import NoProcessRunner
 from harness.config.schema import complete, load
-from harness.runners.process import Outcome, outcome, write_config
+from harness.record import TrialRecord
+from harness.runners import Ended
+from harness.runners.process import write_config
 from harness.study.driver import Driver
+from harness.study.outcome import classify
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 
 
-class InProcessRunner:
+class InProcessRunner(NoProcessRunner):
     """Stands in for ProcessRunner: 'trains' by formula (accuracy rises with r, wobbles with the seed),
     fails where told, and records what it was asked to run."""
 
@@ -26,20 +29,17 @@ class InProcessRunner:
         self.ran: list[tuple[int, int, int]] = []  # (trial, lora.r, seed)
         self.fail_r, self.nan_r = set(fail_r), set(nan_r)
 
-    def run(self, tcfg, run_dir, slot, started, beat, every, objectives):
+    def run(self, tcfg, run_dir, slot, started, beat, every):
         started(12345)
         beat()
         r, seed = tcfg.lora.r, tcfg.seed
         self.ran.append((tcfg.trial, r, seed))
         if r in self.fail_r:
-            return Outcome("FAIL", reason=f"boom at r={r}")
+            return Ended(1, TrialRecord(status="failed", reason=f"boom at r={r}"), Path(run_dir) / "log.txt")
         acc = math.nan if r in self.nan_r else 0.5 + 0.01 * r + 0.001 * seed
         rec = {"status": "complete", "accuracy": acc, "flops": 1e9 * r, "device_seconds": 1.0, "tokens": 100}
         write_config(tcfg, Path(run_dir))  # the summary's rerun command reads it
-        return outcome(0, rec, Path(run_dir) / "log.txt", objectives)
-
-    def stop(self, sig=signal.SIGTERM):
-        pass
+        return Ended(0, TrialRecord.model_validate(rec), Path(run_dir) / "log.txt")
 
 
 def _driver(tmp_path, *extra, runner=None, study="d"):
@@ -51,8 +51,8 @@ def test_a_grid_with_seeds_runs_every_point_and_seed_once_and_a_resume_runs_noth
     d = _driver(tmp_path, "sweep.seeds=[0,1]")
     assert d.run() == 0
     assert sorted((r, s) for _, r, s in d.runner.ran) == [(2, 0), (2, 1), (8, 0), (8, 1), (32, 0), (32, 1)]
-    assert [t.state for t in d.study.trials] == [TrialState.COMPLETE] * 6
-    assert d.study.metric_names == ["accuracy"]  # optuna-dashboard shows "accuracy", not "Objective 0"
+    assert [t.state for t in d.session.study.trials] == [TrialState.COMPLETE] * 6
+    assert d.session.study.metric_names == ["accuracy"]  # optuna-dashboard shows "accuracy", not "Objective 0"
     again = _driver(tmp_path, "sweep.seeds=[0,1]")
     assert again.run() == 0 and again.runner.ran == []
     assert "0 to go" in capsys.readouterr().err
@@ -79,7 +79,7 @@ def test_a_sampled_configuration_runs_once_per_seed(tmp_path):
 def test_failed_and_non_finite_trials_are_fail_with_their_reason_and_the_sweep_goes_on(tmp_path, capsys):
     d = _driver(tmp_path, runner=InProcessRunner(fail_r=[2], nan_r=[8]))
     assert d.run() == 0  # one trial completed
-    by_r = {t.params["lora.r"]: t for t in d.study.trials}
+    by_r = {t.params["lora.r"]: t for t in d.session.study.trials}
     assert by_r[2].state == TrialState.FAIL and by_r[2].user_attrs["fail_reason"] == "boom at r=2"
     assert by_r[8].state == TrialState.FAIL and by_r[8].user_attrs["fail_reason"] == "objective accuracy is nan"
     assert by_r[32].state == TrialState.COMPLETE and by_r[32].user_attrs["fail_reason"] is None
@@ -89,10 +89,10 @@ def test_failed_and_non_finite_trials_are_fail_with_their_reason_and_the_sweep_g
 
 def test_two_drivers_on_one_storage_never_share_a_grid_point(tmp_path):
     a, b = _driver(tmp_path, "sweep.seeds=[0,1]"), _driver(tmp_path, "sweep.seeds=[0,1]")
-    a.open(), b.open()
+    a.session.open(), b.session.open()
     jobs = []
     while True:  # alternate the two drivers' claims
-        got = [d.next_trial(0) for d in (a, b)]
+        got = [d.session.next_trial(0) for d in (a, b)]
         jobs += [j for j in got if j]
         if not any(got):
             break
@@ -114,7 +114,7 @@ def test_two_drivers_on_one_storage_never_share_a_grid_point(tmp_path):
         "no-objective"])
 def test_the_record_status_is_the_outcome_and_the_exit_code_explains_a_missing_one(tmp_path, rc, record, state,
                                                                                     reason):
-    out = outcome(rc, record, tmp_path / "log.txt", ["accuracy"])
+    out = classify(Ended(rc, record and TrialRecord.model_validate(record), tmp_path / "log.txt"), ["accuracy"])
     assert out.state == state and (reason is None and out.reason is None or reason in out.reason), out
     assert out.values == ([0.7] if state == "COMPLETE" else None)
 
@@ -168,6 +168,7 @@ def test_a_storage_that_becomes_read_only_mid_sweep_ends_the_driver_with_one_lin
     assert first.state == TrialState.COMPLETE and first.params["lora.r"] == 2
 
 
+@pytest.mark.process
 def test_printing_a_config_imports_neither_torch_nor_optuna():
     """`python -m harness --cfg` (and every config error) stays fast: the schema, the presets and the
     record type are torch-free."""
