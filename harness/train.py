@@ -76,7 +76,8 @@ def _baseline_path(cfg, test_items) -> Path:
     """Where the baseline eval of this base model + quantization + seed + test split is kept."""
     spec = {k: config_mod.OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "quant")}
     spec.update(seed=cfg.seed, mixed_precision=cfg.hardware.mixed_precision,
-                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline", "intermediate_examples")},
+                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline", "intermediate_examples")
+                      and not k.startswith("benchmark")},  # eval.benchmarks* have their own cache (tasks/benchmarks.py)
                 items=hashlib.sha256(json.dumps(test_items, sort_keys=True, default=str).encode()).hexdigest())
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "baselines" / f"{cfg.model.name}-{key}.json"
