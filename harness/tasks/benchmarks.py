@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -42,8 +43,13 @@ def _lm(model, tokenizer, batch_size: int, mixed_precision: str):
     """lm-eval's HFLM around the given model, counting the tokens it runs (padded batches: the compute)."""
     from lm_eval.models.huggingface import HFLM
 
+    quiet = os.environ.get("HARNESS_QUIET") == "1"  # a study's trial: the driver's bar is the progress display
+
     class CountingLM(HFLM):
         tokens = 0
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or quiet)
 
         def _model_call(self, inps, attn_mask=None, labels=None):
             self.tokens += int(inps.numel())
