@@ -3,7 +3,7 @@ from the harness cache, and verbatim copies of the stock tasks' own helpers (lm-
 lm_eval/tasks/hellaswag/utils.py and truthfulqa/utils.py), so the prompts and metrics stay the stock ones.
 
 The YAMLs are lm-eval 0.4.13's stock ones with only the dataset keys changed (each says which it
-copies; tests/test_benchmarks.py compares them with the installed lm-eval's files).
+copies; tests/tasks/test_benchmarks.py compares them with the installed lm-eval's files).
 """
 import re
 

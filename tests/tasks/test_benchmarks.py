@@ -262,6 +262,7 @@ def test_a_trial_pairs_base_and_tuned_on_the_same_items_and_records_forgetting(b
     assert summary["benchmarks.arc_easy"] == pytest.approx(rec["benchmarks"]["arc_easy"])
 
 
+@pytest.mark.process
 @pytest.mark.slow  # two trial processes one after the other: ~55 s on the shared 2-core box
 def test_forgetting_is_an_objective_of_a_multi_objective_study(bench_cache, tmp_path, capsys):
     import optuna
