@@ -12,7 +12,7 @@ With --merge: the base loaded exactly as the trial loaded it (same quantization)
 fp32 ones), the adapter applied and merged (`merge_and_unload`), saved in float32 safetensors with the
 tokenizer and the label names, loadable with AutoModelForSequenceClassification / AutoModelForCausalLM.
 A merged NF4 export is not bit-exact with the trial (the trial computed in quant.compute_dtype through
-the 4-bit kernels, the merged model in float32): tests/test_export.py states the tolerance.
+the 4-bit kernels, the merged model in float32): tests/trial/test_export.py states the tolerance.
 --push-to-hub uploads the exported folder with huggingface_hub (needs a token and the network; both
 are checked before any work).
 """

@@ -66,3 +66,20 @@ def fresh_pg():
     with psycopg.connect(**admin) as conn:
         for name in made:
             conn.execute(f"drop database if exists {name} with (force)")
+
+
+class NoProcessRunner:
+    """The Runner protocol's lifecycle for in-process test runners, which start no process: subclasses
+    give run() (harness/runners/__init__.py)."""
+
+    def prestart(self, cfg):
+        pass
+
+    def stop(self, sig=None):
+        pass
+
+    def close(self):
+        pass
+
+    def discard(self):
+        pass

@@ -41,7 +41,7 @@ def room(module: str) -> str:
 
 def imports(tree: ast.AST, module: str) -> list[tuple[str, str | None, int]]:
     """(imported module, enclosing function or None, line) for every import, lazy ones included;
-    `from harness.pkg import mod` counts as importing harness.pkg.mod when mod is a module."""
+    `from harness.<pkg> import <mod>` counts as importing that module when it is one."""
     out = []
 
     def visit(node, func):

@@ -3,7 +3,7 @@ the `lora:` section of the config schema built on them (LoraCfg; harness.config.
 
 `python -m harness --cfg` must not import torch, and `import peft` does. So the schema reads a
 small data file, harness/peft_lora.json, generated from the installed peft by
-`python -m harness.config.lora` (tests/test_lora_fields.py fails when it no longer matches peft:
+`python -m harness.config.lora` (tests/config/test_lora_fields.py fails when it no longer matches peft:
 regenerate it after upgrading peft).
 """
 from __future__ import annotations

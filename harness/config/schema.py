@@ -34,7 +34,7 @@ CONF_DIR = PKG / "conf" if INSTALLED else ROOT / "conf"
 
 # transformers.SchedulerType values get_scheduler builds from (warmup, total steps) alone; the others
 # need arguments the config does not carry (reduce_lr_on_plateau a metric per step, cosine_with_min_lr
-# a floor, warmup_stable_decay decay steps). tests/test_optim.py checks each is a SchedulerType.
+# a floor, warmup_stable_decay decay steps). tests/trial/test_optim.py checks each is a SchedulerType.
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
 

@@ -103,7 +103,10 @@ class SweepCfg(_Strict):
     # budget: run the grid (or n_trials / timeout); decided: also end once every comparison has a verdict
     # or no seed left can change it (harness/study/verdict.py)
     stop_when: Literal["budget", "decided"] = "budget"
-    margin: float = Field(default=0.01, gt=0, lt=1)  # equivalence margin ±δ, a fraction of accuracy (0.01 = 1 point)
+    # equivalence margin ±δ as a fraction of accuracy (0.01 = 1 point): a difference inside ±margin is
+    # "equivalent"; of `python -m analysis` verdicts (--margin overrides it; analysis/verdicts.py) and of
+    # stop_when: decided (harness/study/verdict.py)
+    margin: float = Field(default=0.01, gt=0, lt=1)
     # compare each arm (a setting of the other axes) at its own best value of this axis, e.g. train.lr
     # (the analysis's --tune); racing then races each arm's values of it
     tune: str | None = None

@@ -2,7 +2,7 @@
 trial for the driver, keeping what trials share (harness/trial/shared.py: tokenizer, tokenized splits, the
 quantized base model). Per trial a worker builds a fresh head from the trial's seed, fresh adapters,
 optimizer and scheduler, and reseeds every RNG, so a trial run warm gives the record it gives cold
-(tests/test_warm.py). The cold path, one `python -m harness.train` per trial, is launch.ProcessRunner.
+(tests/runners/test_warm.py). The cold path, one `python -m harness.train` per trial, is launch.ProcessRunner.
 
 Protocol: the runner writes one JSON line per trial to the worker's stdin ({"config": path, "log":
 path}); the worker sends back one JSON line ({"rc": exit code as train.main would give, "rss": bytes})

@@ -52,11 +52,3 @@ def _tail(path: Path, n: int = 3) -> str:
     except OSError:
         return ""
     return " | ".join(ln.strip()[:300] for ln in lines[-n:])
-
-
-def _tail(path: Path, n: int = 3) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return " | ".join(ln.strip()[:300] for ln in lines[-n:])

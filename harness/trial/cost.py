@@ -29,7 +29,7 @@ run once per sequence (BERT's pooler and classifier) are counted per token, whic
 their (1 - 1/L) share. A trial's total is train + its own evals (intermediate + final); the
 zero-shot baseline eval is a study-level cost (`baseline_flops`), never inside a trial's total,
 so one configuration and seed costs the same whatever the caches hold.
-tests/test_cost.py checks this against torch.utils.flop_counter.FlopCounterMode.
+tests/trial/test_cost.py checks this against torch.utils.flop_counter.FlopCounterMode.
 """
 from __future__ import annotations
 

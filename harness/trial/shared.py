@@ -88,7 +88,7 @@ def fresh_head(model, cfg) -> None:
     """Give the cached base the classification head a cold load with this seed gives: from_pretrained
     seeds nothing itself, and (the head being the only weights missing from the checkpoint) its only
     random draws are the head's init right after train.py's set_seed(seed). So: set_seed, then the
-    model's own init on the head's modules, in module order (tests/test_warm.py checks warm == cold)."""
+    model's own init on the head's modules, in module order (tests/runners/test_warm.py checks warm == cold)."""
     if cfg.task.type != "classification":
         return  # a causal LM's output layer is pretrained, not new
     transformers.set_seed(cfg.seed)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from harness import train
-from harness.study.outcome import classify
-from harness.runners.process import ProcessRunner
 from harness.record import trial_dir
+from harness.runners.process import ProcessRunner
 from harness.runners.warm import WarmRunner, make_runner
+from harness.study.outcome import classify
 
 A = ("seed=0", "lora.r=2")
 B = ("seed=1", "lora.r=4", "train.lr=3e-3", "lora.targets=all_linear")
@@ -39,6 +39,7 @@ def _same(cold: dict, warm: dict) -> None:
     assert warm["baseline_accuracy"] == cold["baseline_accuracy"]
 
 
+@pytest.mark.process
 def test_a_trial_run_warm_equals_the_same_trial_run_cold_also_second_in_a_worker(tiny_cfg):
     """Cold: a fresh `python -m harness.train` per trial. Warm: trial A then a different trial B (other
     seed, rank, lr and targets) in ONE worker: each equals its own cold run (no state leaks from A into B)."""
@@ -72,9 +73,10 @@ def _base_checksum(model) -> str:
 def test_adapters_come_off_and_leave_the_cached_base_as_loaded(tiny_cfg, model):
     """In process, the worker's own calls: after trial A the cached base holds the loaded weights (4-bit
     storage included), no LoRA module, the loaded requires_grad flags, and B still reuses it."""
+    from accelerate import Accelerator
+
     from harness.trial.cost import Clock
     from harness.trial.shared import load_shared
-    from accelerate import Accelerator
 
     cfg_a = tiny_cfg(f"model={model}", *A, "trial=0", "tracking.mode=disabled")
     loaded = load_shared(cfg_a, train.TASKS["classification"], Accelerator(cpu=True), Clock()).model
@@ -89,6 +91,7 @@ def test_adapters_come_off_and_leave_the_cached_base_as_loaded(tiny_cfg, model):
     assert list(cache.values()) == [sh] and _base_checksum(sh.model) == before
 
 
+@pytest.mark.process
 def test_a_diverging_raising_or_killed_trial_fails_alone_and_a_grown_or_dead_worker_is_replaced(tiny_cfg):
     """One runner through every way a trial can go wrong (one worker start for all: each costs ~10 s of imports)."""
     warm, pids = WarmRunner(1), []

@@ -8,9 +8,9 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from harness.study import space
 from harness.__main__ import main
 from harness.config.schema import ROOT, ConfigError, complete, load
+from harness.study import space
 from harness.study.driver import check
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))

@@ -12,7 +12,7 @@ import pytest
 from harness.config import lora as lora_fields
 from harness.config.schema import ConfigError, complete, load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_data_file_matches_the_installed_peft():
@@ -59,6 +59,7 @@ def test_peft_spellings_in_a_yaml_lora_section():
         validate({**base, "lora": {**lora, "alpha": 16}})
 
 
+@pytest.mark.process
 def test_cfg_with_lora_fields_stays_torch_free():
     code = ("import sys; from harness.config.schema import complete, load; "
             "complete(load(['lora.use_dora=true', 'lora.rank_pattern={query: 4}', 'model.family=qwen2', "
@@ -114,7 +115,7 @@ def test_dora_records_more_train_flops_than_lora_at_equal_rank(tiny_cfg):
 
 
 def test_dora_formula_within_10_percent_of_torch_flop_counter(tiny_cfg):
-    from test_cost import BATCH, LENGTH, _batch, _measured, _model
+    from tests.trial.test_cost import BATCH, LENGTH, _batch, _measured, _model
 
     from harness.trial.cost import param_counts, train_flops
 
@@ -127,8 +128,8 @@ def test_dora_formula_within_10_percent_of_torch_flop_counter(tiny_cfg):
 
 
 def test_lora_variants_sweep_composes_and_every_point_validates():
-    from harness.study import space
     from harness.study import driver as study
+    from harness.study import space
 
     cfg = complete(load(["sweep=lora_variants"]))
     study.check(cfg, ["sweep=lora_variants"])  # the driver's check: every axis value gives a valid config

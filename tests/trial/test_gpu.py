@@ -128,13 +128,14 @@ def _adapter_weights(rec_dir: Path) -> dict:
     return load_file(next((rec_dir / "adapter").glob("*.safetensors")))
 
 
+@pytest.mark.process
 def test_a_trial_run_warm_equals_the_same_trial_run_cold_on_cuda(tiny_cfg):
     """Cold: a fresh `python -m harness.train`. Warm: another trial first, then the same trial, in one worker.
     Expected bitwise (cuBLAS picks the same kernels for the same shapes on one device, and the frozen embedding
     gets no scattered gradient); if the checksums differ the adapters must still agree within 1e-5, and the
     test says so."""
-    from harness.runners.process import ProcessRunner
     from harness.record import trial_dir
+    from harness.runners.process import ProcessRunner
     from harness.runners.warm import WarmRunner
 
     base = ("model=tiny_llama", HW, "quant=nf4", "train.max_steps=12", "train.eval_every=4", "tracking.mode=disabled")

@@ -3,23 +3,23 @@ seed, outside its search space, run with their own overrides, never the study's 
 repeated) on resume. In process, with a runner that 'trains' by formula (see test_driver.py)."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 
+from conftest import NoProcessRunner
 from harness.config.schema import ConfigError, complete, load
 from harness.record import TrialRecord
 from harness.runners import Ended
 from harness.runners.process import write_config
-from harness.study.summary import best_configuration
 from harness.study.driver import Driver, check
+from harness.study.summary import best_configuration
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 REFS = "+sweep.references=[{method: head_only, train.lr: 0.01}, {method: full, quant: none}]"
 
 
-class Runner:
+class Runner(NoProcessRunner):
     """Records (method, quant, lr, r, seed) of each trial; a reference scores above every searched point,
     so the test can see it is kept out of 'best'."""
 
@@ -33,18 +33,6 @@ class Runner:
         write_config(tcfg, Path(run_dir))
         rec = TrialRecord(status="complete", accuracy=acc, flops=1e9, device_seconds=1.0, tokens=1)
         return Ended(0, rec, Path(run_dir) / "log.txt")
-
-    def stop(self, sig=signal.SIGTERM):
-        pass
-
-    def prestart(self, cfg):
-        pass
-
-    def close(self):
-        pass
-
-    def discard(self):
-        pass
 
 
 def _driver(tmp_path, *extra):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.tasks import sft
 from harness.config.schema import ConfigError, complete, load
 from harness.data.load import DataError
+from harness.tasks import sft
 
 TINY_SFT = ["task=sft", "model=tiny_llama", "data=tiny_sft", "train.max_steps=6", "train.lr=1e-2",
             "hardware.threads=1", "task.max_new_tokens=4", "task.max_target_tokens=8"]

@@ -26,6 +26,7 @@ def _run(cfg):
     return rec, json.loads(path.read_text())
 
 
+@pytest.mark.process
 def test_trial_writes_a_complete_record_and_a_readable_wandb_run(tiny_cfg):
     cfg = tiny_cfg("train.max_steps=40", "train.eval_every=20")
     rec, saved = _run(cfg)
@@ -33,7 +34,7 @@ def test_trial_writes_a_complete_record_and_a_readable_wandb_run(tiny_cfg):
     assert saved["status"] == "complete" and saved["world_size"] == 1
     assert 0 <= saved["accuracy"] <= 1 and 0 <= saved["baseline_accuracy"] <= 1
     assert saved["tokens"] > 0 and saved["flops"] > saved["eval_flops"] > 0
-    # FLOPs follow the stated formula (restated here; tests/test_cost.py checks it against torch's count)
+    # FLOPs follow the stated formula (restated here; tests/trial/test_cost.py checks it against torch's count)
     n, nb, nt = (saved[k] for k in ("matmul_params", "backward_matmul_params", "trainable_matmul_params"))
     assert saved["train_flops"] == pytest.approx((2 * n + 2 * nb + 2 * nt) * saved["tokens"])
     assert saved["flops"] == saved["train_flops"] + saved["eval_flops"] and saved["baseline_flops"] > 0
@@ -84,6 +85,7 @@ def test_train_size_larger_than_the_data_fails_before_any_model_is_loaded(tiny_c
         train.run(tiny_cfg("data.train_size=5000", "trial=0"))
 
 
+@pytest.mark.process
 def test_cli_reports_a_bad_input_as_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "harness", "lora.r=0", f"out_dir={tmp_path}"],
                          capture_output=True, text=True, timeout=120)
@@ -91,6 +93,7 @@ def test_cli_reports_a_bad_input_as_one_line(tmp_path):
     assert not (tmp_path / "single").exists()  # nothing created for a config that cannot run
 
 
+@pytest.mark.process
 def test_cli_runs_a_trial_and_prints_accuracy_cost_and_paths(tmp_path):
     out = subprocess.run([sys.executable, "-m", "harness", "model=tiny_bert", "data=tiny", "train.max_steps=4",
                           f"out_dir={tmp_path}", "study=cli"], capture_output=True, text=True, timeout=300)

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from tests.conftest import PG_URL
-from tests.test_workers import TINY_STUDY
+from tests.runners.test_workers import TINY_STUDY
 
 K, ROUNDS = 4, 3
 
@@ -78,6 +79,7 @@ def _check(urls: list[str], rounds: list[list[dict]]) -> None:
         assert {o["waiting"] for o in outcomes} == {4}, f"{where}: the grid (4 points) queued {outcomes}"
 
 
+@pytest.mark.process
 def test_workers_started_together_on_new_storages_each_create_or_load_the_study_once(tmp_path, fresh_pg):
     """One set of K workers (their start-up, imports included, paid once) through ROUNDS new SQLite files,
     ROUNDS new journal files and ROUNDS new PostgreSQL databases (where HARNESS_TEST_PG_URL is set)."""

@@ -7,8 +7,15 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from harness.trial.models import (ModelError, PRESETS, add_adapters, load_base, load_tokenizer, resolve_targets,
-                            weights_path)
+from harness.trial.models import (
+    PRESETS,
+    ModelError,
+    add_adapters,
+    load_base,
+    load_tokenizer,
+    resolve_targets,
+    weights_path,
+)
 
 # modules per transformer layer that each preset must pick
 EXPECTED = {"attn_qv": 2, "attn": 4, "mlp": {"bert": 2, "llama": 3}, "all_linear": {"bert": 6, "llama": 7}}

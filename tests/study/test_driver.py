@@ -4,24 +4,24 @@ exercised by test_study.py; this checks the bookkeeping around them."""
 from __future__ import annotations
 
 import math
-import signal
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
+from conftest import NoProcessRunner
 from harness.config.schema import complete, load
 from harness.record import TrialRecord
 from harness.runners import Ended
 from harness.runners.process import write_config
-from harness.study.outcome import classify
 from harness.study.driver import Driver
+from harness.study.outcome import classify
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 
 
-class InProcessRunner:
+class InProcessRunner(NoProcessRunner):
     """Stands in for ProcessRunner: 'trains' by formula (accuracy rises with r, wobbles with the seed),
     fails where told, and records what it was asked to run."""
 
@@ -40,18 +40,6 @@ class InProcessRunner:
         rec = {"status": "complete", "accuracy": acc, "flops": 1e9 * r, "device_seconds": 1.0, "tokens": 100}
         write_config(tcfg, Path(run_dir))  # the summary's rerun command reads it
         return Ended(0, TrialRecord.model_validate(rec), Path(run_dir) / "log.txt")
-
-    def stop(self, sig=signal.SIGTERM):
-        pass
-
-    def prestart(self, cfg):
-        pass
-
-    def close(self):
-        pass
-
-    def discard(self):
-        pass
 
 
 def _driver(tmp_path, *extra, runner=None, study="d"):
@@ -180,6 +168,7 @@ def test_a_storage_that_becomes_read_only_mid_sweep_ends_the_driver_with_one_lin
     assert first.state == TrialState.COMPLETE and first.params["lora.r"] == 2
 
 
+@pytest.mark.process
 def test_printing_a_config_imports_neither_torch_nor_optuna():
     """`python -m harness --cfg` (and every config error) stays fast: the schema, the presets and the
     record type are torch-free."""

@@ -10,8 +10,8 @@ import pytest
 from conftest import TINY
 from omegaconf import OmegaConf
 
-from harness.cli import args as cli
 from harness.__main__ import main
+from harness.cli import args as cli
 from harness.config.schema import CONF_DIR, ROOT, ConfigError, complete, load
 from harness.optuna_parts import dashboard_command
 
@@ -54,8 +54,8 @@ def test_bad_command_lines_exit_2_with_one_line(capsys, argv, needle):
                                        ("train.learning_rate", "train.lr"), ("train.maxsteps", "train.max_steps"),
                                        ("hardware.gpus", "hardware.processes"), ("modle", "model"), ("task.foo", None)])
 def test_did_you_mean_names_the_key_from_the_schema(key, meant):
-    from harness.config.schema import ExperimentCfg
     from harness.config.keys import did_you_mean
+    from harness.config.schema import ExperimentCfg
 
     hint = did_you_mean(key, ExperimentCfg)
     assert (f"did you mean `{meant}`?" in hint) if meant else ("did you mean" not in hint), hint
@@ -116,6 +116,7 @@ def test_multirun_overrides_become_one_grid_study():
     assert cfg.study == "mine" and cfg.sweep.parallel == 2
 
 
+@pytest.mark.process
 def test_multirun_runs_two_trials_as_one_study(tmp_path):
     """The issue's command, as a real process: 2 trials, one Optuna study, its name printed. The driver
     itself never imports torch (its warm workers do): its start-up is on every sweep's critical path."""
@@ -220,7 +221,11 @@ def _agent_argv(params: dict) -> list[str]:
     """The command `wandb agent` runs for one run of docs/wandb_sweep.yaml: wandb's own sweep-file
     loader and macro expansion (sweeps/utils.py), then the substitution loop of Agent._command_run
     (a method of a live agent, which needs the server: repeated here, 5 lines)."""
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args, load_sweep_config
+    from wandb.sdk.launch.sweeps.utils import (
+        create_sweep_command,
+        create_sweep_command_args,
+        load_sweep_config,
+    )
 
     sweep = load_sweep_config(str(RECIPE))
     macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})

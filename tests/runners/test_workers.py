@@ -27,6 +27,7 @@ def _trials(url: str, study: str):
     return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
 
 
+@pytest.mark.process
 def test_three_workers_on_a_fresh_postgres_database_split_a_grid_each_point_once(tmp_path, fresh_pg):
     """A new machine's first run: 3 workers started at once on an EMPTY database (Optuna's schema is
     created by whichever gets the lock first) split the grid, every point done exactly once."""
@@ -92,6 +93,7 @@ def test_slurm_job_script_asks_for_the_trials_gpus(tiny_cfg, monkeypatch):
         assert line in script, script
 
 
+@pytest.mark.process
 @pytest.mark.slow  # ~40 s on a busy 2-core box; the sbatch rendering above is the fast check
 def test_slurm_launcher_runs_workers_through_submitit(tmp_path):
     """submitit's local executor runs the job body the way SLURM would; the job runs a tiny trial."""

@@ -133,6 +133,7 @@ def test_driver_summary_aggregates_seeds_and_names_the_best_configuration():
     assert report.best_line(trials, ["lora.targets"], obj).startswith("best = lora.targets=mlp: accuracy 0.71 ± ")
 
 
+@pytest.mark.process
 def test_driver_summary_imports_neither_torch_nor_analysis():
     import subprocess
     import sys

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.config.schema import ConfigError, complete, load
 from harness.metrics import extra as eval_metrics
 from harness.metrics import scores as metrics
-from harness.config.schema import ConfigError, complete, load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_local_modules_compute_what_the_libraries_compute():
@@ -38,6 +38,7 @@ def test_unknown_metric_fails_at_config_time_with_one_line():
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.process
 def test_empty_metrics_import_no_evaluate():
     code = ("import sys; from harness.config.schema import complete, load; import harness.tasks.classify, harness.tasks.sft; "
             "complete(load([])); print('evaluate' in sys.modules)")
@@ -49,8 +50,8 @@ def test_a_trial_records_its_listed_metrics_and_they_can_be_objectives(tiny_cfg)
     from omegaconf import open_dict
 
     from harness import train
-    from harness.study import driver as study
     from harness.runners.process import allocate_trial
+    from harness.study import driver as study
 
     cfg = tiny_cfg("eval.metrics=[accuracy,f1]", "quant=none", "train.max_steps=20", "tracking.mode=disabled",
                    "train.save_adapter=none")

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from harness.trial import checkpoint as ckpt
 from harness import train
+from harness.trial import checkpoint as ckpt
 
 SAME = ("accuracy", "eval_loss", "train_loss", "adapter_checksums", "steps", "tokens", "padded_tokens",
         "examples_seen", "evals", "status")
@@ -127,6 +127,7 @@ def test_optuna_retry_attrs_are_what_resume_dir_reads():
     assert study.trials[-1].system_attrs == {"failed_trial": 0, "retry_history": [0, 1]}  # not 1
 
 
+@pytest.mark.process
 def test_resume_from_not_a_checkpoint_is_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness", "model=tiny_bert", "data=tiny", f"out_dir={tmp_path}/runs",
                         f"train.resume_from={tmp_path}"], check=False, capture_output=True, text=True, timeout=120)

@@ -50,6 +50,7 @@ def by_lr(study) -> dict:
     return {t.params["train.lr"]: t for t in study.trials}
 
 
+@pytest.mark.process  # the real driver with its trial workers
 def test_failures_are_recorded_with_reasons_and_the_sweep_finishes(tmp_path, capsys):
     """A trial that raises, one whose loss is NaN and one whose process is killed are FAIL with
     reasons; the good one completes; NSGA-II, two objectives, enqueue and 2 trials at a time."""
@@ -116,6 +117,7 @@ def _wait(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.process
 def test_kill_9_of_the_driver_then_rerun_loses_and_duplicates_nothing(tmp_path, capsys):
     """A multi-objective grid: kill -9 the driver mid-trial, rerun: every point completes exactly
     once, the orphaned trial is FAIL (driver died) and retried; a third run reruns nothing."""
@@ -165,6 +167,7 @@ sweep:
     assert len(load(tmp_path, "grid").trials) == len(study.trials)
 
 
+@pytest.mark.process  # the real driver with its trial workers
 def test_a_pruned_trial_stops_early_and_is_marked_pruned(tmp_path):
     ov = sweep(tmp_path, "prune", """\
 sweep:
@@ -187,7 +190,8 @@ sweep:
 
 def test_a_trial_left_running_by_a_driver_elsewhere_is_failed_after_the_grace_period_and_retried(tmp_path):
     """The heartbeat path (RDB storages): a RUNNING trial of a driver on another host goes stale."""
-    from harness.config.schema import complete, load as compose
+    from harness.config.schema import complete
+    from harness.config.schema import load as compose
     from harness.optuna_parts import tally
     from harness.study.session import Session
 
@@ -229,6 +233,7 @@ def _gone(pgid: int) -> bool:
     return False
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_driver_within_seconds_and_the_rerun_does_every_point_once(tmp_path, capsys, sig):
     """Ctrl-C, or the SIGTERM SLURM/Kubernetes send before a kill: the running trial is ended (its
@@ -256,6 +261,7 @@ sweep:
     assert any(t.system_attrs.get("failed_trial") == victim.number for t in study.trials)
 
 
+@pytest.mark.process
 def test_a_second_ctrl_c_exits_at_once_and_the_rerun_still_does_every_point_once(tmp_path, capsys):
     ov = sweep(tmp_path, "twice", """\
 sweep:
@@ -278,7 +284,8 @@ sweep:
 def test_a_study_is_one_experiment_a_resume_with_another_base_config_is_refused(tmp_path):
     """The base config is stored at creation; a resume that changes it (not the budget or parallelism) is
     refused with the differing keys, unless the user vouches for them in sweep.allow_changes."""
-    from harness.config.schema import ConfigError, complete, load as compose
+    from harness.config.schema import ConfigError, complete
+    from harness.config.schema import load as compose
     from harness.study.session import Session
 
     ov = sweep(tmp_path, "one", """\

@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ["model=tiny_bert", "data=tiny", "hardware.threads=1", "tracking.mode=disabled", "study=t",
         "data.train_size=20", "data.test_size=10"]
 SFT = ["task=sft", "model=tiny_llama", "data=jsonl"]
@@ -210,6 +210,7 @@ def _harness(argv: list[str], env: dict, cwd: Path, as_process: bool, capsys, mo
 ENV_DROP = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_HOME", "NETRC")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("overrides,setup,phrase,case", [(*c[1:], c[0]) for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_stops_with_one_line_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, overrides, setup,
                                                                  phrase, case):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from harness import train
-from harness.study import keep
 from harness.runners.process import allocate_trial
+from harness.study import keep
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Share of the trial's test predictions the merged export must reproduce. quant=none: the merged
 # weights are W + s BA in float32, the trial's were W and s BA added per layer: the same up to
 # rounding, so every prediction. nf4: the trial multiplied through bitsandbytes' 4-bit kernel in
@@ -39,6 +39,7 @@ def _test_items(cfg):
     return classify.items(load_tokenizer(cfg), splits.test, cfg), splits.labels
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("quant", ["none", "nf4"])
 def test_merged_export_loads_with_transformers_and_reproduces_the_predictions(tiny_cfg, quant):
     from peft import PeftModel
