@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from harness.__main__ import main
 from harness.config.schema import complete, load
 from harness.study.driver import Driver
-from tests.test_racing import SEEDS, TINY, FormulaRunner
-from tests.test_study import _wait, load as load_study, sweep
+from tests.study.test_racing import SEEDS, TINY, FormulaRunner
+from tests.study.test_study import _wait, load as load_study, sweep
 
 
 def _cells(study) -> dict:
@@ -34,6 +34,7 @@ def _cells(study) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.process
 def test_kill_9_of_a_racing_driver_then_rerun_does_every_configuration_and_seed_exactly_once(tmp_path, capsys):
     ov = sweep(tmp_path, "race9", """\
 sweep:
