@@ -225,8 +225,10 @@ def _eliminate(st: State, active: list[str], size: int, values: dict, k: int, ru
             st.stopped[c] = Stop(k, len(values[c]), len(shared), leader, sum(d) / len(d) * sign, p, alpha)
 
 
-def _seeds_left(st: State, keys: list[str]) -> bool:
-    return any(c not in st.stopped and cell.state == PENDING for c in keys for cell in st.cells[c].values())
+def _seeds_left(st: State, keys: list[str], later: list) -> bool:
+    """Whether a configuration still racing has a seed after the look (queued, running or done: seen
+    from the look, its data are still to come), so the comparison could still change."""
+    return any(c not in st.stopped and st.cells[c][s].state in (PENDING, COMPLETE) for c in keys for s in later)
 
 
 def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
@@ -239,8 +241,9 @@ def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
         return
     arm_of = {c: arm for arm, cs in vd.arms(st.configs, rules.tune).items() for c in cs}
     members = vd.arms(st.configs, rules.tune)
+    later = rules.seeds[k:]
     open_ = [v for v in st.verdicts if v.word == "undecided"
-             and (_seeds_left(st, members[arm_of[v.a]]) or _seeds_left(st, members[arm_of[v.b]]))]
+             and (_seeds_left(st, members[arm_of[v.a]], later) or _seeds_left(st, members[arm_of[v.b]], later))]
     if open_:
         return
     undecided = sum(v.word == "undecided" for v in st.verdicts)

@@ -232,3 +232,17 @@ def test_a_queued_seed_waits_for_its_look_and_a_retry_awaiting_its_rerun_is_not_
             self.number, self.user_attrs = number, {"seed": seed, "point": json.dumps({"r": r, "seed": seed})}
 
     assert [(a, t.number) for a, t in racing.plan([T(5, 8, 2), T(1, 2, 1)], st, rules)] == [("run", 1)]
+
+
+def test_a_look_sees_the_seeds_after_it_as_still_to_come():
+    """Replayed once every seed is in, look 2 must not claim 'no seed left': the study ran on after it."""
+    seeds = [0, 1, 2]
+    a, b = vd.config_key({"r": 8}), vd.config_key({"r": 32})
+    vals = {a: [0.80, 0.79, 0.81], b: [0.82, 0.80, 0.80]}
+    configs = {a: {"r": 8}, b: {"r": 32}}
+    cells = {c: {s: racing.Cell(racing.COMPLETE, vals[c][i]) for i, s in enumerate(seeds)} for c in configs}
+    st = racing.race(configs, cells, racing.Rules(seeds, "maximize", ["r"], None, 0.95, "decided", 0.01, None))
+    assert st.looks_done == 3 and st.decided is None
+    cut = {c: {**cells[c], 2: racing.Cell(racing.ABSENT)} for c in configs}  # a budget that ends at round 2
+    st = racing.race(configs, cut, racing.Rules(seeds, "maximize", ["r"], None, 0.95, "decided", 0.01, None))
+    assert st.decided is not None and "no seed left" in st.decided["why"] and "1 undecided" in st.decided["why"]
