@@ -246,3 +246,37 @@ def test_a_look_sees_the_seeds_after_it_as_still_to_come():
     cut = {c: {**cells[c], 2: racing.Cell(racing.ABSENT)} for c in configs}  # a budget that ends at round 2
     st = racing.race(configs, cut, racing.Rules(seeds, "maximize", ["r"], None, 0.95, "decided", 0.01, None))
     assert st.decided is not None and "no seed left" in st.decided["why"] and "1 undecided" in st.decided["why"]
+
+
+def test_the_storage_says_which_seeds_are_settled_a_fail_awaiting_its_retry_is_not():
+    """cells_of on real Optuna trials: complete -> its value; queued or running -> pending; a FAIL the
+    driver told (settled) -> no value; a FAIL of a dead driver before its retry exists -> pending; once
+    retried, the retry's state counts; a seed the race skipped -> skipped."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    study = optuna.create_study()
+    dist = {"r": CategoricalDistribution([2, 8])}
+
+    def add(r, seed, state, value=None, **attrs):
+        system = attrs.pop("system", {})
+        study.add_trial(optuna.trial.create_trial(
+            state=state, values=None if value is None else [value], params={"r": r}, distributions=dist,
+            user_attrs={"seed": seed, "point": json.dumps({"r": r, "seed": seed}), **attrs}, system_attrs=system))
+
+    add(2, 0, TrialState.COMPLETE, 0.5, settled=True)
+    add(2, 1, TrialState.FAIL, settled=True, fail_reason="loss is nan")       # the trial failed: final
+    add(2, 2, TrialState.FAIL, fail_reason="driver 123 died")                 # dead driver, no retry yet
+    add(8, 0, TrialState.FAIL, fail_reason="driver 123 died")                 # dead driver ...
+    add(8, 0, TrialState.RUNNING, system={"failed_trial": 3, "retry_history": [3]})  # ... its retry runs
+    add(8, 1, TrialState.PRUNED, racing="skipped", settled=True)
+    add(8, 2, TrialState.WAITING)
+    trials = study.get_trials(deepcopy=False)
+    configs, cells = racing.cells_of(trials, [0, 1, 2, 3], max_retry=2, grace_s=60)
+    r2, r8 = vd.config_key({"r": 2}), vd.config_key({"r": 8})
+    assert {k: {s: c.state for s, c in v.items()} for k, v in cells.items()} == {
+        r2: {0: "complete", 1: "novalue", 2: "pending", 3: "absent"},
+        r8: {0: "pending", 1: "skipped", 2: "pending", 3: "absent"}}
+    assert cells[r2][0].value == 0.5
+    _, cells = racing.cells_of(trials, [0, 1, 2, 3], max_retry=0, grace_s=60)  # no retries allowed: final
+    assert cells[r2][2].state == "novalue"
