@@ -286,23 +286,6 @@ def plan(waiting, st: State, rules: Rules):
         yield "run", t
 
 
-def claim(study, trial_id: int) -> bool:
-    """Claim one chosen queued trial: WAITING -> RUNNING as a compare-and-set in the storage, so of several
-    workers exactly one gets it. The same call Optuna's own queue makes (Study._pop_waiting_trial_id, private;
-    harness/optuna_parts.py pop_waiting_trial), on a trial the race picked rather than the oldest; through the
-    study's own storage so its trial cache sees the change."""
-    import optuna
-    from optuna.trial import TrialState
-
-    try:
-        return bool(study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-
-
-# ---------------------------------------------------------------------------- the record
-
-
 def stop_record(c: str, stop: Stop, st: State) -> dict:
     return {"params": st.configs[c], "label": vd.label(st.configs[c], vd.shown(st.configs)),
             "leader": st.configs[stop.leader], **asdict(stop), "why": stop.why(st.configs),

@@ -32,7 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config.schema import ConfigError
-from harness.optuna_parts import (directions, make_pruner, make_sampler, make_storage, mask_url, pop_waiting_trial,
+from harness.optuna_parts import (claim_trial, directions, make_pruner, make_sampler, make_storage, mask_url, pop_waiting_trial,
                                   quiet_optuna, retry_callback, tally, trial_handle, where)
 from harness.record import ATTR_METRICS
 from harness.study import keep, racing
@@ -275,7 +275,7 @@ class Session:
         st = self.race_state(trials)
         for action, t in racing.plan([t for t in trials if t.state == TrialState.WAITING], st, self.rules):
             tid = self._tid(t.number)
-            if not racing.claim(self.study, tid):
+            if not claim_trial(self.study, tid):
                 continue  # another worker took it
             handle = trial_handle(self.study, tid)
             handle.set_user_attr("driver", self.me)
