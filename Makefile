@@ -12,10 +12,10 @@ setup: $(VENV)/.setup-done
 # pyproject.toml asks for a torch range; constraints-cpu.txt pins the CPU wheel here (unconstrained,
 # pip resolves the newest torch with its CUDA wheels: GBs). On a GPU machine install your torch first,
 # then `pip install -e '.[dev]'` without the constraints.
-$(VENV)/.setup-done: pyproject.toml requirements-embedded.txt constraints-cpu.txt
+$(VENV)/.setup-done: pyproject.toml requirements-embedded.txt requirements-nodeps.txt constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints-cpu.txt -e '.[dev,postgres,dashboard,slurm]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-embedded.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-embedded.txt -r requirements-nodeps.txt
 	$(PY) -m harness.data fetch
 	touch $@
 

@@ -83,6 +83,11 @@ def _run(cfg, overrides: list[str]) -> int:
     else:
         print(f"\naccuracy {_fmt(rec.accuracy)}  (zero-shot baseline {_fmt(rec.baseline_accuracy)}, "
               f"majority class {_fmt(rec.majority_accuracy)})")
+    for b, p in rec.benchmark_pairs.items():  # eval.benchmarks: the same items before and after
+        print(f"{b:<9} {_fmt(p['base'])} -> {_fmt(p['tuned'])}  ({p['items']} items; {p['lost']} lost, "
+              f"{p['gained']} gained; retention {_fmt(rec.retention[b])})")
+    if rec.forgetting is not None:
+        print(f"forgetting {rec.forgetting:+.4f}  (mean base - tuned over {len(rec.benchmarks)} benchmark(s))")
     if rec.convergence and rec.evals and len(rec.evals) > 1:  # with intermediate evals (train.eval_every)
         print(f"learning {rec.convergence}")
     if rec.stopped_early:

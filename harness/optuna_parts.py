@@ -225,6 +225,23 @@ def tally(trials) -> dict:
 # ---------------------------------------------------------------------------- private Optuna calls
 
 
+def claim_trial(study, trial_id: int) -> bool:
+    """Claim one chosen queued trial: WAITING -> RUNNING as a compare-and-set in the storage, so of several
+    workers exactly one gets it. The same call Optuna's own queue makes (Study._pop_waiting_trial_id, private;
+    harness/optuna_parts.py pop_waiting_trial), on a trial the race picked rather than the oldest; through the
+    study's own storage so its trial cache sees the change."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        return bool(study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+# ---------------------------------------------------------------------------- the record
+
+
 def pop_waiting_trial(study):
     """Claim one queued (WAITING) trial: WAITING -> RUNNING as a compare-and-set in the storage, so of
     several workers exactly one gets it; None when the queue is empty. Private in Optuna 5

@@ -111,6 +111,21 @@ class TrialRecord(BaseModel):
     phase_seconds: dict[str, float] = {}
     peak_memory_bytes: int | None = None
     cost_usd: float | None = None
+    # eval.benchmarks (harness/tasks/benchmarks.py), on the same seeded items for the base and the tuned
+    # model: their scores, retention = tuned / base (None where the base scored 0), and forgetting = the
+    # mean of base - tuned in score points (an objective to minimize). benchmark_flops is inside flops;
+    # the base's (benchmark_baseline_flops) is the study's, like baseline_flops.
+    forgetting: float | None = None
+    benchmark_flops: float | None = None
+    benchmark_tokens: int | None = None
+    benchmark_seconds: float | None = None
+    benchmark_baseline_flops: float | None = None
+    benchmarks: dict[str, float] = {}
+    baseline_benchmarks: dict[str, float] = {}
+    retention: dict[str, float | None] = {}
+    benchmark_items: dict[str, int] = {}
+    benchmark_baseline_cached: list[str] = []
+    benchmark_pairs: dict[str, dict] = {}     # per benchmark: items, base, tuned, lost, gained
     # parameters (harness/trial/cost.py param_counts)
     trainable_params: int | None = None
     total_params: int | None = None
@@ -165,12 +180,13 @@ class TrialRecord(BaseModel):
 # What a sweep can optimise: the quality and cost fields above (task=sft adds its generation metrics).
 TASK_METRICS = ("exact_match", "rouge_l", "bleu", "perplexity")
 METRICS = ("accuracy", "eval_loss", "best_intermediate_accuracy", "train_loss", "flops", "train_flops", "eval_flops",
-           "tokens", "device_seconds", "wall_seconds", "peak_memory_bytes", "trainable_params", "cost_usd", *TASK_METRICS)
+           "tokens", "device_seconds", "wall_seconds", "peak_memory_bytes", "trainable_params", "cost_usd", "forgetting",
+           "benchmark_flops", *TASK_METRICS)
 INTERMEDIATE = {"accuracy": "accuracy", "eval_loss": "loss"}      # objective -> key of an intermediate eval
 # copied into the Optuna trial's user_attrs (the dashboard and the driver's table show them)
 ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "peak_memory_bytes",
-                "trainable_params", "cost_usd", "degenerate", "last_quarter_gain", "last_quarter_gain_se", "steps",
-                "stopped_early", "steps_saved", "flops_saved")
+                "trainable_params", "cost_usd", "forgetting", "retention", "benchmarks", "degenerate",
+                "last_quarter_gain", "last_quarter_gain_se", "steps", "stopped_early", "steps_saved", "flops_saved")
 
 
 def _scalar(annotation) -> bool:

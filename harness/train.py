@@ -25,6 +25,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from harness.trial import adapters
 from harness.trial import checkpoint as ckpt
 from harness.tasks import TASKS, Task  # noqa: F401 (re-exported for tests)
+from harness.tasks import benchmarks
 from harness.config import schema as config_mod
 from harness.trial.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
 from harness.data.load import cache_dir
@@ -76,7 +77,8 @@ def _baseline_path(cfg, test_items) -> Path:
     """Where the baseline eval of this base model + quantization + seed + test split is kept."""
     spec = {k: config_mod.OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "quant")}
     spec.update(seed=cfg.seed, mixed_precision=cfg.hardware.mixed_precision,
-                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline", "intermediate_examples")},
+                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline", "intermediate_examples")
+                      and not k.startswith("benchmark")},  # eval.benchmarks* have their own cache (tasks/benchmarks.py)
                 items=hashlib.sha256(json.dumps(test_items, sort_keys=True, default=str).encode()).hexdigest())
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "baselines" / f"{cfg.model.name}-{key}.json"
@@ -259,7 +261,9 @@ def publish(rec: TrialRecord, tracker, resolved: dict, history: list[dict], run_
     if main:
         record["wandb"] = tracker.info()
         write_json(run_dir / "result.json", {**record, "config": resolved, "history": history})
-        tracker.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None},
+        flat = {f"{k}.{b}": v for k in ("benchmarks", "baseline_benchmarks", "retention")
+                for b, v in (record.get(k) or {}).items()}  # W&B's summary keeps scalars only
+        tracker.finish({k: v for k, v in {**record, **flat}.items() if isinstance(v, (int, float, str)) and v is not None},
                        exit_code=wandb_exit_code(rec.status))
     return record
 
@@ -284,6 +288,7 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     tracker = Run(cfg, resolved, run_dir, enabled=main)
     ctx = TrialContext(cfg, task, accelerator, sh, tracker, clock, run_dir, resolved)
     baseline, *base_info = baseline_eval(ctx)
+    bench_base = benchmarks.on_base(cfg, sh.model, sh.tokenizer, accelerator, clock)  # eval.benchmarks, cached
     model = sh.model
     try:
         model, targets, params = attach_adapters(ctx)
@@ -291,6 +296,10 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
             announce(ctx, targets, params)
         model, res = train_loop(ctx, model, reporter)
         final = final_eval(ctx, model, res)
+        bench = benchmarks.on_final(cfg, model, sh.tokenizer, accelerator, clock, bench_base, run_dir) if final else None
+        if bench:  # the tuned model's benchmark eval is the trial's own compute
+            res.eval_tokens += bench["benchmark_tokens"]
+            bench["benchmark_flops"] = eval_flops(params, bench["benchmark_tokens"])
         costs = cost(ctx, params, res)
         checksums = [adapter_checksum(model)]
         if accelerator.num_processes > 1:
@@ -299,6 +308,8 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
         if cache is not None:
             release(cfg, accelerator.unwrap_model(model), sh, cache)
     rec = make_record(ctx, res, final, baseline, tuple(base_info), targets, costs, checksums)
+    if bench:
+        rec = TrialRecord(**{**rec.model_dump(exclude_unset=True), **bench})
     record = publish(rec, tracker, resolved, res.history, run_dir, main)
     accelerator.wait_for_everyone()
     if main and res.status != "failed" and cfg.train.checkpoint_every:

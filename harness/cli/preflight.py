@@ -83,6 +83,10 @@ def _sizes(cfg: DictConfig, key: str) -> list[tuple[int, str]]:
 def check_data(cfg: DictConfig) -> None:
     """Read the dataset the way the trial will (every row, label and encoding checked) and check that
     each train/test size the run can ask for fits."""
+    if cfg.eval.benchmarks:  # fetched separately (python -m harness.data fetch benchmarks): say so before any model
+        from harness.data.benchmarks import require
+
+        require(list(cfg.eval.benchmarks))
     examples, _, _ = load_pool(cfg.data, cfg.task.type)
     for train, where_train in _sizes(cfg, "train_size"):
         for test, where_test in _sizes(cfg, "test_size"):

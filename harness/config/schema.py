@@ -197,6 +197,21 @@ class EvalCfg(_Strict):
     # extra metrics through `evaluate` (harness/metrics/extra.py): exact_match, rouge_l, bleu, accuracy,
     # f1 (local modules) or any evaluate name (hub/cache; checked here, before compute)
     metrics: list[str] = []
+    # standard benchmarks through lm-eval on the base and the tuned model (task=sft: a causal LM), for
+    # retention.<b> and forgetting (harness/tasks/benchmarks.py); names in harness/data/benchmarks.py.
+    # benchmark_items: a seeded random subset per benchmark (stratified over MMLU's subjects), the same
+    # for every trial and the base model; null = every item
+    benchmarks: list[str] = []
+    benchmark_items: int | None = Field(default=None, ge=1)
+    benchmark_seed: int = Field(default=0, ge=0)
+    benchmark_batch_size: int = Field(default=8, ge=1)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, v):
+        from harness.data.benchmarks import check_names  # a static table: no lm-eval, no data read
+
+        return check_names(v)
 
     @field_validator("metrics")
     @classmethod
@@ -299,6 +314,9 @@ class ExperimentCfg(_Strict):
             if self.task.max_target_tokens >= self.model.max_length:
                 raise ValueError(f"task.max_target_tokens={self.task.max_target_tokens} leaves no room for the prompt "
                                  f"in model.max_length={self.model.max_length}; lower it or raise model.max_length")
+        if self.eval.benchmarks and self.task.type != "sft":
+            raise ValueError(f"eval.benchmarks={self.eval.benchmarks} scores a causal LM (lm-eval loglikelihoods): "
+                             "it needs task=sft with a decoder model")
         init = self.lora.init_lora_weights
         if isinstance(init, str) and init.startswith("pissa") and self.quant.mode != "none" and self.method == "lora":
             raise ValueError(f"lora.init_lora_weights={init} rewrites the base weights (W - BA), which peft refuses on a "

@@ -63,6 +63,16 @@ class ParamCfg(_Strict):
         return self
 
 
+class RacingCfg(_Strict):
+    """`sweep.racing`: seeds one round at a time, a configuration stopped once it is worse than its race's
+    leader (harness/study/racing.py says how, and why not Optuna's WilcoxonPruner)."""
+    min_seeds: int = Field(default=2, ge=2)     # seeds every configuration runs before it can be stopped
+    # the chance that a race's truly best configuration is ever stopped is at most 1 - confidence
+    # (Bonferroni over the looks and the comparisons against the leader)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    statistic: Literal["paired_t"] = "paired_t"  # one-sided paired t over the shared seeds (the verdicts' test)
+
+
 class SweepCfg(_Strict):
     """The `sweep:` block of sweeps/<name>.yaml: where to search and how (see harness/study/driver.py)."""
     name: str | None = None        # filled in by load(): the sweep group option
@@ -87,9 +97,24 @@ class SweepCfg(_Strict):
     grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
     max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died
     allow_changes: list[str] = []   # config keys a resume may change (you vouch they cannot affect results)
-    # equivalence margin of `python -m analysis` verdicts, as a fraction of accuracy (0.01 = 1 point): a
-    # difference inside ±margin is "equivalent"; --margin overrides it (analysis/verdicts.py)
+    # racing (harness/study/racing.py): null = off (every configuration runs every seed); `true` or
+    # {min_seeds, confidence, statistic} = on
+    racing: RacingCfg | None = None
+    # budget: run the grid (or n_trials / timeout); decided: also end once every comparison has a verdict
+    # or no seed left can change it (harness/study/verdict.py)
+    stop_when: Literal["budget", "decided"] = "budget"
+    # equivalence margin ±δ as a fraction of accuracy (0.01 = 1 point): a difference inside ±margin is
+    # "equivalent"; of `python -m analysis` verdicts (--margin overrides it; analysis/verdicts.py) and of
+    # stop_when: decided (harness/study/verdict.py)
     margin: float = Field(default=0.01, gt=0, lt=1)
+    # compare each arm (a setting of the other axes) at its own best value of this axis, e.g. train.lr
+    # (the analysis's --tune); racing then races each arm's values of it
+    tune: str | None = None
+
+    @field_validator("racing", mode="before")
+    @classmethod
+    def _racing_switch(cls, v):
+        return {} if v is True else None if v is False else v
 
     @field_validator("space")
     @classmethod
@@ -119,6 +144,26 @@ class SweepCfg(_Strict):
             raise ValueError(f"pruner={self.pruner} needs one objective; Optuna cannot prune multi-objective studies")
         if not self.objectives:
             raise ValueError("objectives is empty: e.g. {accuracy: maximize}")
+        self._racing_combinations()
         if self.sampler != "grid" and self.n_trials is None and self.timeout is None:
             raise ValueError(f"sampler={self.sampler} needs a budget: set sweep.n_trials and/or sweep.timeout (seconds)")
         return self
+
+    def _racing_combinations(self) -> None:
+        if self.tune is not None and self.tune not in self.space:
+            raise ValueError(f"tune={self.tune} is not a searched axis (the space has {', '.join(self.space)})")
+        wants = [w for w, on in (("racing", self.racing is not None), ("stop_when=decided", self.stop_when == "decided"))
+                 if on]
+        for w in wants:
+            if self.sampler != "grid":
+                raise ValueError(f"{w} needs sampler=grid: its rounds and comparisons are over a known set of "
+                                 f"configurations (got sampler={self.sampler})")
+            if len(self.objectives) != 1:
+                raise ValueError(f"{w} needs one objective (got {', '.join(self.objectives)}): which one is worse "
+                                 "is undefined on a Pareto front")
+        if self.racing is not None and len(self.seeds) <= self.racing.min_seeds:
+            raise ValueError(f"racing needs more seeds than racing.min_seeds={self.racing.min_seeds} (got "
+                             f"{len(self.seeds)}): with no later round there is nothing to save")
+        if self.stop_when == "decided" and len(self.seeds) < 3:
+            raise ValueError(f"stop_when=decided needs >= 3 seeds (got {len(self.seeds)}): a verdict needs 2 "
+                             "and stopping early needs a round after it")

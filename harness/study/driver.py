@@ -26,7 +26,7 @@ from harness.optuna_parts import dashboard_command, storage_error, tally, where
 from harness.record import resume_dir, trial_dir
 from harness.runners import Runner
 from harness.runners.warm import make_runner
-from harness.study import keep
+from harness.study import keep, racing
 from harness.study import space as space_mod
 from harness.study import summary as report
 from harness.study.checks import check, config_changes, experiment_config
@@ -123,6 +123,7 @@ class Driver:
                         break
                     slot = free.pop(0)
                     running[pool.submit(self.run_trial, *job, slot)] = slot
+                self._racing_news(bar)
                 if not running:
                     if self.stopping.is_set() or (self.sw.timeout and time.time() - t0 > self.sw.timeout):
                         break
@@ -182,11 +183,20 @@ class Driver:
         old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(s, h) for s, h in old.items()]
 
+    def _racing_news(self, bar) -> None:
+        """Racing's decisions above the bar; the seeds it skipped count as done (they fill the budget)."""
+        notes, skipped = self.session.drain()
+        for line in notes:
+            bar.write(line)
+        if skipped:
+            bar.update(skipped)
+
     def summary(self) -> int:
         s = self.session
         trials = s.study.get_trials(deepcopy=False)
+        notes = racing.summary_lines(s.study.user_attrs, s.rules, trials) if s.rules.on else []
         return report.summary(self.cfg, trials, tally(trials), s.study.best_trials if len(self.sw.objectives) > 1
-                              else None, s.url, dashboard_command(self.cfg.storage.url))
+                              else None, s.url, dashboard_command(self.cfg.storage.url), notes=notes)
 
 
 def run_study(cfg: DictConfig, overrides: list[str], runner=None) -> int:

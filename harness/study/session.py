@@ -14,6 +14,11 @@ Seeds: each configuration runs once per `sweep.seeds` entry, one trial per seed 
 also in the config). A grid enumerates (point, seed); other samplers enqueue the other seeds of a
 freshly sampled configuration right after it. `n_trials` counts trials, seed repeats included;
 reference arms come on top.
+
+Racing and stop_when: decided (harness/study/racing.py): the grid is queued the same way, round-major;
+at each claim the race is recomputed from the storage and decides which queued trial this worker takes
+(a later round waits for its look), and a stopped configuration's queued seeds are claimed and told
+PRUNED without running (user_attr racing=skipped).
 """
 from __future__ import annotations
 
@@ -27,10 +32,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config.schema import ConfigError
-from harness.optuna_parts import (directions, make_pruner, make_sampler, make_storage, mask_url, pop_waiting_trial,
+from harness.optuna_parts import (claim_trial, directions, make_pruner, make_sampler, make_storage, mask_url, pop_waiting_trial,
                                   quiet_optuna, retry_callback, tally, trial_handle, where)
 from harness.record import ATTR_METRICS
-from harness.study import keep
+from harness.study import keep, racing
 from harness.study import space as space_mod
 from harness.study.checks import config_changes, experiment_config, reference_key, reference_overrides
 from harness.study.outcome import Outcome
@@ -70,8 +75,14 @@ class Session:
         self.storage = make_storage(cfg, heartbeat=True)
         self.heartbeat = hasattr(self.storage, "record_heartbeat")
         self.points = None
+        self.rules = racing.Rules.of(self.sw)
+        self.notes: list[str] = []   # racing's decisions, for the driver to print
+        self.skipped = 0             # trials racing told PRUNED without running them, not yet on the bar
         if self.sw.sampler == "grid":
-            self.points = [(p, s) for p in space_mod.grid(self.sw.space) for s in self.sw.seeds]
+            grid = space_mod.grid(self.sw.space)
+            # racing gives seeds round by round: a budget below the grid cuts the last rounds, not configurations
+            self.points = [(p, s) for s in self.sw.seeds for p in grid] if self.rules.on else \
+                [(p, s) for p in grid for s in self.sw.seeds]
         n = self.sw.n_trials
         self.budget = n if self.points is None else min(n or len(self.points), len(self.points))
         self.references = [(dict(r), s) for r in (self.sw.get("references") or []) for s in self.sw.seeds]
@@ -105,6 +116,7 @@ class Session:
             self.study.set_user_attr("objectives", list(self.sw.objectives))
             self.study.set_metric_names(list(self.sw.objectives))  # optuna-dashboard's axis names
             self.study.set_user_attr("config", experiment_config(self.cfg))
+            self.study.set_user_attr("racing_rules", self.rules.record())
             for ref in self.sw.enqueue:
                 for s in self.sw.seeds:
                     self.study.enqueue_trial(dict(ref), user_attrs={"seed": s, "point": space_mod.point_key(dict(ref), s)},
@@ -129,6 +141,7 @@ class Session:
                 raise ConfigError(f"study {self.cfg.study} was created with another config ({'; '.join(changes[:6])}"
                                   f"{'; ...' if len(changes) > 6 else ''}): resuming would mix two experiments. Set "
                                   f"study=<new name>, or if these cannot affect results, '+sweep.allow_changes=[{keys}]'")
+            self._check_rules()
             if self.points is not None:
                 for _ in range(600):  # the creating worker may still be queueing the grid
                     if (self.storage.get_study_user_attrs(self.study_id).get("grid_queued")
@@ -138,6 +151,17 @@ class Session:
                 self._queue_grid()  # points a raised budget adds (resume); not atomic across workers
             self._queue_references()  # arms added to the sweep file since (resume)
         return new
+
+    def _check_rules(self) -> None:
+        """A study races (or stops when decided) by the rules it was created with: the decisions already
+        made, and the error rate they state, hold for those rules only."""
+        old = self.study.user_attrs.get("racing_rules")
+        new = self.rules.record()
+        if old is None:  # a study from before racing: it ran by the budget
+            old = {**new, "racing": None, "stop_when": "budget"}
+        if old != new and (self.rules.on or old["racing"] is not None or old["stop_when"] != "budget"):
+            raise ConfigError(f"study {self.cfg.study} was created with racing/stop_when {old}; the sweep asks for "
+                              f"{new}: resuming would change decisions already made. Set study=<new name>")
 
     def _queue_references(self) -> None:
         """Queue each reference arm once per seed, unless a trial holds it already (so a resume adds
@@ -193,7 +217,11 @@ class Session:
         c = tally(trials)
         if self.budget is not None and c["done"] + c["running"] >= self.budget:
             return None
-        if self.points is not None:
+        if self.points is not None and self.rules.on:
+            trial = self._race_claim(trials)  # racing / stop_when: the race picks which queued trial
+            if trial is None:
+                return None
+        elif self.points is not None:
             # grid: claim a queued point (WAITING -> RUNNING, compare-and-set in the storage); never
             # ask(), which would sample a point outside the grid when another worker took the last one
             tid = pop_waiting_trial(self.study)
@@ -217,6 +245,65 @@ class Session:
                 self.study.enqueue_trial(params, user_attrs={"seed": s, "point": space_mod.point_key(params, s)})
         return trial, params, seed
 
+    # -- racing (harness/study/racing.py): every decision recomputed from the storage at each claim
+    def race_state(self, trials=None) -> racing.State:
+        """The race as the storage has it; stops and the study's end not yet recorded are written as
+        study user attrs (the same values whichever worker writes them) and noted for the console."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False) if trials is None else trials
+        configs, cells = racing.cells_of(trials, list(self.sw.seeds), self.sw.max_retry, self.sw.grace_period)
+        st = racing.race(configs, cells, self.rules)
+        attrs = self.storage.get_study_user_attrs(self.study_id)
+        for c, stop in st.stopped.items():
+            if racing.attr_name(c) not in attrs:
+                rec = racing.stop_record(c, stop, st)
+                self.study.set_user_attr(racing.attr_name(c), rec)
+                self.notes.append(f"racing: {rec['label']} gets no more seeds: {rec['why']}")
+        if st.decided is not None and "stopped" not in attrs:
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            self.study.set_user_attr("stopped", st.decided)
+            self.notes.append(f"study stopped: {st.decided['why']}" + (f"; the {running} running trial(s) finish"
+                                                                        if running else ""))
+        return st
+
+    def _race_claim(self, trials):
+        """Claim the first eligible queued trial in the race's order; a stopped configuration's queued
+        seeds met on the way are claimed and told PRUNED without running."""
+        from optuna.trial import TrialState
+
+        st = self.race_state(trials)
+        for action, t in racing.plan([t for t in trials if t.state == TrialState.WAITING], st, self.rules):
+            tid = self._tid(t.number)
+            if not claim_trial(self.study, tid):
+                continue  # another worker took it
+            handle = trial_handle(self.study, tid)
+            handle.set_user_attr("driver", self.me)
+            if action == "run":
+                return handle
+            self._skip(handle, st)
+        return None
+
+    def _skip(self, trial, st: racing.State) -> None:
+        from optuna.trial import TrialState
+
+        space_mod.suggest(trial, self.sw.space)  # its params, as the trials that ran have them
+        params = json.loads(trial.user_attrs["point"])
+        params.pop("seed", None)
+        stop = st.stopped[racing.vd.config_key(params)]
+        for k, v in {racing.SKIP_ATTR: "skipped", "fail_reason": None, "settled": True,
+                     "prune_reason": f"racing: not run: the configuration stopped after {stop.n} seeds, "
+                                     f"{stop.why(st.configs)}"}.items():
+            trial.set_user_attr(k, v)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.skipped += 1
+
+    def drain(self) -> tuple[list[str], int]:
+        """(racing's new console lines, trials it skipped) since the last call."""
+        with self.lock:
+            notes, skipped, self.notes, self.skipped = self.notes, self.skipped, [], 0
+        return notes, skipped
+
     def beat(self, number: int):
         """The heartbeat of trial `number` (a no-op for storages without one), for the runner to call."""
         trial_id = self._tid(number)
@@ -232,6 +319,7 @@ class Session:
         # always both keys: a retry inherits the user_attrs of the attempt it repeats
         attrs["fail_reason"] = out.reason if out.state == "FAIL" else None
         attrs["prune_reason"] = out.reason if out.state == "PRUNED" else None
+        attrs["settled"] = not interrupted  # racing: this outcome is final (an interrupted trial is retried)
         with self.lock:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)

@@ -250,7 +250,7 @@ def trial_table(trials, axes: list[str], objectives) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str) -> int:
+def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str, notes=()) -> int:
     """The end of a sweep: counts, the configurations (seed means ± 95% CI, best mean first) or the
     Pareto set, the best configuration, and the command that reruns its first seed as a single run.
     Returns the driver's exit code (1 when nothing completed)."""
@@ -259,6 +259,8 @@ def summary(cfg, trials, c: dict, pareto, url: str, dashboard: str) -> int:
     sw = cfg.sweep
     print(f"\nstudy {cfg.study}: {c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
           + (f", {c['retried']} retried" if c["retried"] else "") + f"  (storage {url})")
+    for line in notes:  # racing's stops and why the study stopped (harness/study/racing.py summary_lines)
+        print(line)
     done = [t for t in trials if t.state.name == "COMPLETE"]
     if not done:
         for t in [t for t in trials if t.state.name == "FAIL"][-3:]:
