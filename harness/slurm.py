@@ -39,11 +39,11 @@ def executor(cfg):
         cfg.hardware.processes if cfg.hardware.device == "cuda" else 0)
     params = {"name": f"harness-{cfg.study}", "timeout_min": lc.timeout_min, "cpus_per_task": lc.cpus_per_task,
               "mem_gb": lc.mem_gb, "tasks_per_node": 1, "nodes": 1}
-    if ex.cluster == "slurm":  # accelerate launch starts the trial's N processes inside the one task
-        params.update({"gpus_per_node": gpus, "slurm_partition": lc.partition, "slurm_account": lc.account,
-                       "slurm_additional_parameters": dict(lc.additional) or None})
-    elif gpus:
+    if gpus:  # none on a CPU job: `--gpus-per-node=0` is a GRES request that a cluster without GPUs may refuse
         params["gpus_per_node"] = gpus
+    if ex.cluster == "slurm":  # accelerate launch starts the trial's N processes inside the one task
+        params.update({"slurm_partition": lc.partition, "slurm_account": lc.account,
+                       "slurm_additional_parameters": dict(lc.additional) or None})
     ex.update_parameters(**params)
     return ex
 
