@@ -50,7 +50,15 @@ def _submit(args: list[str]) -> list[str]:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     m = re.search(r"submitted (\d+) worker job\(s\) to slurm: (.+)", out.stdout)
     assert m, out.stdout  # to slurm, not to submitit's local executor
+    url = next(a.split("=", 1)[1] for a in args if a.startswith("storage.url="))
+    assert _secret(url) not in out.stdout + out.stderr, "the storage password was printed"
     return m.group(2).split()
+
+
+def _secret(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return f":{make_url(url).password}@"
 
 
 def _trials(url: str, study: str):
@@ -133,6 +141,9 @@ def test_cancelled_worker_loses_only_its_trial_retried_by_another_worker(tmp_pat
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states
         # every trial the storage knows has its directory, and no directory is unknown to the storage
         assert sorted(int(p.name) for p in (tmp_path / study / "trials").iterdir()) == sorted(states)
+        # the jobs got the password in their environment: not in the job folder (pickles, scripts, logs)
+        leaked = [p for p in tmp_path.rglob("*") if p.is_file() and _secret(pg_url).encode() in p.read_bytes()]
+        assert not leaked, f"the storage password was written to {leaked}"
     finally:
         _end(jobs)
 
