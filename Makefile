@@ -1,11 +1,12 @@
 # make trial   set up (once) and run one QLoRA trial on the embedded default, offline
 # make test    set up (once) and run the test suite
+# make test-fast  the suite without the tests that start real processes (minutes; while editing)
 # make sweep   set up (once) and run the default study (sweeps/lora_rank.yaml)
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup trial sweep test test-all
+.PHONY: setup trial sweep test test-fast test-all
 setup: $(VENV)/.setup-done
 
 # pyproject.toml asks for a torch range; constraints-cpu.txt pins the CPU wheel here (unconstrained,
@@ -26,6 +27,9 @@ sweep: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gpu and not process"
 
 test-all: setup
 	$(PY) -m pytest -m "not gpu"

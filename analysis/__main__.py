@@ -43,7 +43,7 @@ def _err(msg: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _args(sys.argv[1:] if argv is None else argv)
     from analysis import figures, plotting, runs, tables
-    from harness.config import ConfigError, load
+    from harness.config.schema import ConfigError, load
 
     overrides = list(args.overrides)
     if args.group:

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.runs import CONFIG_KEYS  # noqa: E402
 from analysis.stats import LABELS, t_interval  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design". Yellow last and unused: too faint on white.
@@ -25,8 +26,6 @@ STYLE = {
 AXIS_TITLES = {"lora.r": "LoRA rank r", "lora.alpha": "LoRA alpha α", "lora.alpha_over_r": "α / r",
                "lora.targets": "adapted modules (trainable parameters)", "data.train_size": "training-set size (examples)",
                "train.lr": "learning rate"}
-CONFIG_KEYS = ("lora.targets", "lora.r", "lora.alpha", "data.train_size", "train.lr", "lora.dropout",
-               "train.max_steps", "quant.mode", "model.name", "data.name")
 REFERENCES = {"head_only": ("head only (linear probe)", ":", "#D55E00"), "full": ("full fine-tune", "-.", "#000000")}
 ACC = "accuracy on the test split"
 ACC_CI = "accuracy (mean ± 95% CI over seeds)"

@@ -16,38 +16,26 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
 
-from harness import adapters
-from harness import checkpoint as ckpt
-from harness import classify, sft
-from harness import config as config_mod
-from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
-from harness.data import Splits, cache_dir
-from harness.loop import (LoopResult, adapter_checksum, eval_log, intermediate_items, train_batches,  # noqa: F401
+from harness.trial import adapters
+from harness.trial import checkpoint as ckpt
+from harness.tasks import TASKS, Task  # noqa: F401 (re-exported for tests)
+from harness.config import schema as config_mod
+from harness.trial.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
+from harness.data.load import cache_dir
+from harness.trial.loop import (LoopResult, adapter_checksum, eval_log, intermediate_items, train_batches,  # noqa: F401
                           train_loop)
-from harness.models import prepare
+from harness.trial.models import prepare
 from harness.optuna_parts import trial_reporter
-from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir  # noqa: F401 (re-exported)
-from harness.shared import Shared, release, shared
-from harness.tracking import Run, provenance, usable_cpus, write_json
-
-
-class Task(Protocol):
-    """What a task module gives the trial (harness/classify.py and harness/sft.py document theirs)."""
-    def load_splits(self, data_cfg) -> Splits: ...
-    def items(self, tokenizer, examples, cfg) -> list[dict]: ...
-    def collate(self, items: list[dict], pad_id: int, device) -> dict: ...
-    def evaluate(self, model, items, cfg, tokenizer, accelerator) -> dict: ...
-    def reference_accuracy(self, items: list[dict]) -> float | None: ...
-
-
-TASKS: dict[str, Task] = {"classification": classify, "sft": sft}
+from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir, wandb_exit_code  # noqa: F401 (re-exported)
+from harness.trial.context import TrialContext
+from harness.trial.shared import Shared, release, shared  # noqa: F401 (Shared: tests)
+from harness.trial.tracking import Run, provenance, usable_cpus, write_json
 
 
 def run_dir_of(cfg) -> Path:
@@ -93,14 +81,15 @@ def _baseline_path(cfg, test_items) -> Path:
     return cache_dir() / "baselines" / f"{cfg.model.name}-{key}.json"
 
 
-def baseline_eval(cfg, task: Task, sh: Shared, accelerator, clock: Clock) -> tuple[dict | None, bool, float | None]:
+def baseline_eval(ctx: TrialContext) -> tuple[dict | None, bool, float | None]:
     """The base model with its untrained head: what the adapters have to beat. The same for every trial of
     a study that shares base, quant, seed and test split, so it is computed once and read back.
     Returns (eval, read from the cache?, its FLOPs: a study-level cost kept beside the trial's own)."""
+    cfg, task, sh, accelerator = ctx.cfg, ctx.task, ctx.shared, ctx.accelerator
     if not cfg.eval.baseline:
         return None, False, None
-    with clock.phase("baseline"):
-        main = accelerator.is_main_process
+    with ctx.clock.phase("baseline"):
+        main = ctx.main
         key_path = _baseline_path(cfg, sh.test_items)
         cached = [json.loads(key_path.read_text()) if main and key_path.is_file() else None]
         if accelerator.num_processes > 1:
@@ -115,10 +104,11 @@ def baseline_eval(cfg, task: Task, sh: Shared, accelerator, clock: Clock) -> tup
         return baseline, cached[0] is not None, eval_flops(matmul_params(sh.model), baseline["tokens"])
 
 
-def attach_adapters(cfg, sh: Shared, clock: Clock):
+def attach_adapters(ctx: TrialContext):
     """The trained part (LoRA, head only, or everything) on the base: (model, targets, parameter counts)."""
-    with clock.phase("load"):
-        model, targets = prepare(sh.model, cfg)
+    cfg = ctx.cfg
+    with ctx.clock.phase("load"):
+        model, targets = prepare(ctx.shared.model, cfg)
         # k-bit preparation makes the embeddings' output require grad: the backward then runs through every layer
         params = param_counts(model, input_grads=cfg.method == "lora" and cfg.quant.mode != "none")
     return model, targets, params
@@ -130,7 +120,8 @@ def _method_line(cfg, targets) -> str:
     return {"head_only": "head only (frozen base)", "full": "full fine-tune"}[cfg.method]
 
 
-def announce(cfg, sh: Shared, targets, params, world: int) -> None:
+def announce(ctx: TrialContext, targets, params) -> None:
+    cfg, sh, world = ctx.cfg, ctx.shared, ctx.accelerator.num_processes
     t = cfg.train
     per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     print(f"[harness] trial {cfg.study}/{cfg.trial}: {cfg.model.name} {cfg.quant.mode} on {cfg.data.name} "
@@ -140,20 +131,21 @@ def announce(cfg, sh: Shared, targets, params, world: int) -> None:
           f"examples/step, {t.max_steps} steps", flush=True)
 
 
-def final_eval(cfg, task: Task, model, sh: Shared, accelerator, tracker, clock: Clock, res: LoopResult, run_dir):
+def final_eval(ctx: TrialContext, model, res: LoopResult):
     """The eval of the finished model (skipped for failed or pruned runs: nothing to measure)."""
+    cfg, task, sh, accelerator, run_dir = ctx.cfg, ctx.task, ctx.shared, ctx.accelerator, ctx.run_dir
     if res.status != "complete":
         return None
-    with clock.phase("eval"):
+    with ctx.clock.phase("eval"):
         final = task.evaluate(model, sh.test_items, cfg, sh.tokenizer, accelerator)
     if accelerator.is_main_process and "predictions" in final:  # per item, for error analysis and pairing
         _write_predictions(run_dir / "predictions.jsonl", final.pop("predictions"), sh.test_items, sh.splits.labels)
     res.eval_tokens += final["tokens"]
-    if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/adapters.py)
+    if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/trial/adapters.py)
         adapters.save(accelerator.unwrap_model(model), sh.tokenizer, run_dir, cfg, sh.splits.labels)
     res.evals.append({"step": res.step, "accuracy": final["accuracy"], "loss": final["loss"],
                       **final.get("metrics", {})})
-    tracker.log(eval_log(final), step=res.step)
+    ctx.tracker.log(eval_log(final), step=res.step)
     return final
 
 
@@ -166,8 +158,9 @@ def _write_predictions(path: Path, preds: list[dict], test_items: list[dict], la
                                 "correct": p["correct"], "text": text[:200]}) + "\n")
 
 
-def cost(cfg, params: dict, res: LoopResult, accelerator, clock: Clock) -> dict:
+def cost(ctx: TrialContext, params: dict, res: LoopResult) -> dict:
     """Tokens (summed over ranks), FLOPs by the stated formula (cost.py), device-seconds, memory, money."""
+    cfg, accelerator, clock = ctx.cfg, ctx.accelerator, ctx.clock
     world, device = accelerator.num_processes, torch.device(accelerator.device)
     if world > 1:
         res.tokens, res.padded = (int(v) for v in accelerator.reduce(
@@ -185,13 +178,14 @@ def cost(cfg, params: dict, res: LoopResult, accelerator, clock: Clock) -> dict:
             "cost_usd": compute_s * world / 3600 * cfg.hardware.price_per_device_hour}
 
 
-def make_record(cfg, sh: Shared, res: LoopResult, final, baseline, base_info: tuple, targets, costs: dict,
-                checksums: list[str], accelerator, clock: Clock) -> TrialRecord:
+def make_record(ctx: TrialContext, res: LoopResult, final, baseline, base_info: tuple, targets, costs: dict,
+                checksums: list[str]) -> TrialRecord:
     """The typed record of this trial (record.py); result.json adds the config and the loss history."""
+    cfg, sh, accelerator, clock = ctx.cfg, ctx.shared, ctx.accelerator, ctx.clock
     t, world = cfg.train, accelerator.num_processes
     per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     baseline_cached, baseline_flops = base_info
-    rec = TrialRecord(
+    fields = dict(
         status=res.status, reason=res.reason, study=cfg.study, trial=cfg.trial,
         accuracy=final["accuracy"] if final else None, eval_loss=final["loss"] if final else None,
         method=cfg.method,
@@ -220,19 +214,19 @@ def make_record(cfg, sh: Shared, res: LoopResult, final, baseline, base_info: tu
         extra["samples"] = samples
     if t.eval_every:  # the intermediate evals' subset, when eval.intermediate_examples drew one (loop.py)
         extra["intermediate_eval_examples"] = len(intermediate_items(sh.test_items, cfg))
-    return rec.model_copy(update=extra)
+    return TrialRecord(**{**fields, **extra})  # validated: a key the type does not declare must be an eval.metrics number
 
 
 def publish(rec: TrialRecord, tracker, resolved: dict, history: list[dict], run_dir: Path, main: bool) -> dict:
     """result.json (the record + config + loss history) and the W&B run's tables and summary (rank 0)."""
-    record = rec.model_dump()
+    record = rec.model_dump(exclude_unset=True)  # the keys this trial set: sft's metrics only for sft
     for k, rows in record.get("samples", {}).items():
         tracker.table(f"samples/{k}", rows)
     if main:
         record["wandb"] = tracker.info()
         write_json(run_dir / "result.json", {**record, "config": resolved, "history": history})
         tracker.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None},
-                       exit_code=0 if rec.status == "complete" else 1)
+                       exit_code=wandb_exit_code(rec.status))
     return record
 
 
@@ -243,7 +237,7 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     """Run one trial from a resolved config; returns the record (also written to result.json).
 
     reporter(step, metrics) -> bool is called on rank 0 after each intermediate eval; True prunes.
-    cache: a warm worker's {shared_key: Shared} (harness/warm.py); None loads everything (the cold path).
+    cache: a warm worker's {shared_key: Shared} (harness/trial/worker.py); None loads everything (the cold path).
     """
     cfg = config_mod.complete(cfg)
     task, clock = TASKS[cfg.task.type], Clock()
@@ -254,22 +248,23 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     resolved = config_mod.OmegaConf.to_container(cfg, resolve=True)
     sh = shared(cfg, task, accelerator, clock, cache)
     tracker = Run(cfg, resolved, run_dir, enabled=main)
-    baseline, *base_info = baseline_eval(cfg, task, sh, accelerator, clock)
+    ctx = TrialContext(cfg, task, accelerator, sh, tracker, clock, run_dir, resolved)
+    baseline, *base_info = baseline_eval(ctx)
     model = sh.model
     try:
-        model, targets, params = attach_adapters(cfg, sh, clock)
+        model, targets, params = attach_adapters(ctx)
         if main:
-            announce(cfg, sh, targets, params, accelerator.num_processes)
-        model, res = train_loop(cfg, task, model, sh, accelerator, tracker, reporter, clock, run_dir, resolved)
-        final = final_eval(cfg, task, model, sh, accelerator, tracker, clock, res, run_dir)
-        costs = cost(cfg, params, res, accelerator, clock)
+            announce(ctx, targets, params)
+        model, res = train_loop(ctx, model, reporter)
+        final = final_eval(ctx, model, res)
+        costs = cost(ctx, params, res)
         checksums = [adapter_checksum(model)]
         if accelerator.num_processes > 1:
             checksums = gather_object(checksums)
     finally:
         if cache is not None:
             release(cfg, accelerator.unwrap_model(model), sh, cache)
-    rec = make_record(cfg, sh, res, final, baseline, tuple(base_info), targets, costs, checksums, accelerator, clock)
+    rec = make_record(ctx, res, final, baseline, tuple(base_info), targets, costs, checksums)
     record = publish(rec, tracker, resolved, res.history, run_dir, main)
     accelerator.wait_for_everyone()
     if main and res.status != "failed" and cfg.train.checkpoint_every:
