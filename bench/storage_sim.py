@@ -3,10 +3,11 @@
     python -m bench.storage_sim --pg-url postgresql+psycopg://user:pw@host:5433/db   # K = 4, 16, 64
     python -m bench.storage_sim --quick                                               # smoke test
 
-Each simulated worker is the real study driver (harness.study.Driver: open, next_trial, run_trial,
-heartbeats, the retry callback, the summary) with its own storage object, i.e. its own connection
-pool, as a worker on its own machine has. Only the trial is simulated: an in-process runner (the
-runner seam the tests use) sleeps a drawn duration (lognormal, median --median-s), heartbeats every
+Each simulated worker is the real study driver (harness/study/driver.py's Driver and its Session from
+harness/study/session.py: open, next_trial, run_trial, tell, heartbeats, the retry callback, the summary)
+with its own storage object, i.e. its own connection pool, as a worker on its own machine has. Only
+the trial is simulated: an in-process runner (the Runner protocol of harness/runners/__init__.py, as
+the tests' in-process runners implement it) sleeps a drawn duration (lognormal, median --median-s), heartbeats every
 sweep.heartbeat_interval seconds meanwhile, and reports a drawn accuracy. Workers are THREADS in one
 process, not processes: 64 driver processes (each ~1 s of CPU to import, ~150 MB) do not fit a shared
 2-core box. The consequence, reported per run as `client_cpu`: all K drivers share one Python
@@ -17,11 +18,11 @@ Three simplifications, all outside the storage path: each trial's config is the 
 validated once with the trial's params, seed and number merged in, instead of a fresh Hydra compose
 and validation (~0.2 CPU-s a trial, spent on each worker's own machine in a real cluster; and Hydra's
 global state is not thread-safe); the config.yaml a trial leaves (attached as an artifact, like its
-result.json) is the base's text; the end-of-study best-adapter bookkeeping (adapters.keep_best) is skipped.
+result.json) is the base's text; the end-of-study best-adapter bookkeeping (harness/study/keep.py) is skipped.
 
 Measured per (storage, K): trials/hour sustained (completed trials / wall time from the first ask to
 the last tell), the ideal rate K / mean trial duration, their ratio (efficiency), p50/p99 latency of
-ask (Driver.next_trial: reap stale trials, count, claim/ask, set attributes), tell (everything the
+ask (Session.next_trial: reap stale trials, count, claim/ask, set attributes), tell (everything the
 driver writes after the trial returns: user attributes, artifacts, study.tell) and heartbeat
 (storage.record_heartbeat), the peak number of PostgreSQL connections, and CPU seconds of this
 process and of the PostgreSQL server.
@@ -70,7 +71,8 @@ class Latencies:
 
 
 class SimRunner:
-    """The runner seam (harness/study.py): sleep a drawn duration, beat meanwhile, report a drawn accuracy."""
+    """A Runner (harness/runners/__init__.py) that starts no process: sleep a drawn duration, beat
+    meanwhile, report a drawn accuracy."""
 
     def __init__(self, lat: Latencies, median_s: float, sigma: float, seed: int):
         self.lat, self.median_s, self.sigma, self.seed = lat, median_s, sigma, seed
@@ -78,8 +80,9 @@ class SimRunner:
         self.durations: list[float] = []
         self.yaml = None
 
-    def run(self, tcfg, run_dir, slot, started, beat, every, objectives):
-        from harness.launch import outcome
+    def run(self, tcfg, run_dir, slot, started, beat, every):
+        from harness.record import TrialRecord
+        from harness.runners import Ended
 
         rng = random.Random(f"{self.seed}:{tcfg.trial}")
         started(os.getpid())
@@ -87,7 +90,7 @@ class SimRunner:
         self.durations.append(dur)
         end = time.time() + dur
         t = time.perf_counter()
-        beat()  # the trial process's first beat, then one per interval (harness.launch's heartbeat thread)
+        beat()  # a first beat, then one per interval, as a real runner's wait loop beats
         self.lat.add("heartbeat", time.perf_counter() - t)
         while (left := end - time.time()) > 0:
             time.sleep(min(every, left))
@@ -100,13 +103,12 @@ class SimRunner:
         # what a trial leaves for the driver to attach as artifacts: its config.yaml and result.json
         (Path(run_dir) / "config.yaml").write_text(self.config_text(tcfg))
         (Path(run_dir) / "result.json").write_text(json.dumps(rec))
-        out = outcome(0, rec, Path(run_dir) / "log.txt", objectives)
         self.local.returned = time.perf_counter()
-        return out
+        return Ended(0, TrialRecord.model_validate(rec), Path(run_dir) / "log.txt")
 
     def config_text(self, tcfg) -> str:
         if self.yaml is None:
-            from harness.config import to_yaml
+            from harness.config.schema import to_yaml
 
             self.yaml = to_yaml(tcfg)
         return self.yaml
@@ -114,12 +116,22 @@ class SimRunner:
     def stop(self, sig=None):
         pass
 
+    def prestart(self, cfg):
+        pass
+
+    def close(self):
+        pass
+
+    def discard(self):
+        pass
+
 
 def _patch_compose():
     """Compose and validate the base once (under a lock: Hydra's global state), then merge each trial's
     keys (params, seed, number) into a copy: the config the driver would compose, without ~0.2 CPU-s of
     Hydra + validation per trial that a real worker spends on its own machine."""
-    import harness.study as study_mod
+    import harness.study.driver as study_mod
+    import harness.study.keep as keep_mod
     from omegaconf import OmegaConf
 
     cache, lock, real_load, real_complete = {}, threading.Lock(), study_mod.load_with_choices, study_mod.complete
@@ -136,19 +148,24 @@ def _patch_compose():
 
     study_mod.load_with_choices = cached
     study_mod.complete = lambda cfg: cfg  # cached() returns the completed config
-    study_mod.adapters.keep_best = lambda *a, **k: None
+    keep_mod.keep_best = lambda *a, **k: None
 
 
 def _timed_driver(lat: Latencies):
-    from harness.study import Driver
+    from harness.study.driver import Driver
 
     class TimedDriver(Driver):
-        def next_trial(self, t0):
-            t = time.perf_counter()
-            job = super().next_trial(t0)
-            if job is not None:
-                lat.add("ask", time.perf_counter() - t)
-            return job
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            ask = self.session.next_trial
+
+            def next_trial(t0):
+                t = time.perf_counter()
+                job = ask(t0)
+                if job is not None:
+                    lat.add("ask", time.perf_counter() - t)
+                return job
+            self.session.next_trial = next_trial
 
         def run_trial(self, trial, params, seed, slot):
             res = super().run_trial(trial, params, seed, slot)
@@ -203,7 +220,7 @@ def _fresh_pg_db(url: str) -> str:
 
 
 def run_one(storage: str, k: int, n: int, args, out_root: Path) -> dict:
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
 
     lat = Latencies()
     runner_seed = 1000 * k + (1 if storage == "postgres" else 2)
@@ -222,7 +239,7 @@ def run_one(storage: str, k: int, n: int, args, out_root: Path) -> dict:
     Timed = _timed_driver(lat)
     runners = [SimRunner(lat, args.median_s, args.sigma, runner_seed + i) for i in range(k)]
     first = Timed(cfg, ov, runner=runners[0])
-    first.open()  # the study exists before K workers race (as launcher=slurm does before it submits)
+    first.session.open()  # the study exists before K workers race (as launcher=slurm does before it submits)
     peak_conn, stop_watch = [0], threading.Event()
 
     def watch():
@@ -257,7 +274,7 @@ def run_one(storage: str, k: int, n: int, args, out_root: Path) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    trials = optuna.load_study(study_name=study, storage=first.storage).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=study, storage=first.session.storage).get_trials(deepcopy=False)
     complete_ = [t for t in trials if t.state == TrialState.COMPLETE]
     asks = [ts for ts, op in lat.events if op == "ask"]
     tells = [ts for ts, op in lat.events if op == "tell"]

@@ -25,6 +25,7 @@ PARTITION = os.environ.get("HARNESS_TEST_SLURM")
 PG_URL = os.environ.get("HARNESS_TEST_PG_URL")
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.process,
     pytest.mark.skipif(not (PARTITION and shutil.which("sbatch")),
                        reason="no test SLURM cluster: run `export HARNESS_TEST_SLURM=$(sudo bash .ci/slurm)` "
                               "(.ci/run does this in CI)"),
@@ -154,7 +155,7 @@ def test_requeued_job_resumes_its_trial_from_the_checkpoint(tmp_path, pg_url):
     the job, started again by SLURM under the same id, continues the retry from that checkpoint."""
     from optuna.trial import TrialState
 
-    from harness.checkpoint import is_checkpoint
+    from harness.record import is_checkpoint
 
     study = f"requeue_{uuid.uuid4().hex[:8]}"
     steps = 1200
@@ -192,7 +193,7 @@ def test_job_scripts_request_the_trials_cpus_and_gpus(tiny_cfg):
     """The sbatch script of a CPU study asks for launcher.cpus_per_task and no GPU, and the test
     cluster accepts it (`sbatch --test-only`); a 4-GPU trial's script asks for 4 GPUs (as text; SLURM reads it
     as a GPU GRES request and refuses it, since this cluster has no GPU GRES)."""
-    from harness.slurm import executor
+    from harness.runners.slurm import executor
 
     def script(cfg) -> str:
         ex = executor(cfg)._executor
