@@ -1,6 +1,6 @@
 """How far one study database carries: K simulated workers on one storage (a simulation; no cluster here).
 
-    python -m bench.storage_sim --pg-url postgresql+psycopg://user:pw@host:5433/db   # K = 4, 16, 64
+    python -m bench.storage_sim --pg-url postgresql+psycopg://user:pw@host:5433/db   # K = 4, 16, 64, both storages
     python -m bench.storage_sim --quick                                               # smoke test
 
 Each simulated worker is the real study driver (harness/study/driver.py's Driver and its Session from
@@ -339,13 +339,14 @@ def main(argv=None) -> int:
     if "postgres" in args.storages and not args.pg_url:
         ap.error("--pg-url (or HARNESS_TEST_PG_URL) is needed for the postgres runs")
     _patch_compose()
+    name = "storage_sim" if len(args.storages) > 1 else f"storage_sim_{args.storages[0]}"
     rows = []
     with tempfile.TemporaryDirectory(prefix="storage-sim-") as tmp:
         for storage in args.storages:
             for k in args.k:
                 row = run_one(storage, k, args.trials, args, Path(tmp) / f"{storage}_{k}")
                 rows.append(row)
-                save("storage_sim", {"settings": {k: v for k, v in vars(args).items() if k != "pg_url"},
+                save(name, {"settings": {k: v for k, v in vars(args).items() if k != "pg_url"},
                                      "base_overrides": BASE, "rows": rows, "partial": True}, args.quick)
                 print(f"{storage:8s} K={k:3d}: {row['trials']} trials in {row['wall_s']} s = "
                       f"{row['trials_per_hour']}/h (ideal {row['ideal_per_hour']}/h, eff {row['efficiency']}), "
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
             "peak_connections"]
     print(table(rows, cols))
     settings = {k: v for k, v in vars(args).items() if k != "pg_url"}
-    path = save("storage_sim", {"settings": settings, "base_overrides": BASE, "rows": rows}, args.quick)
+    path = save(name, {"settings": settings, "base_overrides": BASE, "rows": rows}, args.quick)
     print(f"wrote {path}")
     return 0
 
