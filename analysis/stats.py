@@ -143,10 +143,17 @@ def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     """Power of a two-sided paired t test at this effect, sd of differences and n (noncentral t)."""
     if n < 2 or not sd > 0:
         return np.nan
-    df, nc = n - 1, effect / sd * math.sqrt(n)
+    df, nc = n - 1, abs(effect) / sd * math.sqrt(n)  # symmetric in the sign of the effect
     crit = stats.t.ppf(1 - alpha / 2, df)
-    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    return 1.0 if math.isnan(p) and abs(nc) > crit else p  # scipy's nct gives NaN far out in the tail
+    near = float(stats.nct.sf(crit, df, nc))
+    # The far tail P(T' < -crit) needs Z + nc < 0, so it is below Phi(-nc); scipy's nct returns NaN
+    # there for small df and moderate nc (df=1, nc=8: NaN), which made the MDE's root finder stop at n=2.
+    far = float(stats.nct.cdf(-crit, df, nc))
+    if math.isnan(far):
+        far = 0.0 if nc > 5 else float(stats.norm.cdf(-nc))  # Phi(-5) = 3e-7: below any power we report
+    if math.isnan(near):
+        return 1.0 if nc > crit else np.nan  # NaN far out in the upper tail: power is 1 to print precision
+    return min(1.0, near + far)
 
 
 def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
@@ -156,6 +163,8 @@ def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, target: float
     hi = sd
     while power(hi, sd, n, alpha) < target:  # bracket the root: power rises with the effect
         hi *= 2
+        if hi > 1e6 * sd:  # cannot happen with a finite power function; guard rather than loop forever
+            return np.nan
     return float(optimize.brentq(lambda e: power(e, sd, n, alpha) - target, 1e-12 * sd, hi))
 
 

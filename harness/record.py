@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import types
 import typing
 from collections.abc import Mapping
 from functools import cache
@@ -161,8 +162,13 @@ ATTR_METRICS = ("accuracy", "eval_loss", "flops", "device_seconds", "tokens", "p
 
 
 def _scalar(annotation) -> bool:
-    args = typing.get_args(annotation) or (annotation,)
-    return typing.get_origin(annotation) is Literal or all(a in (str, int, float, bool, type(None)) for a in args)
+    """float | None, str, Literal[...] and the like: one value, not a list or a mapping."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return all(_scalar(a) for a in typing.get_args(annotation))
+    return annotation in (str, int, float, bool, type(None))
 
 
 # The record's scalar fields (a column each in the analysis's frame, a key each in the W&B summary)

@@ -35,7 +35,7 @@ def test_wheel_contains_the_configs_and_the_sweeps(wheel):
     assert "harness/conf/config.yaml" in names
     assert "harness/sweeps/lora_rank.yaml" in names
     # read at run time: the peft field list (config schema) and the local evaluate modules (eval.metrics)
-    assert {"harness/peft_lora.json", "harness/metrics/evaluate_modules/f1/f1.py"} <= names
+    assert {"harness/config/peft_lora.json", "harness/metrics/evaluate_modules/f1/f1.py"} <= names
     # Hydra reads sweeps as the `sweep` group of conf/ (in the checkout a symlink to sweeps/)
     sweeps = sorted(p.name for p in (ROOT / "sweeps").glob("*.yaml"))
     assert sweeps and all(f"harness/conf/sweep/{s}" in names for s in sweeps), sweeps

@@ -88,6 +88,9 @@ class SweepCfg(_Strict):
     grace_period: int = Field(default=60, ge=1)        # a RUNNING trial this silent is stale: failed + retried
     max_retry: int = Field(default=2, ge=0)            # retries of a trial whose driver died
     allow_changes: list[str] = []   # config keys a resume may change (you vouch they cannot affect results)
+    # equivalence margin of `python -m analysis` verdicts, as a fraction of accuracy (0.01 = 1 point): a
+    # difference inside ±margin is "equivalent"; --margin overrides it (analysis/verdicts.py)
+    margin: float = Field(default=0.01, gt=0, lt=1)
 
     @field_validator("space")
     @classmethod

@@ -88,6 +88,7 @@ def loaded(study_dir):
     return _load(study_dir, refresh=True)  # the one full read of all runs (two CLI calls per run)
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_loader_rows_match_study_and_records(study_dir, loaded):
     from analysis.runs import METRICS
 
@@ -133,6 +134,7 @@ def _small_copy(study_dir: Path, tmp_path: Path, keep=("0", "1")) -> Path:
     return copy
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_result_json_stands_in_without_wandb_files(study_dir, loaded, tmp_path):
     import shutil
 
@@ -148,6 +150,7 @@ def test_result_json_stands_in_without_wandb_files(study_dir, loaded, tmp_path):
     assert len(got.history[got.history["trial"] == 1]) == len(loaded.history[loaded.history["trial"] == 1])
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_frame_cache_is_reused_until_an_input_changes(study_dir, tmp_path):
     import time
 
@@ -182,6 +185,7 @@ def _varied(loaded):
     return Loaded(df, loaded.history, loaded.optuna_study)
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_every_figure_is_written_when_the_data_supports_it(loaded, tmp_path):
     from analysis.figures import figure_names, write_all
 
@@ -195,6 +199,7 @@ def test_every_figure_is_written_when_the_data_supports_it(loaded, tmp_path):
         _assert_written(tmp_path, name)
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_importance_ranks_the_parameter_that_drives_accuracy(loaded):
     import matplotlib.pyplot as plt
 
@@ -206,6 +211,7 @@ def test_importance_ranks_the_parameter_that_drives_accuracy(loaded):
     plt.close(fig)
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
     from analysis.__main__ import main
     from analysis.figures import figure_names
@@ -228,6 +234,7 @@ def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
     assert (study_dir / "trials.parquet").is_file()
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_pareto_points_drawn_are_exactly_the_non_dominated_configuration_means(loaded):
     import matplotlib.pyplot as plt
 
@@ -303,6 +310,7 @@ sweep:
 """
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_a_study_run_by_the_real_driver_reads_back_identically(tmp_path, capsys):
     """`python -m harness sweep=...` (trial processes, SQLite, offline W&B), then `python -m analysis`
     with the same overrides: one row per Optuna trial, values equal to result.json and the study."""
@@ -339,6 +347,7 @@ def test_a_study_run_by_the_real_driver_reads_back_identically(tmp_path, capsys)
     _assert_written(tmp_path / "out" / "figures", "accuracy_vs_compute")
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_records_are_the_default_source_and_agree_with_wandb(study_dir, loaded):
     """result.json read directly (no subprocess) gives the same frame as decoding the W&B files."""
     from analysis.runs import METRICS
@@ -353,6 +362,7 @@ def test_records_are_the_default_source_and_agree_with_wandb(study_dir, loaded):
             assert a.loc[t, key] == b.loc[t, key] or (pd.isna(a.loc[t, key]) and pd.isna(b.loc[t, key])), (t, key)
 
 
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_report_states_configurations_comparisons_and_a_recommendation(study_dir, loaded, tmp_path, capsys):
     from analysis.__main__ import main
 
@@ -363,10 +373,12 @@ def test_report_states_configurations_comparisons_and_a_recommendation(study_dir
     for part in ("## What was run", "## Configurations", "## Comparisons", "## Recommendation", "zero-shot (base model)",
                  "Holm", "best configuration mean", "## Test items most configurations get wrong"):
         assert part in md, part
-    # one seed per configuration but one (r=8, alpha=16: seeds 0 and 1): no pair shares 2 seeds, nothing is tested
+    # one seed per configuration but one (r=8, alpha=16: seeds 0 and 1): no pair shares 2 seeds, so each is
+    # McNemar's exact test on the shared test items; chance-level tiny trials decide nothing
     comparisons = md.split("## Comparisons")[1].split("##")[0]
     lines = [x for x in comparisons.splitlines() if x.startswith("- ")]
-    assert lines and all("untested (1 shared seed)" in x for x in lines)
+    assert lines and all("1 seed, no interval over seeds" in x and "McNemar exact p" in x for x in lines)
+    assert all(x.count("**undecided**") == 1 and " — " in x for x in lines)
     assert "recommendation:" in printed and "best configuration mean" in printed
     tex = (out / "report.tex").read_text()
     assert tex.startswith("\\documentclass") and "\\toprule" in tex and tex.rstrip().endswith("\\end{document}")

@@ -115,7 +115,7 @@ def test_dora_records_more_train_flops_than_lora_at_equal_rank(tiny_cfg):
 
 
 def test_dora_formula_within_10_percent_of_torch_flop_counter(tiny_cfg):
-    from test_cost import BATCH, LENGTH, _batch, _measured, _model
+    from tests.trial.test_cost import BATCH, LENGTH, _batch, _measured, _model
 
     from harness.trial.cost import param_counts, train_flops
 

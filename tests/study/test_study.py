@@ -50,6 +50,7 @@ def by_lr(study) -> dict:
     return {t.params["train.lr"]: t for t in study.trials}
 
 
+@pytest.mark.process  # the real driver with its trial workers
 def test_failures_are_recorded_with_reasons_and_the_sweep_finishes(tmp_path, capsys):
     """A trial that raises, one whose loss is NaN and one whose process is killed are FAIL with
     reasons; the good one completes; NSGA-II, two objectives, enqueue and 2 trials at a time."""
@@ -166,6 +167,7 @@ sweep:
     assert len(load(tmp_path, "grid").trials) == len(study.trials)
 
 
+@pytest.mark.process  # the real driver with its trial workers
 def test_a_pruned_trial_stops_early_and_is_marked_pruned(tmp_path):
     ov = sweep(tmp_path, "prune", """\
 sweep:
