@@ -108,6 +108,10 @@ class ModelCfg(_Strict):
             raise ValueError("model.source=tiny needs a model.tiny block of transformers config kwargs")
         if self.source != "tiny" and not self.path:
             raise ValueError(f"model.source={self.source} needs model.path")
+        positions = (self.tiny or {}).get("max_position_embeddings")
+        if isinstance(positions, int) and self.max_length > positions:
+            raise ValueError(f"model.max_length={self.max_length} is beyond the model's {positions} positions "
+                             f"(model.tiny.max_position_embeddings): lower model.max_length")
         return self
 
 
