@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.record import is_checkpoint
 from harness.config.schema import ConfigError
 from harness.config.devices import cuda_devices
-from harness.data.load import DataError, check_sizes, load_pool
+from harness.data.load import DataError, check_sizes, load_pool, training_indices
 from harness.data.sources import hub_hint
 
 
@@ -28,6 +28,7 @@ def check(cfg: DictConfig) -> None:
     check_out_dir(cfg)
     check_tracking(cfg)
     check_hub_model(cfg.model)
+    check_max_length(cfg.model)
     check_data(cfg)
     if cfg.train.resume_from and not is_checkpoint(Path(cfg.train.resume_from)):
         raise ConfigError(f"train.resume_from={cfg.train.resume_from} is not a checkpoint folder (model.safetensors + "
@@ -93,8 +94,51 @@ def check_data(cfg: DictConfig) -> None:
             d = OmegaConf.merge(cfg.data, {"train_size": train, "test_size": test})
             try:
                 check_sizes(d, len(examples))
+                check_training_split(cfg, d, examples)
             except DataError as e:
                 raise DataError(f"{where_train or where_test}{e}") from None
+
+
+def check_training_split(cfg: DictConfig, data: DictConfig, examples: list) -> None:
+    """The training split the trial will draw must fill one batch, and (classification) hold two classes."""
+    if data.train_size < cfg.train.batch_size:  # every step would reuse the same few examples
+        raise DataError(f"data.train_size={data.train_size} is smaller than one batch (train.batch_size="
+                        f"{cfg.train.batch_size}): raise data.train_size or lower train.batch_size")
+    if cfg.task.type == "sft":
+        return
+    train_labels = {examples[i].label for i in training_indices(data, [e.label for e in examples])}
+    if len(train_labels) < 2:
+        raise DataError(f"data.train_size={data.train_size}: the training split holds one class only; raise "
+                        "data.train_size (the split is stratified by label)")
+
+
+def check_max_length(m: DictConfig) -> None:
+    """model.max_length within the model's positions (its config.json; a tiny model's is checked by the
+    schema): past them the embedding lookup fails in the first forward pass, after the model has loaded."""
+    cfg_json = None
+    if m.source == "package":
+        from harness.data.sources import package_dir
+
+        pkg, _, rel = m.path.partition("/")
+        cfg_json = package_dir(pkg) / rel / "config.json"
+    elif m.source == "hub":
+        local = Path(m.path).expanduser()
+        if local.is_dir():
+            cfg_json = local / "config.json"
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(m.path, "config.json", revision=m.revision)
+            cfg_json = Path(found) if isinstance(found, str) else None
+    if cfg_json is None or not cfg_json.is_file():
+        return
+    import json
+
+    conf = json.loads(cfg_json.read_text())
+    positions = conf.get("max_position_embeddings") or conf.get("n_positions")
+    if isinstance(positions, int) and m.max_length > positions:
+        raise ConfigError(f"model.max_length={m.max_length} is beyond the {positions} positions of {m.path} "
+                          f"({cfg_json.name}: max_position_embeddings): lower model.max_length")
 
 
 def check_hub_model(m: DictConfig) -> None:

@@ -92,7 +92,7 @@ class _LoraBase(BaseModel):
     """The `lora:` section: every field of peft's LoraConfig, under our names for the first four: r,
     alpha (lora_alpha), dropout (lora_dropout), targets (target_modules: a preset, "all-linear" or
     module names). Unknown keys are rejected with "did you mean" (harness/config/keys.py) like any other."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as config/sweep.py _Strict
 
     r: int = Field(ge=1, description="LoRA rank")
     alpha: float = Field(gt=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -108,6 +109,10 @@ class ModelCfg(_Strict):
             raise ValueError("model.source=tiny needs a model.tiny block of transformers config kwargs")
         if self.source != "tiny" and not self.path:
             raise ValueError(f"model.source={self.source} needs model.path")
+        positions = (self.tiny or {}).get("max_position_embeddings")
+        if isinstance(positions, int) and self.max_length > positions:
+            raise ValueError(f"model.max_length={self.max_length} is beyond the model's {positions} positions "
+                             f"(model.tiny.max_position_embeddings): lower model.max_length")
         return self
 
 
@@ -380,6 +385,14 @@ def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
     "use +key", which only leads to the schema's "Extra inputs are not permitted"."""
     from harness.config.keys import did_you_mean, is_schema_key
 
+    with _HYDRA:  # GlobalHydra is one per process: two slots composing at once would clear each other's
+        return _compose_once(conf_dir, overrides, did_you_mean, is_schema_key)
+
+
+_HYDRA = threading.Lock()
+
+
+def _compose_once(conf_dir: Path, overrides: list[str], did_you_mean, is_schema_key) -> DictConfig:
     for _ in range(len(overrides) + 1):
         GlobalHydra.instance().clear()
         try:

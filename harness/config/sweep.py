@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Strict(BaseModel):
-    # Unknown keys are typos far more often than intent: reject them.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are typos far more often than intent: reject them. inf/nan in a float setting
+    # (train.lr=inf) would pass every bound check and fail mid-training (or silently never): reject them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LauncherCfg(_Strict):

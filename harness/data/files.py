@@ -150,8 +150,10 @@ def _empty(v) -> bool:
     return v is None or (isinstance(v, str) and not v.strip())
 
 
-def read_records(path: str | Path, fields: list[str], encoding: str = "utf-8") -> list[dict]:
-    """Rows of a local data file holding the columns `fields` (each non-empty in every row)."""
+def read_records(path: str | Path, fields: list[str], encoding: str = "utf-8",
+                 text_columns: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a local data file holding the columns `fields` (each non-empty in every row); the
+    columns in `text_columns` must hold strings in every row."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"data.path={path} is a directory; point it at a file ({', '.join(SUFFIXES)})")
@@ -184,4 +186,17 @@ def read_records(path: str | Path, fields: list[str], encoding: str = "utf-8") -
         empty = [k for k in fields if _empty(row[k])]
         if empty:
             raise DataError(f"{where(at)}: empty value in column(s) {empty}; fill it in or drop the row")
+        for k in text_columns:
+            if not isinstance(row[k], str):
+                raise DataError(f"{where(at)}: column {k!r} holds {not_text(row[k])}, not text; it would be trained "
+                                "on as its Python string form: make it a string or fix the column")
     return [row for _, row in rows]
+
+
+def not_text(v) -> str:
+    """What a non-string value is, for an error line: 'a JSON object ({"a": 1})', 'the number 3'."""
+    import json
+
+    kind = {dict: "a JSON object", list: "a JSON array", bool: "a boolean", int: "the number", float: "the number"}
+    shown = json.dumps(v, default=str)
+    return f"{kind.get(type(v), type(v).__name__)} {shown[:40] + ('...' if len(shown) > 40 else '')}"

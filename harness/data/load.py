@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.data.files import DataError, read_records
+from harness.data.files import DataError, not_text, read_records
 from harness.data.sources import (
     RT_POLARITY,
     PackageFile,
@@ -111,12 +111,55 @@ def tiny_vocab() -> list[str]:
 
 
 def _labelled(rows: list[dict], text_field: str, label_field: str, where: str):
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r[text_field], str)), None)
+    if bad is not None:  # (local files are checked per line in read_records; this is the hub's rows)
+        raise DataError(f"{where}: row {bad}: column {text_field!r} holds {not_text(rows[bad][text_field])}, not text")
+    check_labels([r[label_field] for r in rows], label_field, where)
     names = sorted({str(r[label_field]) for r in rows})
     if len(names) < 2:  # training would reach loss ~0 at once and "accuracy" would mean nothing
         raise DataError(f"{where}: column {label_field!r} has one value ({names[0]!r}) in all {len(rows)} rows; "
                         "classification needs at least two classes")
     ids = {n: i for i, n in enumerate(names)}
-    return [str(r[text_field]) for r in rows], [ids[str(r[label_field])] for r in rows], names
+    counts = Counter(str(r[label_field]) for r in rows)
+    rare = sorted(n for n, c in counts.items() if c < 2)
+    if rare:  # one example cannot be in the test split and in training: the class is never both learnt and scored
+        raise DataError(f"{where}: label(s) {rare[:5]} occur once in column {label_field!r}; a class needs at least 2 "
+                        "examples (one for the test split, one for training): drop or merge those rows")
+    return [r[text_field] for r in rows], [ids[str(r[label_field])] for r in rows], names
+
+
+def _number(v) -> float | None:
+    """The number a label spells (1, 1.0, "1.0", " 1"), or None for a label that is not a number."""
+    if isinstance(v, bool):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if x == x else None
+
+
+def check_labels(values: list, label_field: str, where: str) -> None:
+    """Labels become classes by their string form: refuse values that would silently merge (1 and "1")
+    or split (1 and 1.0, "pos" and "pos ") a class, and values that are not labels at all."""
+    odd = next((v for v in values if not isinstance(v, (str, int, float, bool))), None)
+    if odd is not None:
+        raise DataError(f"{where}: column {label_field!r} holds {not_text(odd)}; a label is a string or a number")
+    by_name: dict[str, set] = defaultdict(set)
+    for v in values:
+        by_name[str(v)].add(type(v).__name__)
+    merged = next((n for n, types in by_name.items() if len(types) > 1), None)
+    if merged is not None:
+        raise DataError(f"{where}: column {label_field!r} holds {merged!r} both as {' and as '.join(sorted(by_name[merged]))}: "
+                        "they would silently become one class; write every label the same way")
+    same: dict[object, list[str]] = defaultdict(list)
+    for n in by_name:
+        x = _number(n)
+        same[("number", x) if x is not None else ("text", n.strip())].append(n)
+    split = next((sorted(ns) for ns in same.values() if len(ns) > 1), None)
+    if split is not None:
+        raise DataError(f"{where}: labels {split[:4]} in column {label_field!r} differ only in how they are written "
+                        "(number format or spaces) and would become separate classes: write every label the same way")
 
 
 def _encoding(cfg) -> str:
@@ -124,7 +167,7 @@ def _encoding(cfg) -> str:
 
 
 def _local(cfg):
-    rows = read_records(cfg.path, [cfg.text_field, cfg.label_field], _encoding(cfg))
+    rows = read_records(cfg.path, [cfg.text_field, cfg.label_field], _encoding(cfg), text_columns=(cfg.text_field,))
     texts, labels, names = _labelled(rows, cfg.text_field, cfg.label_field, str(cfg.path))
     return texts, labels, names, {"source": str(Path(cfg.path).resolve())}
 
@@ -228,7 +271,8 @@ def _need_pair_fields(cfg, where: str) -> None:
 
 def _jsonl(cfg):
     _need_pair_fields(cfg, str(cfg.path))
-    rows = read_records(cfg.path, [cfg.prompt_field, cfg.target_field], _encoding(cfg))
+    rows = read_records(cfg.path, [cfg.prompt_field, cfg.target_field], _encoding(cfg),
+                        text_columns=(cfg.prompt_field, cfg.target_field))
     return _pairs(rows, cfg), {"source": str(Path(cfg.path).resolve())}
 
 
@@ -321,6 +365,14 @@ def _order(n: int, labels: list[int] | None, seed: int) -> list[int]:
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return order
+
+
+def training_indices(cfg, labels: list[int]) -> list[int]:
+    """Indices of the training split load_splits cuts (classification labels), without building it."""
+    order = _order(len(labels), labels, cfg.split_seed)
+    pool_idx = order[cfg.test_size:]
+    sub = _order(len(pool_idx), [labels[i] for i in pool_idx], cfg.subset_seed)[: cfg.train_size]
+    return [pool_idx[i] for i in sub]
 
 
 def load_splits(cfg, task: str = "classification") -> Splits:

@@ -20,6 +20,23 @@ def worker_command(overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "harness", *kept, "launcher=local"]
 
 
+def without_password(command: list[str]) -> tuple[list[str], str | None]:
+    """The command with the storage URL's password taken out, and that password: the job gets it in
+    its environment (PASSWORD_ENV, which sbatch copies from the submitter's), so it is neither printed
+    nor pickled into the job folder, which often sits on a shared file system."""
+    from harness.optuna_parts import strip_password
+
+    out, password = [], None
+    for o in command:
+        key, eq, value = o.partition("=")
+        if eq and key.lstrip("+~") == "storage.url":
+            value, pw = strip_password(value)
+            password = pw or password
+            o = f"{key}={value}"
+        out.append(o)
+    return out, password
+
+
 def run_worker(command: list[str], cwd: str) -> int:
     """Job body (pickled by submitit): stream the worker's output into the job log; fail the job
     when the worker fails."""
@@ -39,19 +56,23 @@ def executor(cfg):
         cfg.hardware.processes if cfg.hardware.device == "cuda" else 0)
     params = {"name": f"harness-{cfg.study}", "timeout_min": lc.timeout_min, "cpus_per_task": lc.cpus_per_task,
               "mem_gb": lc.mem_gb, "tasks_per_node": 1, "nodes": 1}
-    if ex.cluster == "slurm":  # accelerate launch starts the trial's N processes inside the one task
-        params.update({"gpus_per_node": gpus, "slurm_partition": lc.partition, "slurm_account": lc.account,
-                       "slurm_additional_parameters": dict(lc.additional) or None})
-    elif gpus:
+    if gpus:  # none on a CPU job: `--gpus-per-node=0` is a GRES request that a cluster without GPUs may refuse
         params["gpus_per_node"] = gpus
+    if ex.cluster == "slurm":  # accelerate launch starts the trial's N processes inside the one task
+        params.update({"slurm_partition": lc.partition, "slurm_account": lc.account,
+                       "slurm_additional_parameters": dict(lc.additional) or None})
     ex.update_parameters(**params)
     return ex
 
 
 def submit(cfg, overrides: list[str]) -> int:
     """Submit cfg.launcher.workers jobs; with launcher.wait, block and report failures."""
+    from harness.optuna_parts import PASSWORD_ENV
+
     ex = executor(cfg)
-    cmd = worker_command(overrides)
+    cmd, password = without_password(worker_command(overrides))
+    if password:
+        os.environ[PASSWORD_ENV] = password  # read by the job's driver (optuna_parts.with_password)
     if cfg.get("sweep"):  # create the study (and queue its grid) once, here, before K workers race to
         from harness.study.session import Session, base_overrides
         from harness.study.checks import check

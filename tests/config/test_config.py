@@ -94,3 +94,13 @@ def test_validating_a_config_does_not_import_torch():
     code = "import sys; from harness.config.schema import complete, load; complete(load([])); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CONF_DIR.parent, check=True)
     assert out.stdout.strip() == "False"  # a bad input costs ~1 s, not a torch import
+
+
+def test_configs_composed_in_threads_at_once_are_each_their_own():
+    """sweep.parallel slots compose trial configs concurrently: Hydra's one GlobalHydra must not be shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ranks = [2, 4, 8, 16] * 3
+    with ThreadPoolExecutor(4) as pool:
+        cfgs = list(pool.map(lambda r: load([f"lora.r={r}"]), ranks))
+    assert [c.lora.r for c in cfgs] == ranks

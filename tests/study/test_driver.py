@@ -217,3 +217,17 @@ def test_a_resume_ignores_settings_added_since_that_are_off_and_names_every_real
     assert config_changes(old, {"train.lr": 0.002, "eval.max_examples": None}, []) == ["train.lr: 0.001 -> 0.002"]
     assert config_changes(old, {"train.lr": 0.001}, []) == ["eval.max_examples: None -> '<absent>'"]
     assert config_changes(old, {"train.lr": 0.002, "eval.max_examples": None}, ["train"]) == []
+
+
+def test_telling_a_trial_another_worker_already_failed_as_stale_goes_on(tmp_path, capsys):
+    """A slow worker finishing a trial whose heartbeat went stale: the other worker failed it and queued its
+    retry; this tell must not crash the driver, and the trial stays failed (its retry stands)."""
+    from harness.study.outcome import Outcome
+
+    d = _driver(tmp_path)
+    d.session.open()
+    trial, _, _ = d.session.next_trial(0)
+    d.session.study.tell(trial.number, state=TrialState.FAIL)  # what the stale-trial reaper does
+    d.session.tell(trial, Outcome("COMPLETE", [0.7]), {"run_dir": str(tmp_path)}, interrupted=False)
+    assert d.session.study.trials[trial.number].state == TrialState.FAIL
+    assert "already failed as stale" in capsys.readouterr().err
