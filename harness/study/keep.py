@@ -32,6 +32,13 @@ def keep_best(study, cfg, rerun_command=None) -> list[int]:
         write_best(cfg, best, next(t for t in trials if t.number == best["trials"][0]), rerun_command)
     if policy(cfg) != "best":
         return sorted(n for n, d in dirs.items() if d.is_dir())
+    if best is None and any(t.state.name == "COMPLETE" for t in trials):
+        # every configuration unstable (half or more of its seeds collapsed or diverged): nothing was chosen,
+        # so nothing is thrown away either
+        kept = sorted(n for n, d in dirs.items() if d.is_dir())
+        print(f"[harness] adapters kept: all {len(kept)} (no stable configuration to choose a best from) in "
+              f"{Path(cfg.out_dir) / cfg.study}/trials/<n>/adapter", file=sys.stderr, flush=True)
+        return kept
     keep = set(best["trials"]) if best else set()
     removed = [t.number for t in trials if _finished(t) and t.number not in keep and dirs[t.number].is_dir()]
     for n in removed:

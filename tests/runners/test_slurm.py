@@ -153,7 +153,6 @@ def test_requeued_job_resumes_its_trial_from_the_checkpoint(tmp_path, pg_url):
     """One worker job; once its trial has written a checkpoint, `scontrol requeue` (what preemption
     does): SLURM SIGTERMs the job, the worker records the trial as interrupted (FAIL, retried), and
     the job, started again by SLURM under the same id, continues the retry from that checkpoint."""
-    from optuna.trial import TrialState
 
     from harness.record import is_checkpoint
 
