@@ -41,6 +41,7 @@ from analysis.plotting import (  # noqa: E402
     split,
 )
 from analysis import curves as learning  # noqa: E402  (learning curves; `curves` is a local name below)
+from analysis import forgetting  # noqa: E402
 from analysis.stats import (  # noqa: E402,F401 - pareto_mask: tests
     LABELS,
     configurations,
@@ -276,6 +277,7 @@ def training_curves(loaded, width: str):
 
 
 FIGURES["learning_curves"] = learning.learning_curves  # eval accuracy vs step per configuration (analysis/curves.py)
+FIGURES["learning_forgetting"] = forgetting.learning_forgetting_figure  # eval.benchmarks (analysis/forgetting.py)
 
 
 @figure("param_importance")
@@ -343,7 +345,7 @@ def figure_names(loaded) -> list[str]:
     """The figures this study asks for: the fixed ones and one per searched axis."""
     axes = [a for a in loaded.axes if a != "method"]
     return ["accuracy_vs_compute", *(axis_figure_name(a) for a in axes), "alpha_rank_heatmap", "training_curves",
-            "learning_curves", "param_importance", "expected_best_vs_budget"]
+            "learning_curves", "learning_forgetting", "param_importance", "expected_best_vs_budget"]
 
 
 def draw(name: str, loaded, width: str):

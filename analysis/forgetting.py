@@ -35,13 +35,14 @@ from analysis.plotting import (
     split,
 )
 from analysis.stats import ALPHA, comparisons, configurations, pareto_mask, t_interval
+from harness.record import read_record
 
 FORGETTING = "forgetting (base − tuned, mean over benchmarks; 95% CI)"
 
 
 def _record(run_dir) -> dict:
-    path = Path(str(run_dir)) / "result.json"
-    return json.loads(path.read_text()) if run_dir and path.is_file() else {}
+    rec = read_record(Path(str(run_dir)) / "result.json") if run_dir else None
+    return rec.model_dump(exclude_unset=True) if rec is not None else {}
 
 
 def benchmark_columns(trials: pd.DataFrame) -> pd.DataFrame:
@@ -143,3 +144,25 @@ def learning_forgetting_figure(loaded, width: str, metric: str = "accuracy"):
     ax.set_ylabel(f"{'exact match' if metric == 'accuracy' else metric} (mean ± 95% CI over seeds)")
     legend_below(fig, axs, ncol=2)
     return fig
+
+
+def report_lines(lora: pd.DataFrame, axes: list[str]) -> list[str]:
+    """The report's "What fine-tuning cost the benchmarks" section; [] for a study without eval.benchmarks."""
+    df = benchmark_columns(lora)
+    if "forgetting" not in df or df["forgetting"].notna().sum() == 0:
+        return []
+    out = ["## What fine-tuning cost the benchmarks",
+           "Forgetting = mean over the benchmarks of base - tuned score on the same items (lower is better; "
+           "figure `learning_forgetting`). Per configuration, mean ± 95% CI over seeds:"]
+    for _, r in learning_forgetting(df, axes).iterrows():
+        out.append(f"- {r['label']}: forgetting {r['forgetting']:+.4f}"
+                   + ("" if np.isnan(r["forgetting_ci"]) else f" ± {r['forgetting_ci']:.4f}")
+                   + f" ({int(r['n'])} seed{'s' if r['n'] != 1 else ''}){'; on the Pareto front' if r['pareto'] else ''}")
+    cmp = forgetting_comparisons(df, axes)
+    out += [f"- {r['a']} vs {r['b']}: {r['verdict']} (Δ forgetting {r['diff']:+.4f}, paired over {int(r['n'])} seeds)"
+            for _, r in cmp.iterrows()] if not cmp.empty and {"a", "b", "diff"} <= set(cmp) else []
+    pairs = base_vs_tuned(item_pairs(df))
+    for _, r in pairs.iterrows():
+        out.append(f"- trial {r['trial']} {r['benchmark']}: {r['base']:.3f} -> {r['tuned']:.3f} on {r['items']} items "
+                   f"({r['lost']} lost, {r['gained']} gained; McNemar exact p = {r['p_mcnemar']:.3g})")
+    return [*out, ""]

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import forgetting
+from harness.record import read_record
 from analysis import budget, curves, planner, stats, verdicts
 from analysis.items import test_items
 from analysis.plotting import reference_name, split
@@ -32,8 +34,8 @@ def _record(df: pd.DataFrame) -> dict:
     for d in df.sort_values("trial")["run_dir"].dropna():
         path = Path(d) / "result.json" if not str(d).startswith("http") else None
         for p in (path, Path(d).parent.parent / "result.json") if path else ():
-            if p.is_file():
-                return json.loads(p.read_text())
+            if (rec := read_record(p)) is not None:
+                return rec.model_dump(exclude_unset=True)
     return {}
 
 
@@ -216,6 +218,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
             md.append(f"- {reference_name(method, g)}: {verdicts.accuracy_text(m, h, n, test_items(g))}, "
                       f"{g['flops'].mean():.3g} FLOPs, {g['trainable_params'].mean():,.0f} trainable parameters")
         md.append("")
+    md += forgetting.report_lines(lora, axes)  # eval.benchmarks: base vs tuned, forgetting per configuration
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]
     return "\n".join(md), rec, cmp
 

@@ -25,7 +25,7 @@ def frame(tmp_path):
         d = tmp_path / "trials" / str(n)
         d.mkdir(parents=True)
         (d / "result.json").write_text(json.dumps({
-            "forgetting": base - tuned, "benchmarks": {"arc_easy": tuned}, "baseline_benchmarks": {"arc_easy": base},
+            "status": "complete", "forgetting": base - tuned, "benchmarks": {"arc_easy": tuned}, "baseline_benchmarks": {"arc_easy": base},
             "retention": {"arc_easy": tuned / base}, "benchmark_flops": 1e9}))
         rows.append({"trial": n, "seed": seed, "lora.r": r, "method": "lora", "status": "complete", "accuracy": em,
                      "flops": 1e12, "run_dir": str(d), "sweep_axes": json.dumps(["lora.r"])})
@@ -79,3 +79,12 @@ def test_the_figure_draws_the_front_and_skips_without_benchmarks(frame, tmp_path
     bare = frame.assign(run_dir=str(tmp_path / "none"))
     with pytest.raises(fg.Skip):
         fg.learning_forgetting_figure(Loaded(trials=bare, history=pd.DataFrame()), "1col")
+
+
+def test_the_report_section_names_each_configurations_forgetting_and_the_verdict(frame):
+    lines = fg.report_lines(frame, ["lora.r"])
+    assert lines[0] == "## What fine-tuning cost the benchmarks"
+    r16 = next(ln for ln in lines if ln.startswith("- r=16:"))
+    assert "forgetting +0.0967" in r16 and "(3 seeds)" in r16 and "Pareto front" in r16
+    assert any("r=2 vs r=16: forgets more" in ln for ln in lines)
+    assert fg.report_lines(frame.assign(run_dir=None), ["lora.r"]) == []  # no benchmarks: no section
