@@ -1,20 +1,21 @@
 # make trial   set up (once) and run one QLoRA trial on the embedded default, offline
 # make test    set up (once) and run the test suite
+# make test-fast  the suite without the tests that start real processes (minutes; while editing)
 # make sweep   set up (once) and run the default study (sweeps/lora_rank.yaml)
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup trial sweep test test-all
+.PHONY: setup trial sweep test test-fast test-all
 setup: $(VENV)/.setup-done
 
 # pyproject.toml asks for a torch range; constraints-cpu.txt pins the CPU wheel here (unconstrained,
 # pip resolves the newest torch with its CUDA wheels: GBs). On a GPU machine install your torch first,
 # then `pip install -e '.[dev]'` without the constraints.
-$(VENV)/.setup-done: pyproject.toml requirements-embedded.txt constraints-cpu.txt
+$(VENV)/.setup-done: pyproject.toml requirements-embedded.txt requirements-nodeps.txt constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints-cpu.txt -e '.[dev,postgres,dashboard,slurm]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-embedded.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-embedded.txt -r requirements-nodeps.txt
 	$(PY) -m harness.data fetch
 	touch $@
 
@@ -26,6 +27,9 @@ sweep: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gpu and not process"
 
 test-all: setup
 	$(PY) -m pytest -m "not gpu"

@@ -1,12 +1,15 @@
-"""python -m analysis sweep=NAME [overrides ...] [--report] [--epsilon E] [--cost C] [--tune AXIS]
+"""python -m analysis sweep=NAME [overrides ...] [--report] [--plan] [--margin M] [--epsilon E] [--cost C] [--tune AXIS]
 python -m analysis --wandb ENTITY/PROJECT --group STUDY [--storage URL] [--publish]
 
 Loads every trial of a study (its result.json records joined with the Optuna study) into one frame,
 cached as runs/<study>/trials.parquet, and writes paper figures to runs/<study>/figures/, tables
 to runs/<study>/tables/ and, with --report, the findings report runs/<study>/report.{md,tex} (or
-under --out). The overrides are the ones the study ran with (Hydra syntax, e.g. `sweep=lora_rank
-out_dir=/scratch/runs`): they give the study name, out_dir and the Optuna storage URL. Missing
-inputs end with a one-line message and exit code 2.
+under --out). --plan instead prints (and writes plan.md) what it would take to decide every
+comparison within ±margin: seeds, test items, wall time. The overrides are the ones the study ran
+with (Hydra syntax, e.g. `sweep=lora_rank out_dir=/scratch/runs`, and `--config-dir DIR` as for
+`python -m harness`): they give the study name, out_dir and the Optuna storage URL. Trials whose
+record says `degenerate` are set aside (counted, left out of every test). Missing inputs end with
+a one-line message and exit code 2.
 """
 from __future__ import annotations
 
@@ -32,7 +35,37 @@ def _args(argv):
     p.add_argument("--cost", choices=("flops", "device_hours", "usd"), default="flops", help="what 'cheapest' means")
     p.add_argument("--tune", metavar="AXIS", help="compare arms each at its own best value of AXIS (e.g. train.lr)")
     p.add_argument("--publish", action="store_true", help="also build a W&B Report (online studies)")
-    return p.parse_args(argv)
+    p.add_argument("--plan", action="store_true",
+                   help="print (and write plan.md) the seeds and test items needed to decide ±margin, and the wall time")
+    p.add_argument("--margin", type=float, default=None,
+                   help="equivalence margin as a fraction of accuracy (0.01 = 1 point, the default; or sweep.margin)")
+    p.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                   help="also read groups and sweeps from DIR, as `python -m harness --config-dir DIR`")
+    return p.parse_intermixed_args(argv)  # overrides before and after the flags, as python -m harness takes them
+
+
+def _searchpath(overrides: list[str], dirs: list[str]) -> list[str]:
+    """--config-dir DIR as hydra.searchpath=[file://DIR], merged with one already given, by the harness
+    CLI's own rule (harness/cli/args.py); raises ValueError for a DIR that is not a directory."""
+    from harness.cli.args import _merge_searchpath
+
+    if not dirs:
+        return overrides
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise ValueError(f"--config-dir {d}: not a directory")
+    out = list(overrides)
+    merged = _merge_searchpath(out, [f"file://{Path(d).resolve()}" for d in dirs])  # takes the given one out of out
+    return [*out, merged]
+
+
+def _margin(args, cfg) -> float:
+    """--margin, else the sweep file's sweep.margin, else 1 point."""
+    if args.margin is not None:
+        return args.margin
+    sweep = cfg.get("sweep") if cfg is not None else None
+    value = sweep.get("margin") if sweep is not None and hasattr(sweep, "get") else None
+    return float(value) if value is not None else 0.01
 
 
 def _err(msg: str) -> int:
@@ -43,9 +76,12 @@ def _err(msg: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _args(sys.argv[1:] if argv is None else argv)
     from analysis import figures, plotting, runs, tables
-    from harness.config import ConfigError, load
+    from harness.config.schema import ConfigError, load
 
-    overrides = list(args.overrides)
+    try:
+        overrides = _searchpath(list(args.overrides), args.config_dir)
+    except ValueError as e:
+        return _err(str(e))
     if args.group:
         overrides.append(f"study={args.group}")
     if args.wandb and args.wandb.count("/") != 1:
@@ -54,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return _err("--wandb needs --group STUDY (the W&B group the study's runs were logged under)")
     if not 0 <= args.epsilon < 100:
         return _err(f"--epsilon is in accuracy points, 0 to 100; got {args.epsilon}")
+    if args.margin is not None and not 0 < args.margin < 1:
+        return _err(f"--margin is a fraction of accuracy (0.01 = 1 point), above 0 and below 1; got {args.margin}")
     try:
         cfg = load(overrides)
         study = runs.Study(name=cfg.study, dir=Path(cfg.out_dir) / cfg.study,
@@ -69,31 +107,58 @@ def main(argv: list[str] | None = None) -> int:
     except runs.AnalysisError as e:
         return _err(str(e))
 
+    margin = _margin(args, cfg)
+    if not 0 < margin < 1:
+        return _err(f"sweep.margin is a fraction of accuracy (0.01 = 1 point), above 0 and below 1; got {margin}")
+    from analysis import items, verdicts
+
+    loaded, aside = items.set_aside(loaded)
     df = loaded.trials
     for note in loaded.notes:
         print(f"note: {note}")
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
     print(f"study {study.name}: {len(df)} trials ({counts}); sources: {', '.join(df['source'].unique())}")
-    print(f"frame    {runs.cache_paths(study)[0]}")
+    if aside:
+        print(f"note: set aside {sum(aside.values())} degenerate trial(s) ({', '.join(f'{k}: {v}' for k, v in aside.items())})"
+              ": left out of every figure, table and test")
     root = args.out or study.dir
+    if args.plan:
+        from analysis import planner
+
+        lines = planner.plan(loaded, margin)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "plan.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines[2:]) + f"\nwrote    {root / 'plan.md'}")
+        return 0
+    print(f"frame    {runs.cache_paths(study)[0]}")
     written = figures.write_all(loaded, root / "figures", say=lambda m: print(f"note: {m}"))
-    written += tables.write_all(loaded, root / "tables", say=lambda m: print(f"note: {m}"))
+    written += tables.write_all(loaded, root / "tables", say=lambda m: print(f"note: {m}"), margin=margin)
     best = tables.best_configs(loaded)
-    rec = []
+    rec, cmp = [], None
     if args.report or not best.empty:
         from analysis import report
 
         if args.report:
-            paths, rec = report.write(loaded, overrides, root, epsilon=args.epsilon / 100, cost=args.cost,
-                                      tune=args.tune)
+            paths, rec, cmp = report.write(loaded, overrides, root, epsilon=args.epsilon / 100, cost=args.cost,
+                                           tune=args.tune, margin=margin)
             written += paths
         else:
             lora, _, axes = plotting.split(loaded)
             rec = report.recommendation(lora, axes, args.epsilon / 100, args.cost)
+            cmp = verdicts.compare(lora, axes, margin) if axes and not lora.empty else None
     for path in written:
         print(f"wrote    {path}")
     if not best.empty:
-        print("\nconfigurations (mean ± 95% CI over seeds), best first:\n" + best.head(8).to_markdown(index=False))
+        from analysis.stats import configurations
+
+        lora, _, axes = plotting.split(loaded)
+        one = not lora.empty and configurations(lora, axes)["n"].max() <= 1
+        head = "1 seed each: no interval over seeds" if one else "mean ± 95% CI over seeds"
+        print(f"\nconfigurations ({head}), best first:\n" + best.head(8).to_markdown(index=False))
+        if cmp is not None and not cmp.empty:
+            print(f"\ncomparisons (better / worse / {verdicts.equivalent_word(margin)} / undecided; Holm across the "
+                  f"study; how: the report's Comparisons section):\n"
+                  + "\n".join(f"- {verdicts.sentence(r, margin)}" for _, r in cmp.iterrows()))
         print("\nrecommendation:\n" + "\n".join(rec))
     if args.publish:
         from analysis.publish import publish

@@ -40,6 +40,8 @@ from analysis.plotting import (  # noqa: E402
     seed_dots,
     split,
 )
+from analysis import curves as learning  # noqa: E402  (learning curves; `curves` is a local name below)
+from analysis import forgetting  # noqa: E402
 from analysis.stats import (  # noqa: E402,F401 - pareto_mask: tests
     LABELS,
     configurations,
@@ -49,6 +51,16 @@ from analysis.stats import (  # noqa: E402,F401 - pareto_mask: tests
 )
 
 ci95 = t_interval  # the name tables and older callers use
+
+
+def acc_label(configs: pd.DataFrame) -> str:
+    """What the points are: a single seed is not a mean ± CI."""
+    n = configs["n"] if "n" in configs and len(configs) else pd.Series([0])
+    if n.max() <= 1:
+        return "accuracy (1 seed per configuration)"
+    if n.min() <= 1:
+        return "accuracy (mean ± 95% CI over seeds; 1-seed points bare)"
+    return ACC_CI
 
 # ---------------------------------------------------------------------------- registry
 
@@ -83,6 +95,9 @@ def accuracy_vs_compute(loaded, width: str):
             sub = configs[configs[key].astype(str) == g] if key else configs
             trials = lora[lora[key].astype(str) == g] if key else lora
             seed_dots(ax, trials[x], trials["accuracy"], col[g])
+            bad = learning.degenerate_trials(loaded)
+            bad = bad[bad[key].astype(str) == g] if key else bad
+            learning.degenerate_marks(ax, bad[x], bad["accuracy"], col[g])
             mean_bars(ax, sub[x], sub, col[g], MARKERS[i % 8], f"{LABELS.get(key, key)}={g}" if key else "configurations",
                    line=False)
         front = configs[pareto_mask(configs[x], configs["mean"])].sort_values(x)
@@ -101,7 +116,7 @@ def accuracy_vs_compute(loaded, width: str):
         baseline_line(ax, lora)
         log_x(ax, pd.concat([configs[x], refs[x]]))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ACC_CI)
+        ax.set_ylabel(acc_label(configs))
     legend_below(fig, axs, ncol=2 if width == "1col" else min(4, len(groups) + 2))
     return fig
 
@@ -125,7 +140,9 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
     for i, g in enumerate(shown):
         g = g.sort_values(axis)
         color, marker = OKABE_ITO[i % 7], MARKERS[i % 8]
-        name = config_label(g.iloc[0], others) if others else f"mean ± 95% CI ({int(g['n'].max())} seeds)"
+        varying = [k for k in others if configs[k].astype(str).nunique() > 1]  # a name omits constant axes
+        name = config_label(g.iloc[0], varying) if varying else (
+            f"mean ± 95% CI ({int(g['n'].max())} seeds)" if g["n"].max() > 1 else "1 seed per configuration")
         trials = match(lora, g.iloc[0], others)
         if numeric:
             dodge = 1 + 0.03 * (i - (len(shown) - 1) / 2)  # lines apart on the log axis: bars stay readable
@@ -135,6 +152,10 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
             xs = np.array([cats.index(str(v)) for v in g[axis]]) + off
             txs = np.array([cats.index(str(v)) for v in trials[axis]]) + off - 0.05
         seed_dots(ax, txs, trials["accuracy"], color)
+        bad = match(learning.degenerate_trials(loaded), g.iloc[0], others)
+        bad = bad if numeric else bad[bad[axis].astype(str).isin(cats)]
+        learning.degenerate_marks(ax, bad[axis] * dodge * 0.985 if numeric else
+                                np.array([cats.index(str(v)) for v in bad[axis]]) + off - 0.05, bad["accuracy"], color)
         mean_bars(ax, xs, g, color, marker, name, line=numeric)
         if axis == "data.train_size":
             fit = saturating_fit(trials[axis], trials["accuracy"])
@@ -156,7 +177,7 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
         ax.set_xticks(range(len(cats)), [f"{c}\n{params[c]:,.0f}" if c in params else c for c in cats])
         ax.grid(axis="x", visible=False)
     ax.set_xlabel(AXIS_TITLES.get(axis, axis))
-    ax.set_ylabel(ACC_CI)
+    ax.set_ylabel(acc_label(configs))
     legend_below(fig, axs, ncol=1 if width == "1col" else 2)
     return fig
 
@@ -250,9 +271,13 @@ def training_curves(loaded, width: str):
         baseline_line(axs.flat[1], loaded.trials)
         axs.flat[1].set_xlim(ax_loss.get_xlim())
         axs.flat[1].set_xlabel("optimizer step")
-        axs.flat[1].set_ylabel(ACC_CI)
+        axs.flat[1].set_ylabel(acc_label(configs))
     legend_below(fig, axs, ncol=1 if width == "1col" else 2)
     return fig
+
+
+FIGURES["learning_curves"] = learning.learning_curves  # eval accuracy vs step per configuration (analysis/curves.py)
+FIGURES["learning_forgetting"] = forgetting.learning_forgetting_figure  # eval.benchmarks (analysis/forgetting.py)
 
 
 @figure("param_importance")
@@ -284,11 +309,43 @@ def param_importance(loaded, width: str, min_trials: int = 8):
     return fig
 
 
+@figure("expected_best_vs_budget")
+def expected_best_vs_budget(loaded, width: str):
+    """Dodge et al. (2019): expected best configuration mean of n random configurations, against n
+    and against compute, with a 95% bootstrap band (analysis/budget.py)."""
+    from analysis import budget
+
+    lora, _, axes = split(loaded)
+    configs = configurations(lora, axes) if not lora.empty else pd.DataFrame()
+    cv = budget.curve(configs) if not configs.empty else None
+    if cv is None:
+        raise Skip(f"needs 2 configurations with complete trials, has {len(configs)}")
+    panels = [("n", "configurations tried (drawn at random)")]
+    if np.all(np.isfinite(cv["compute"])) and cv["compute"][0] > 0:
+        panels.append(("compute", "compute of the configurations tried (FLOPs, all seeds)"))
+    fig, axs = new_figure(width, *((len(panels), 1) if width == "1col" else (1, len(panels))),
+                          height=(2.3 * len(panels)) if width == "1col" else 2.9)
+    for ax, (x, xlabel) in zip(axs.flat, panels):
+        ax.plot(cv[x], cv["expected"], color=OKABE_ITO[0], marker="o", label="expected best (Dodge et al. 2019)")
+        ax.fill_between(cv[x], cv["lo"], cv["hi"], color=OKABE_ITO[0], alpha=0.15, lw=0,
+                        label=f"95% bootstrap band ({cv['n_boot']} resamples)")
+        if x == "compute":
+            log_x(ax, cv[x])
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("expected best configuration mean")
+    legend_below(fig, axs, ncol=2)
+    return fig
+
+
 def figure_names(loaded) -> list[str]:
     """The figures this study asks for: the fixed ones and one per searched axis."""
     axes = [a for a in loaded.axes if a != "method"]
     return ["accuracy_vs_compute", *(axis_figure_name(a) for a in axes), "alpha_rank_heatmap", "training_curves",
-            "param_importance"]
+            "learning_curves", "learning_forgetting", "param_importance", "expected_best_vs_budget"]
 
 
 def draw(name: str, loaded, width: str):

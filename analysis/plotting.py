@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.runs import CONFIG_KEYS  # noqa: E402
 from analysis.stats import LABELS, t_interval  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design". Yellow last and unused: too faint on white.
@@ -25,8 +26,6 @@ STYLE = {
 AXIS_TITLES = {"lora.r": "LoRA rank r", "lora.alpha": "LoRA alpha α", "lora.alpha_over_r": "α / r",
                "lora.targets": "adapted modules (trainable parameters)", "data.train_size": "training-set size (examples)",
                "train.lr": "learning rate"}
-CONFIG_KEYS = ("lora.targets", "lora.r", "lora.alpha", "data.train_size", "train.lr", "lora.dropout",
-               "train.max_steps", "quant.mode", "model.name", "data.name")
 REFERENCES = {"head_only": ("head only (linear probe)", ":", "#D55E00"), "full": ("full fine-tune", "-.", "#000000")}
 ACC = "accuracy on the test split"
 ACC_CI = "accuracy (mean ± 95% CI over seeds)"
@@ -40,7 +39,23 @@ class Skip(Exception):
 
 
 def complete(df: pd.DataFrame) -> pd.DataFrame:
-    return df[(df["status"] == "complete") & df["accuracy"].notna()]
+    """Complete trials that learned: a collapsed or diverged one (record `degenerate`) is set aside from
+    every mean (analysis/curves.py counts and names them)."""
+    ok = (df["status"] == "complete") & df["accuracy"].notna()
+    if "degenerate" in df:
+        ok &= df["degenerate"].isna()
+    return df[ok]
+
+
+def unstable_trials(df: pd.DataFrame, axes: list[str]) -> pd.Index:
+    """Trials of configurations where half or more of the complete trials degenerated: such a
+    configuration is "unstable at this setting" (analysis/curves.py), not a mean over its survivors."""
+    done = df[(df["status"] == "complete") | df["status"].astype(str).str.startswith("set aside")]  # items.set_aside
+    if "degenerate" not in done or done.empty:
+        return pd.Index([])
+    groups = done.groupby(axes, dropna=False) if axes else [((), done)]
+    bad = [g.index for _, g in groups if 2 * g["degenerate"].notna().sum() >= len(g)]
+    return bad[0].append(bad[1:]) if bad else pd.Index([])
 
 
 def varying(df: pd.DataFrame, keys=CONFIG_KEYS) -> list[str]:
@@ -53,7 +68,10 @@ def split(loaded) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     df = complete(loaded.trials)
     method = df["method"].fillna("lora") if "method" in df else pd.Series("lora", index=df.index)
     axes = [a for a in loaded.axes if a != "method"]
-    return df[method == "lora"], df[method != "lora"], axes
+    everyone = loaded.trials
+    lora_all = everyone[everyone["method"].fillna("lora") == "lora"] if "method" in everyone else everyone
+    lora = df[method == "lora"]
+    return lora.drop(unstable_trials(lora_all, axes), errors="ignore"), df[method != "lora"], axes
 
 
 def config_label(row, keys) -> str:

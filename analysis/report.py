@@ -1,10 +1,13 @@
 """`python -m analysis sweep=NAME [overrides] --report`: runs/<study>/report.md and report.tex.
 
-What was run (commands, sweep file, budget, model, data, seeds, git SHA, versions, wall time), the
-figures, the aggregated table with the reference arms and the zero-shot baseline, one sentence per
-comparison with its numbers and verdict, the recommendation, and the test items most
-configurations get wrong. Every sentence is generated from analysis/stats.py: the report says
-"not distinguishable" wherever the test does.
+What was run (commands, sweep file, budget, model, data, seeds, git SHA, versions, wall time, the
+trials set aside as degenerate), the figures, the aggregated table with the reference arms and the
+zero-shot baseline, one sentence per comparison with its numbers, its verdict ("better", "worse",
+"equivalent within ±δ", "undecided": analysis/verdicts.py) and the design's minimum detectable
+effect, where accuracy and the gold log-probability disagree, what would decide the undecided
+comparisons (analysis/planner.py), the expected best against the search budget
+(analysis/budget.py), the recommendation, and the test items most configurations get wrong.
+The console, the tables and this report print the same sentences from the same numbers.
 """
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import stats
+from analysis import forgetting
+from harness.record import read_record
+from analysis import budget, curves, planner, stats, verdicts
+from analysis.items import test_items
 from analysis.plotting import reference_name, split
-from analysis.tables import _p, best_configs, comparison_table, to_latex
+from analysis.tables import best_configs, comparison_table, to_latex
 
 COSTS = {"flops": ("flops", "FLOPs"), "device_hours": ("device_hours", "device-hours"), "usd": ("cost_usd", "USD")}
 
@@ -28,8 +34,8 @@ def _record(df: pd.DataFrame) -> dict:
     for d in df.sort_values("trial")["run_dir"].dropna():
         path = Path(d) / "result.json" if not str(d).startswith("http") else None
         for p in (path, Path(d).parent.parent / "result.json") if path else ():
-            if p.is_file():
-                return json.loads(p.read_text())
+            if (rec := read_record(p)) is not None:
+                return rec.model_dump(exclude_unset=True)
     return {}
 
 
@@ -66,37 +72,37 @@ def what_was_run(loaded, overrides: list[str], flags: str = "") -> list[str]:
     ]
 
 
-def comparison_sentences(cmp: pd.DataFrame, effect: float) -> list[str]:
-    out = []
-    for _, r in cmp.iterrows():
-        held = f" ({r['held']})" if r["held"] else ""
-        if r["n"] < 2:
-            out.append(f"- {r['b']} vs {r['a'].split('=')[-1]}{held}: {r['verdict']}.")
-            continue
-        more = (f"; this study detects {100 * r['mde']:.2f} points with 80% power, and {100 * effect:g} point needs "
-                f"~{r['seeds_for_effect']:,} seeds" if pd.notna(r["mde"]) and r["seeds_for_effect"] else "")
-        out.append(f"- {stats.LABELS.get(r['axis'], r['axis'])}={r['b_value']} vs {r['a_value']}{held}: "
-                   f"{100 * r['diff']:+.2f} points [95% CI {100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}] over {r['n']} "
-                   f"shared seeds, paired t p = {_p(r['p_t'])} (Holm {_p(r['p_holm'])}; exact permutation p = "
-                   f"{_p(r['p_perm'])}): **{r['verdict']}**{more}.")
-    return out
+def comparison_sentences(cmp: pd.DataFrame, margin: float) -> list[str]:
+    return [f"- {verdicts.sentence(r, margin)}" for _, r in cmp.iterrows()]
+
+
+def set_aside_lines(df: pd.DataFrame) -> list[str]:
+    aside = df[df["status"].astype(str).str.startswith("set aside")]
+    if aside.empty:
+        return []
+    kinds = ", ".join(f"{k.removeprefix('set aside (').rstrip(')')}: {n}" for k, n in aside["status"].value_counts().items())
+    return [f"- set aside as degenerate: {len(aside)} trial{'s' if len(aside) != 1 else ''} ({kinds}; trial"
+            f"{'s' if len(aside) != 1 else ''} {', '.join(str(int(t)) for t in aside['trial'])}): left out of every "
+            "figure, table and test"]
 
 
 def recommendation(lora: pd.DataFrame, axes: list[str], epsilon: float, cost: str) -> list[str]:
     col, unit = COSTS[cost]
     if lora.empty or col not in lora or lora[col].isna().all():
         return ["- no complete trial with this cost: nothing to recommend."]
+    axes = verdicts.shown_axes(stats.configurations(lora, axes), axes)  # a name omits the axes that do not vary
+    items = test_items(lora)
     rec = stats.recommend(lora, axes, epsilon=epsilon, cost=col)
     b, p = rec["best"], rec["pick"]
-    lines = [f"- best configuration mean: **{b['label']}**, {b['mean']:.4f} ± {b['ci']:.4f} ({b['n']} seeds), "
+    lines = [f"- best configuration mean: **{b['label']}**, {verdicts.accuracy_text(b['mean'], b['ci'], b['n'], items)}, "
              f"{b['cost']:.3g} {unit}"]
     if p["label"] == b["label"]:
         lines.append(f"- no cheaper configuration is within ε = {100 * epsilon:g} points of it: use **{b['label']}**.")
     else:
         lines.append(f"- cheapest within ε = {100 * epsilon:g} points of the best mean: **{p['label']}**, "
-                     f"{p['mean']:.4f} ± {p['ci']:.4f}, {p['cost']:.3g} {unit} ({p['cost'] / b['cost']:.2f}× the best's "
-                     f"cost); probability it is really within ε (bootstrap over seeds, {rec['n_boot']} resamples): "
-                     f"{rec['probability']:.2f}")
+                     f"{verdicts.accuracy_text(p['mean'], p['ci'], p['n'], items)}, {p['cost']:.3g} {unit} "
+                     f"({p['cost'] / b['cost']:.2f}× the best's cost); probability it is really within ε (bootstrap "
+                     f"over seeds, {rec['n_boot']} resamples): {rec['probability']:.2f}")
     if "data.train_size" in axes:
         best_rest = {k: b[k] for k in axes if k != "data.train_size"}
         sub = lora[np.logical_and.reduce([lora[k].astype(str) == str(v) for k, v in best_rest.items()])] \
@@ -142,44 +148,86 @@ def hard_items(lora: pd.DataFrame, axes: list[str], k: int = 10) -> list[str]:
             for i, c in top]
 
 
+def score_lines(cmp: pd.DataFrame) -> list[str]:
+    has = cmp[cmp["score_items"] > 0] if not cmp.empty else cmp
+    if has.empty:
+        return ["- the trials wrote no per-item gold log-probability (`gold_logprob`, or `nll` for SFT) in "
+                "predictions.jsonl: this line of evidence is skipped."]
+    out = [f"Per-item gold-label log-probability, mean over the shared seeds, b − a paired over items (Wilcoxon "
+           f"signed-rank, Holm across the {len(has)} comparisons with scores)."]
+    odd = has[~has["agreement"].isin(["agree", ""])]
+    out += [f"- {verdicts.score_sentence(r)}." for _, r in odd.iterrows()] or \
+        [f"- accuracy and log-probability agree on all {len(has)} comparisons with scores."]
+    return out
+
+
 def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01, cost: str = "flops",
-          tune: str | None = None, effect: float = 0.01) -> tuple[str, list[str]]:
-    """The report as Markdown, and the recommendation lines (also printed on the command line)."""
+          tune: str | None = None, margin: float = verdicts.MARGIN) -> tuple[str, list[str], pd.DataFrame]:
+    """The report as Markdown, the recommendation lines and the comparisons (both also printed on the console)."""
     lora, refs, axes = split(loaded)
     study = loaded.trials["study"].iloc[0]
     flags = "".join([f" --tune {tune}" if tune else "", f" --epsilon {100 * epsilon:g}" if epsilon != 0.01 else "",
-                     f" --cost {cost}" if cost != "flops" else ""])
-    md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides, flags), ""]
+                     f" --cost {cost}" if cost != "flops" else "", f" --margin {margin:g}" if margin != 0.01 else ""])
+    md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides, flags),
+          *set_aside_lines(loaded.trials),
+          curves.standard_error_line(loaded), ""]
     figs = sorted(figures_dir.glob("*_2col.png"))
     if figs:
-        md += ["## Figures", "Configuration means with 95% Student-t intervals over seeds; single seeds faint.", ""]
+        md += ["## Figures", "Configuration means with 95% Student-t intervals over seeds (a configuration with one "
+               "seed: its single point, no interval); single seeds faint.", ""]
         md += [f"![{f.stem}]({f.relative_to(figures_dir.parent)})" for f in figs] + [""]
     table = best_configs(loaded)
     if not table.empty:
-        md += ["## Configurations", "Best mean first (ties: lower compute); reference arms and the zero-shot baseline "
-               "below.", "", table.to_markdown(index=False), ""]
+        md += ["## Configurations", "Best mean first (ties: lower compute); mean ± 95% CI over seeds, or one seed "
+               "with the test items' 95% interval; reference arms and the zero-shot baseline below.", "",
+               table.to_markdown(index=False), ""]
+    md += ["## Convergence and degenerate trials", "Per configuration: the gain over the last 25% of steps "
+           "(harness/metrics/convergence.py), and the collapsed / diverged trials set aside from every mean.",
+           "", *curves.report_lines(loaded), ""]
     work, work_axes = lora, axes
     if tune and tune in axes:
         work, work_axes, picked = stats.tune(lora, axes, tune)
         md += [f"## Each arm at its own best {tune}",
                f"Comparisons and the recommendation below use, for each setting of the other axes, the {tune} with the "
                f"best mean: " + "; ".join(f"{r['label']}" for _, r in picked.iterrows()), ""]
-    cmp = stats.comparisons(work, work_axes, effect=effect) if work_axes and not work.empty else pd.DataFrame()
-    md += ["## Comparisons", "Pairs of configurations that differ in one searched axis, paired over shared seeds; "
-           "p-values Holm-corrected across the study's comparisons (α = 0.05)."]
-    md += [""] + (comparison_sentences(cmp, effect) if not cmp.empty else ["- no two configurations differ in exactly "
+    cmp = verdicts.compare(work, work_axes, margin) if work_axes and not work.empty else pd.DataFrame()
+    md += ["## Comparisons", "Pairs of configurations that differ in one searched axis, read from the first-named "
+           "one (b − a).", *verdicts.method_lines(margin)]
+    md += [""] + (comparison_sentences(cmp, margin) if not cmp.empty else ["- no two configurations differ in exactly "
                                                                            "one searched axis."]) + [""]
+    climbing = sorted(curves.not_converged(loaded))  # issue 23: a comparison of arms still climbing says so
+    if climbing and not cmp.empty:
+        md[-1:-1] = [f"Not converged (still improving over the last 25% of steps): {'; '.join(climbing)}; the "
+                     "comparisons involving them compare arms still climbing, not what they can learn."]
+    md += ["## Accuracy and gold log-probability", *score_lines(cmp), ""]
+    if not cmp.empty and (cmp["verdict"] == "undecided").any():
+        plan = [x for x in planner.plan(loaded if not tune else _with(loaded, work), margin) if x.startswith("- ")]
+        md += ["## What would decide the undecided", f"From `python -m analysis {' '.join(overrides)} --plan"
+               f"{f' --margin {margin:g}' if margin != 0.01 else ''}` (per comparison: tables in plan.md).", *plan, ""]
+    configs = stats.configurations(work, work_axes) if not work.empty else pd.DataFrame()
+    sampler = ((_record(lora).get("config") or {}).get("sweep") or {}).get("sampler") if not lora.empty else None
+    md += ["## Expected best vs search budget", "Dodge et al. (2019), \"Show Your Work\": the expected best "
+           "configuration mean of n configurations drawn at random from this study's (figure "
+           "`expected_best_vs_budget`).", *budget.lines(configs, sampler), ""]
     rec = recommendation(work, axes, epsilon, cost)  # tuned or not, a configuration names every axis
     md += ["## Recommendation", *rec, ""]
     if not refs.empty:
         md += ["## Reference arms"]
         for method, g in refs.groupby("method"):
             m, h, n = stats.t_interval(g["accuracy"])
-            md.append(f"- {reference_name(method, g)}: {m:.4f}" + (f" ± {h:.4f}" if n > 1 else "") + f" ({n} seed{'s' if n != 1 else ''}), "
+            md.append(f"- {reference_name(method, g)}: {verdicts.accuracy_text(m, h, n, test_items(g))}, "
                       f"{g['flops'].mean():.3g} FLOPs, {g['trainable_params'].mean():,.0f} trainable parameters")
         md.append("")
+    md += forgetting.report_lines(lora, axes)  # eval.benchmarks: base vs tuned, forgetting per configuration
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]
-    return "\n".join(md), rec
+    return "\n".join(md), rec, cmp
+
+
+def _with(loaded, trials: pd.DataFrame):
+    """loaded with only these (complete LoRA) trials: the plan of a --tune report."""
+    from analysis.runs import Loaded
+
+    return Loaded(trials, loaded.history, loaded.optuna_study, loaded.notes)
 
 
 def _tex_escape(s: str) -> str:
@@ -192,7 +240,8 @@ def _tex_escape(s: str) -> str:
     return s
 
 
-def to_tex(md: str, loaded, figures_dir: Path) -> str:
+def to_tex(md: str, loaded, figures_dir: Path, cmp: pd.DataFrame | None = None,
+           margin: float = verdicts.MARGIN) -> str:
     """The same report as a LaTeX document: sections, the figures' PDFs, booktabs tables."""
     out = [r"\documentclass{article}", r"\usepackage{booktabs,graphicx,caption}", r"\usepackage[margin=2cm]{geometry}",
            r"\begin{document}"]
@@ -213,17 +262,18 @@ def to_tex(md: str, loaded, figures_dir: Path) -> str:
             out.append(_tex_escape(line.replace("`", "")))
         if line.startswith("## Configurations"):
             table = best_configs(loaded)
-            out.append(to_latex(table, "Configurations (mean ± 95\\% CI over seeds).", "tab:configs"))
+            out.append(to_latex(table, "Configurations (mean ± 95\\% CI over seeds; one seed: the test items' "
+                                "interval).", "tab:configs"))
         if line.startswith("## Comparisons"):
-            table = comparison_table(loaded)
+            table = comparison_table(loaded, margin, cmp)
             if not table.empty:
                 out.append(r"\begin{small}" + to_latex(table, "Paired comparisons.", "tab:cmp") + r"\end{small}")
     out.append(r"\end{document}")
     return "\n".join(out) + "\n"
 
 
-def write(loaded, overrides: list[str], root: Path, **kw) -> tuple[list[Path], list[str]]:
-    md, rec = build(loaded, overrides, root / "figures", **kw)
+def write(loaded, overrides: list[str], root: Path, **kw) -> tuple[list[Path], list[str], pd.DataFrame]:
+    md, rec, cmp = build(loaded, overrides, root / "figures", **kw)
     (root / "report.md").write_text(md + "\n")
-    (root / "report.tex").write_text(to_tex(md, loaded, root / "figures"))
-    return [root / "report.md", root / "report.tex"], rec
+    (root / "report.tex").write_text(to_tex(md, loaded, root / "figures", cmp, kw.get("margin", verdicts.MARGIN)))
+    return [root / "report.md", root / "report.tex"], rec, cmp

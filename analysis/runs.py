@@ -24,6 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.optuna_parts import open_storage
+from harness.record import SCALARS, read_record, trial_dirs
+
 
 class AnalysisError(RuntimeError):
     """Missing or unusable input; the message says what and how to fix it (exit code 2)."""
@@ -33,11 +36,11 @@ class AnalysisError(RuntimeError):
 PARAMS = ("seed", "method", "lora.r", "lora.alpha", "lora.alpha_over_r", "lora.targets", "lora.dropout",
           "data.train_size", "train.lr", "train.max_steps", "train.batch_size", "quant.mode", "model.name", "data.name",
           "hardware.processes")
-# Scalar fields of the trial record (result.json == W&B summary).
-METRICS = ("status", "reason", "accuracy", "eval_loss", "baseline_accuracy", "majority_accuracy",
-           "best_intermediate_accuracy", "train_loss", "steps", "tokens", "flops", "train_flops", "eval_flops",
-           "device_seconds", "wall_seconds", "cost_usd", "peak_memory_bytes", "trainable_params", "total_params",
-           "world_size", "effective_batch_size", "train_size", "test_size", "baseline_flops")
+# Scalar fields of the trial record (result.json == W&B summary), from its type: a field added there is a column here.
+METRICS = tuple(k for k in SCALARS if k not in ("study", "trial", *PARAMS))
+# The config keys a figure may name a configuration by (plotting.py labels them; a study's axes come first).
+CONFIG_KEYS = ("lora.targets", "lora.r", "lora.alpha", "data.train_size", "train.lr", "lora.dropout",
+               "train.max_steps", "quant.mode", "model.name", "data.name")
 HISTORY_KEYS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens", "eval/accuracy", "eval/loss")
 
 
@@ -69,8 +72,6 @@ def searched_axes(df: pd.DataFrame) -> list[str]:
     recorded = df["sweep_axes"].dropna() if "sweep_axes" in df else pd.Series(dtype=object)
     if not recorded.empty:
         return [a for a in json.loads(recorded.iloc[0]) if a in df]
-    from analysis.plotting import CONFIG_KEYS
-
     ok = df[df["status"] == "complete"] if "status" in df else df  # a diverged lr=1e30 trial is no axis
     return [k for k in CONFIG_KEYS if k in ok and ok[k].astype(str).nunique() > 1]
 
@@ -142,14 +143,18 @@ def read_offline_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
 def _offline_run_dirs(study_dir: Path) -> dict[int, Path]:
     """The newest W&B run directory of each trial (a re-run trial keeps only its latest run)."""
     found: dict[int, Path] = {}
-    for d in sorted(study_dir.glob("trials/*/wandb/*run-*")):  # names sort by start time
-        if d.name.startswith(("offline-run-", "run-")) and d.parent.parent.name.isdigit() and any(d.glob("*.wandb")):
-            found[int(d.parent.parent.name)] = d
+    for n, trial in trial_dirs(study_dir):
+        for d in sorted(trial.glob("wandb/*run-*")):  # names sort by start time
+            if d.name.startswith(("offline-run-", "run-")) and any(d.glob("*.wandb")):
+                found[n] = d
     return found
 
 
-def _result_json(path: Path) -> tuple[dict, pd.DataFrame]:
-    rec = json.loads(path.read_text())
+def _result_json(path: Path) -> tuple[dict, pd.DataFrame] | None:
+    record = read_record(path)
+    if record is None:  # a trial killed while writing it: the Optuna row still says how it ended
+        return None
+    rec = record.model_dump(exclude_unset=True)
     hist = [{"_step": h.get("step"), **h} for h in rec.get("history", [])]
     for e in rec.get("evals", []):
         hist.append({"_step": e["step"], "eval/accuracy": e["accuracy"], "eval/loss": e["loss"]})
@@ -168,11 +173,10 @@ RUN_COLS = ["study", "trial", *PARAMS, *METRICS, "git_sha", "sweep_axes", "sourc
 def load_records(study_dir: Path):
     """Rows + histories from every trial's result.json: the default source (no subprocess per run)."""
     rows, hists = [], []
-    for trial_dir in sorted(study_dir.glob("trials/*")):
-        if trial_dir.name.isdigit() and (trial_dir / "result.json").is_file():
-            row, hist = _result_json(trial_dir / "result.json")
-            rows.append(row)
-            hists.append(hist)
+    for _, d in trial_dirs(study_dir):
+        if (got := _result_json(d / "result.json")) is not None:
+            rows.append(got[0])
+            hists.append(got[1])
     return rows, hists, []
 
 
@@ -194,12 +198,11 @@ def load_offline(study_dir: Path, cached: Loaded | None = None, cached_at: float
         notes.append(f"reused {len(reuse)} unchanged run(s) from the cache, read {len(todo)} (--refresh re-reads all)")
     rows, hists = [r for r, _ in results], [h for _, h in results]
     fallback = []
-    for trial_dir in sorted(study_dir.glob("trials/*")):
-        if trial_dir.name.isdigit() and int(trial_dir.name) not in runs and (trial_dir / "result.json").is_file():
-            row, hist = _result_json(trial_dir / "result.json")
-            rows.append(row)
-            hists.append(hist)
-            fallback.append(trial_dir.name)
+    for n, d in trial_dirs(study_dir):
+        if n not in runs and (got := _result_json(d / "result.json")) is not None:
+            rows.append(got[0])
+            hists.append(got[1])
+            fallback.append(str(n))
     if fallback:
         notes.append(f"no W&B run files for trial(s) {', '.join(fallback)} (tracking.mode=disabled?): read their "
                      "result.json instead (column `source`)")
@@ -212,9 +215,10 @@ def _cross_check(rows: list[dict]) -> list[str]:
     bad = []
     for row in rows:
         path = Path(row["run_dir"]).parent.parent / "result.json" if row["source"] == "wandb-offline" else None
-        if path is None or not path.is_file():
+        record = read_record(path) if path is not None else None
+        if record is None:
             continue
-        rec = json.loads(path.read_text())
+        rec = record.model_dump(exclude_unset=True)
         diff = [k for k in METRICS if rec.get(k) != row.get(k) and not (rec.get(k) is None and pd.isna(row.get(k)))]
         if diff:
             bad.append(f"trial {row['trial']}: {', '.join(diff)}")
@@ -254,27 +258,13 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str):
-    """The Optuna storage at url, without creating one: a missing SQLite/journal file is an error."""
-    import optuna
-
-    path = storage_file(url)
-    if path is not None and not path.is_file():
-        raise FileNotFoundError(path)
-    if url.startswith("journal://"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.get_storage(url)
-
-
 def load_optuna(url: str, name: str):
     """(study, frame of its trials) or (None, None) when the storage or the study does not exist."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=open_storage(url))  # never creates one
     except (FileNotFoundError, KeyError):
         return None, None
     rows = []

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from harness.study import seeds
+
 # short axis names for labels, figures and tables
 LABELS = {"lora.r": "r", "lora.alpha": "α", "lora.alpha_over_r": "α/r", "lora.targets": "targets",
           "data.train_size": "n", "train.lr": "lr", "lora.dropout": "dropout", "quant.mode": "quant", "model.name": "model",
@@ -29,13 +31,8 @@ POWER = 0.8
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, int]:
-    """Mean, half-width of the Student-t interval, n (half-width NaN for n < 2)."""
-    v = np.asarray(values, float)
-    v = v[~np.isnan(v)]
-    n = len(v)
-    if n < 2:
-        return (float(v.mean()) if n else np.nan), np.nan, n
-    return float(v.mean()), float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)), n
+    """Mean, half-width of the Student-t interval, n (half-width NaN for n < 2): the driver's summary's."""
+    return seeds.t_interval(np.asarray(values, float).tolist(), level)
 
 
 def pareto_mask(cost, acc) -> np.ndarray:
@@ -59,10 +56,8 @@ def _fmt(v) -> str:
 
 def per_seed_values(g: pd.DataFrame, metric: str) -> np.ndarray:
     """metric once per seed (the mean of a seed's runs); rows without a seed count one each."""
-    if "seed" not in g:
-        return g[metric].to_numpy(float)
-    has = g["seed"].notna()
-    return np.concatenate([g[has].groupby("seed")[metric].mean().to_numpy(float), g.loc[~has, metric].to_numpy(float)])
+    seed = g["seed"] if "seed" in g else [None] * len(g)
+    return np.asarray(seeds.seed_means(zip(seed, g[metric])), float)
 
 
 def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", cost: str = "flops") -> pd.DataFrame:
@@ -87,8 +82,9 @@ def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", 
 
 
 def best(configs: pd.DataFrame) -> pd.Series:
-    """The configuration with the best mean; ties go to the lower compute."""
-    return configs.sort_values(["mean", "cost"], ascending=[False, True]).iloc[0]
+    """The configuration with the best mean; ties go to the lower compute (the driver's order)."""
+    keys = [seeds.rank_key([m], ["maximize"], c) for m, c in zip(configs["mean"], configs["cost"])]
+    return configs.iloc[min(range(len(keys)), key=keys.__getitem__)]
 
 
 def tune(df: pd.DataFrame, axes: list[str], axis: str) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
@@ -147,10 +143,17 @@ def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     """Power of a two-sided paired t test at this effect, sd of differences and n (noncentral t)."""
     if n < 2 or not sd > 0:
         return np.nan
-    df, nc = n - 1, effect / sd * math.sqrt(n)
+    df, nc = n - 1, abs(effect) / sd * math.sqrt(n)  # symmetric in the sign of the effect
     crit = stats.t.ppf(1 - alpha / 2, df)
-    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    return 1.0 if math.isnan(p) and abs(nc) > crit else p  # scipy's nct gives NaN far out in the tail
+    near = float(stats.nct.sf(crit, df, nc))
+    # The far tail P(T' < -crit) needs Z + nc < 0, so it is below Phi(-nc); scipy's nct returns NaN
+    # there for small df and moderate nc (df=1, nc=8: NaN), which made the MDE's root finder stop at n=2.
+    far = float(stats.nct.cdf(-crit, df, nc))
+    if math.isnan(far):
+        far = 0.0 if nc > 5 else float(stats.norm.cdf(-nc))  # Phi(-5) = 3e-7: below any power we report
+    if math.isnan(near):
+        return 1.0 if nc > crit else np.nan  # NaN far out in the upper tail: power is 1 to print precision
+    return min(1.0, near + far)
 
 
 def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
@@ -160,6 +163,8 @@ def min_detectable_effect(sd: float, n: int, alpha: float = ALPHA, target: float
     hi = sd
     while power(hi, sd, n, alpha) < target:  # bracket the root: power rises with the effect
         hi *= 2
+        if hi > 1e6 * sd:  # cannot happen with a finite power function; guard rather than loop forever
+            return np.nan
     return float(optimize.brentq(lambda e: power(e, sd, n, alpha) - target, 1e-12 * sd, hi))
 
 

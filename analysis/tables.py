@@ -4,8 +4,10 @@
   lower compute), with cost; then the reference arms (head only, full fine-tune) and the zero-shot
   baseline;
 - pareto.{tex,md}: the configurations on the accuracy-vs-FLOPs Pareto front of the means;
-- comparisons.{tex,md}: every pair of configurations differing in one searched axis, paired over
-  shared seeds, Holm-corrected, with a verdict and the power the study had;
+- comparisons.{tex,md}: every pair of configurations differing in one searched axis, with the
+  verdict of analysis/verdicts.py ("better", "worse", "equivalent within ±δ", "undecided"), the
+  test it used, both Holm-corrected p-values, the seeds × items bootstrap interval, the MDE and,
+  where the trials wrote per-item scores, the gold log-probability's difference;
 - trials.md: every trial with its state and reason, so failed and pruned ones stay visible.
 """
 from __future__ import annotations
@@ -15,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import verdicts
+from analysis.items import test_items
 from analysis.plotting import complete, reference_name, split
-from analysis.stats import LABELS, comparisons, configurations, pareto_mask, t_interval
+from analysis.stats import LABELS, configurations, pareto_mask, t_interval
 
 
 def _flops_unit(values) -> tuple[float, str]:
@@ -27,12 +31,16 @@ def _flops_unit(values) -> tuple[float, str]:
     return 1.0, "FLOPs"
 
 
-def _acc(mean, half, n) -> str:
-    return f"{mean:.4f}" + (f" ± {half:.4f}" if n > 1 and not np.isnan(half) else "")
+def _acc(mean, half, n, items: int | None = None) -> str:
+    """mean ± 95% CI over seeds; one seed: no interval over seeds, the test items' one (verdicts.accuracy_text)."""
+    if n > 1 and not np.isnan(half):
+        return f"{mean:.4f} ± {half:.4f}"
+    return verdicts.accuracy_text(mean, half, n, items)
 
 
-def _config_rows(configs: pd.DataFrame, axes: list[str], scale: float) -> list[dict]:
-    return [{**{LABELS.get(k, k): c[k] for k in axes}, "accuracy": _acc(c["mean"], c["ci"], c["n"]), "seeds": c["n"],
+def _config_rows(configs: pd.DataFrame, axes: list[str], scale: float, items: int | None = None) -> list[dict]:
+    return [{**{LABELS.get(k, k): c[k] for k in axes}, "accuracy": _acc(c["mean"], c["ci"], c["n"], items),
+             "seeds": c["n"],
              "compute": f"{c['flops'] / scale:.3g}", "device-h": f"{c.get('device_hours', np.nan):.3g}",
              "cost (USD)": f"{c.get('cost_usd', np.nan):.3g}", "trainable params": f"{c['trainable_params']:,.0f}",
              "trial(s)": ", ".join(map(str, c["trials"]))} for _, c in configs.iterrows()]
@@ -67,7 +75,7 @@ def best_configs(loaded, top: int | None = None) -> pd.DataFrame:
     scale, unit = _flops_unit(complete(loaded.trials)["flops"])
     if not configs.empty:
         configs = configs.sort_values(["mean", "cost"], ascending=[False, True]).head(top)
-    rows = (_config_rows(configs, axes, scale) if not configs.empty else []) + \
+    rows = (_config_rows(configs, axes, scale, test_items(lora)) if not configs.empty else []) + \
         _reference_rows(refs, loaded.trials, axes, scale)
     return _finish(pd.DataFrame(rows), unit)
 
@@ -80,22 +88,30 @@ def pareto_set(loaded) -> pd.DataFrame:
     configs = configurations(lora, axes)
     scale, unit = _flops_unit(lora["flops"])
     front = configs[pareto_mask(configs["cost"], configs["mean"])].sort_values("cost")
-    return _finish(pd.DataFrame(_config_rows(front, axes, scale)), unit)
+    return _finish(pd.DataFrame(_config_rows(front, axes, scale, test_items(lora))), unit)
 
 
-def comparison_table(loaded, effect: float = 0.01) -> pd.DataFrame:
-    lora, _, axes = split(loaded)
-    cmp = comparisons(lora, axes, effect=effect) if axes else pd.DataFrame()
+def comparison_table(loaded, margin: float = verdicts.MARGIN, cmp: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The comparisons as a table: the same names, numbers and verdict words as the report's sentences."""
+    if cmp is None:
+        lora, _, axes = split(loaded)
+        cmp = verdicts.compare(lora, axes, margin) if axes and not lora.empty else pd.DataFrame()
     if cmp.empty:
         return cmp
-    pts = lambda v: f"{100 * v:+.2f}" if pd.notna(v) else ""  # noqa: E731
+    pts = verdicts.points
     return pd.DataFrame({
-        "axis": cmp["axis"].map(lambda a: LABELS.get(a, a)), "held fixed": cmp["held"], "a": cmp["a_value"].astype(str),
-        "b": cmp["b_value"].astype(str), "seeds": cmp["n"], "b − a (points)": cmp["diff"].map(pts),
-        "95% CI": [f"[{pts(lo)}, {pts(hi)}]" if pd.notna(lo) else "" for lo, hi in zip(cmp["lo"], cmp["hi"])],
-        "p (paired t)": cmp["p_t"].map(_p), "p (permutation)": cmp["p_perm"].map(_p), "p (Holm)": cmp["p_holm"].map(_p),
-        "verdict": cmp["verdict"], "MDE 80% (points)": (100 * cmp["mde"]).map(lambda v: f"{v:.2f}" if pd.notna(v) else ""),
-        f"seeds for {100 * effect:g} point": cmp["seeds_for_effect"].map(lambda v: f"{v:,}" if pd.notna(v) else "—")})
+        "comparison (b vs a)": cmp["b_name"] + " vs " + cmp["a_name"], "held fixed": cmp["held"], "seeds": cmp["n"],
+        "items": cmp["items"].map(lambda v: v or "—"), "b − a (points)": cmp["diff"].map(pts),
+        "95% CI, seeds (t)": [f"[{pts(lo)}, {pts(hi)}]" if pd.notna(lo) else ("1 seed, no interval" if n == 1 else "—")
+                              for lo, hi, n in zip(cmp["lo"], cmp["hi"], cmp["n"])],
+        "95% CI, seeds × items": [f"[{pts(lo)}, {pts(hi)}]" if pd.notna(lo) else "—"
+                                  for lo, hi in zip(cmp["boot_lo"], cmp["boot_hi"])],
+        "test": cmp["test"], "p (difference)": cmp["p_diff"].map(_p), "p (Holm)": cmp["p_diff_holm"].map(_p),
+        f"p (TOST ±{100 * margin:g}, Holm)": cmp["p_eq_holm"].map(_p), "verdict": cmp["verdict"] + np.where(
+            cmp["this_test_set_only"], " (this test set only)", ""),
+        "MDE 80% (points)": cmp["mde"].map(lambda v: pts(v, False)),
+        "log-prob b − a (nats)": cmp["score_diff"].map(lambda v: f"{v:+.4f}" if pd.notna(v) else "—"),
+        "log-prob p (Holm)": cmp["score_p_holm"].map(_p), "what would decide it": cmp["decide"]})
 
 
 def _p(v) -> str:
@@ -114,9 +130,10 @@ def all_trials(df: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return out
 
 
-NUMERIC = ("accuracy", "seeds", "compute", "device-h", "cost (USD)", "trainable params", "b − a", "95%", "p (", "MDE")
+NUMERIC = ("accuracy", "seeds", "items", "compute", "device-h", "cost (USD)", "trainable params", "b − a", "95%", "p (",
+           "MDE", "log-prob")
 # Characters pdflatex without extra packages rejects, as LaTeX math / dashes.
-TEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", "—": "---", "−": "-"}
+TEX_SYMBOLS = {"±": r"$\pm$", "α": r"$\alpha$", "—": "---", "−": "-", "×": r"$\times$"}
 
 
 def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
@@ -130,7 +147,7 @@ def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
     return tex
 
 
-def tables(loaded) -> list[tuple[str, pd.DataFrame, str]]:
+def tables(loaded, margin: float = verdicts.MARGIN) -> list[tuple[str, pd.DataFrame, str]]:
     """(name, table, LaTeX caption) of every paper table."""
     study = loaded.trials["study"].iloc[0]
     s = str(study).replace("_", r"\_")  # captions are LaTeX source, not escaped by Styler
@@ -139,16 +156,17 @@ def tables(loaded) -> list[tuple[str, pd.DataFrame, str]]:
                                            "zero-shot baseline below."),
             ("pareto", pareto_set(loaded), f"Pareto set of study {s} on configuration means: no other configuration is "
                                            "both cheaper in FLOPs and more accurate on average."),
-            ("comparisons", comparison_table(loaded), f"Paired comparisons of study {s}: configurations that differ in "
-                                                      "one axis, over shared seeds; p-values Holm-corrected across the "
-                                                      "study; MDE: the difference detectable with 80\\% power.")]
+            ("comparisons", comparison_table(loaded, margin),
+             f"Comparisons of study {s}: configurations that differ in one axis; verdicts better / worse / "
+             f"equivalent within $\\pm${100 * margin:g} points (TOST) / undecided, Holm-corrected across the study "
+             "per kind of test; MDE: the difference the verdict's test detects with 80\\% power.")]
 
 
-def write_all(loaded, out: Path, say=print) -> list[Path]:
+def write_all(loaded, out: Path, say=print, margin: float = verdicts.MARGIN) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     study = loaded.trials["study"].iloc[0]
     written = []
-    for name, table, caption in tables(loaded):
+    for name, table, caption in tables(loaded, margin):
         if table.empty:
             say(f"skipped table {name}: no complete trial" if name != "comparisons" else
                 "skipped table comparisons: no two configurations differ in exactly one searched axis")

@@ -43,7 +43,7 @@ def run_child(module: str, args: list[str]) -> tuple[dict | None, str, float]:
 
 
 def compose(overrides: list[str]):
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
 
     return complete(load(list(overrides)))
 

@@ -13,7 +13,7 @@ GPU machine (it needs `datasets`, absent there), so Trainer is the only anchor.
 
 Throughput is steady state: steps after the first `--warmup` are timed one by one (CUDA synchronized
 at each boundary; the harness's own loop already syncs on the loss each step), tokens are the
-non-padding tokens of those steps. FLOPs per token come from harness/cost.py (2N forward + 2N backward
+non-padding tokens of those steps. FLOPs per token come from harness/trial/cost.py (2N forward + 2N backward
 for the frozen matmul weights' input gradients + 2N_trained weight gradients; the attention score
 matmuls are left out, ~1.7% at 512 tokens on this shape), MFU = that rate / the bf16 matmul rate
 measured here on one 8192^3 product. The NF4 harness run is also profiled for a few steps after the
@@ -57,7 +57,7 @@ def _reset_peak():
 
 def write_data(path: Path, n: int, words: int, seed: int = 0) -> Path:
     """n sentences of `words` vocabulary words (+ [CLS]/[SEP] = words + 2 tokens), labels by a word count."""
-    from harness.data import (  # the tiny tokenizer's words: no [UNK] tokens
+    from harness.data.load import (  # the tiny tokenizer's words: no [UNK] tokens
         _NEG,
         _POS,
         tiny_vocab,
@@ -135,7 +135,7 @@ def _profile_of(prof, steps: int) -> dict:
 
 
 def run_harness(cfg_over, steps: int, warmup: int, profile: int) -> dict:
-    from harness import loop
+    from harness.trial import loop
     from harness.train import run
 
     timer = StepTimer(warmup, steps if profile else None)
@@ -166,9 +166,9 @@ def run_trainer(cfg_over, steps: int, warmup: int, profile: int) -> dict:
         TrainingArguments,
     )
 
-    from harness.classify import load_splits
-    from harness.cost import matmul_params, train_flops
-    from harness.models import (
+    from harness.tasks.classify import load_splits
+    from harness.trial.cost import matmul_params, train_flops
+    from harness.trial.models import (
         load_tokenizer,
         quantization_config,
         resolve_targets,
@@ -230,7 +230,7 @@ VARIANTS = {"harness": run_harness, "trainer": run_trainer}
 def child(variant: str, steps: int, warmup: int, profile: int, cfg_over: list[str]) -> None:
     import torch
 
-    from harness.cost import peak_memory_bytes
+    from harness.trial.cost import peak_memory_bytes
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = VARIANTS[variant](cfg_over, steps, warmup, profile)
@@ -273,9 +273,10 @@ def matmul_peak(n: int = 8192, repeats: int = 10) -> dict:
 
 def fixed_cost(args, cfg_over: list[str], steps: int = 5) -> dict:
     """Issue #12: one trial cold (fresh `python -m harness.train`) vs the same trial second in a warm worker."""
-    from harness.launch import ProcessRunner
-    from harness.record import trial_dir
-    from harness.warm import WarmRunner
+    from harness.runners.process import ProcessRunner
+    from harness.record import TrialRecord, read_record, trial_dir
+    from harness.study.outcome import classify
+    from harness.runners.warm import WarmRunner
 
     out = tempfile.mkdtemp(prefix="bench-gpu-warm-")
     rows = []
@@ -285,14 +286,14 @@ def fixed_cost(args, cfg_over: list[str], steps: int = 5) -> dict:
         d = trial_dir(cfg.out_dir, cfg.study, cfg.trial)
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        o = runner.run(cfg, d, 0, lambda pid: None, lambda: None, 1.0, ["accuracy"])
+        o = classify(runner.run(cfg, d, 0, lambda pid: None, lambda: None, 1.0), ["accuracy"])
         wall = time.perf_counter() - t0
-        rec = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else {}
-        ph = rec.get("phase_seconds", {})
+        rec = read_record(d / "result.json") or TrialRecord(status="failed")
+        ph = rec.phase_seconds
         work = sum(ph.get(k, 0) for k in ("train", "eval", "final_eval", "baseline"))
         rows.append({"how": how, "trial": trial, "state": o.state, "wall_seconds": wall, "phase_seconds": ph,
-                     "fixed_seconds": wall - work, "accuracy": rec.get("accuracy"),
-                     "adapter_checksums": rec.get("adapter_checksums")})
+                     "fixed_seconds": wall - work, "accuracy": rec.accuracy,
+                     "adapter_checksums": rec.adapter_checksums})
 
     one(ProcessRunner(1), 0, "cold")
     warm = WarmRunner(1)

@@ -61,7 +61,7 @@ print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.
 print('transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__,
       'bitsandbytes', bitsandbytes.__version__, 'optuna', optuna.__version__, 'pydantic', pydantic.__version__)
 import bitsandbytes.cextension as c; print('bnb library:', getattr(c, 'BNB_BACKEND', ''), c.lib)"
-  step "pytest -m gpu" 130 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu.py
+  step "pytest -m gpu" 130 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/trial/test_gpu.py
   step "bench.gpu throughput" 200 python3 -m bench.gpu --parts throughput --out "$OUT" $BENCH_ARGS
   step "bench.gpu fixed cost (issue 12)" 100 python3 -m bench.gpu --parts fixed --out "$OUT" $BENCH_ARGS
 } 2>&1 | grep --line-buffered -v '^\[harness\] step ' | tee "$OUT/log.txt"

@@ -53,6 +53,7 @@ def overrides_of(params: dict) -> list[str]:
 
 def train_point(params: dict, base: list[str], out_dir: str, number: int) -> dict:
     """One grid point trained in this process; a diverged/failed trial is cached with its reason."""
+    from harness.record import read_record
     from harness.train import TrialFailed, run, run_dir_of
 
     cfg = compose([*base, *overrides_of(params), f"out_dir={out_dir}", "study=bench_search", f"trial={number}"])
@@ -60,7 +61,7 @@ def train_point(params: dict, base: list[str], out_dir: str, number: int) -> dic
     try:
         rec = run(cfg)
     except TrialFailed:  # the record was written before the raise: keep its evals and seconds
-        rec = json.loads((run_dir_of(cfg) / "result.json").read_text())
+        rec = read_record(run_dir_of(cfg) / "result.json").model_dump(exclude_unset=True)
     entry = {"params": params, **{f: rec.get(f) for f in KEEP}, "max_steps": int(cfg.train.max_steps),
              "process_seconds": time.perf_counter() - t0}
     # evals a full run makes: intermediate ones at every eval_every steps before the last + the final

@@ -2,13 +2,14 @@
 the sweep's wall time, each trial's process time (from the Optuna storage) and result.json phases."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness.record import TrialRecord, read_record
 
 
 def run_sweep(overrides: list[str], out_dir: Path, study: str, env: dict | None = None,
@@ -49,7 +50,7 @@ def read_trials(study_dir: Path, study: str) -> list[dict]:
         if t.datetime_complete is None:
             continue
         res = study_dir / "trials" / str(t.number) / "result.json"
-        rec = json.loads(res.read_text()) if res.is_file() else {}
+        rec = (read_record(res) or TrialRecord(status="failed")).model_dump(exclude_unset=True)
         rows.append({"number": t.number, "state": t.state.name,
                      "process_seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
                      "start": t.datetime_start.timestamp(), "end": t.datetime_complete.timestamp(),

@@ -69,9 +69,9 @@ def _plain_setup(cfg_over: list[str]):
     import torch
     from transformers import BitsAndBytesConfig
 
-    from harness.data import load_splits
-    from harness.models import weights_path
-    from harness.presets import head_names
+    from harness.data.load import load_splits
+    from harness.trial.models import weights_path
+    from harness.config.presets import head_names
 
     cfg = compose(cfg_over)
     torch.set_num_threads(cfg.hardware.threads or os.cpu_count() or 1)  # as the harness: all cores, 1 process
@@ -126,8 +126,8 @@ def _train_args(cls, cfg, steps: int, out: str, **extra):
 def _lora(cfg, model, task):
     from peft import LoraConfig
 
-    from harness.models import resolve_targets
-    from harness.presets import head_names
+    from harness.trial.models import resolve_targets
+    from harness.config.presets import head_names
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=resolve_targets(model, cfg.model.family, cfg.lora.targets), task_type=task,
@@ -165,7 +165,7 @@ def run_trainer(cfg_over, steps: int, sampling: str = "random") -> dict:
     timer = _timer()
     cls, extra = Trainer, {"train_sampling_strategy": sampling} if sampling == "group_by_length" else {}
     if sampling == "harness":
-        from harness.loop import train_batches
+        from harness.trial.loop import train_batches
 
         stream = train_batches([{"input_ids": i} for i in ds["input_ids"]], cfg.train.batch_size, cfg.seed, True)
         order = [i for b in itertools.islice(stream, steps) for i in b]
@@ -235,7 +235,7 @@ VARIANTS = {"harness": run_harness, "trainer": run_trainer, "sft": run_sft,
 def child(variant: str, cfg_over: list[str], steps: int) -> None:
     import torch
 
-    from harness.cost import peak_memory_bytes
+    from harness.trial.cost import peak_memory_bytes
 
     out = VARIANTS[variant](cfg_over, steps)
     out["peak_rss_mib"] = peak_memory_bytes(torch.device("cpu")) / 2**20

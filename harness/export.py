@@ -12,7 +12,7 @@ With --merge: the base loaded exactly as the trial loaded it (same quantization)
 fp32 ones), the adapter applied and merged (`merge_and_unload`), saved in float32 safetensors with the
 tokenizer and the label names, loadable with AutoModelForSequenceClassification / AutoModelForCausalLM.
 A merged NF4 export is not bit-exact with the trial (the trial computed in quant.compute_dtype through
-the 4-bit kernels, the merged model in float32): tests/test_export.py states the tolerance.
+the 4-bit kernels, the merged model in float32): tests/trial/test_export.py states the tolerance.
 --push-to-hub uploads the exported folder with huggingface_hub (needs a token and the network; both
 are checked before any work).
 """
@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness.adapters import ADAPTER, META
+from harness.record import ADAPTER, META, read_record
 
 
 class ExportError(ValueError):
@@ -47,15 +47,18 @@ def merge(trial: Path, out: Path) -> Path:
     import transformers
     from peft import PeftModel
 
-    from harness import config as config_mod
-    from harness.models import load_base, load_tokenizer
+    from harness.config import schema as config_mod
+    from harness.trial.models import load_base, load_tokenizer
 
     transformers.utils.logging.set_verbosity_error()  # the "newly initialized head" note: the adapter brings it
     transformers.utils.logging.disable_progress_bar()
     src = _adapter_dir(trial)
     meta = json.loads((src / META).read_text())
     # the resolved config the trial ran (result.json has it whichever way the trial was started)
-    cfg = config_mod.complete(json.loads((trial / "result.json").read_text())["config"])
+    rec = read_record(trial / "result.json")
+    if rec is None or rec.config is None:
+        raise ExportError(f"{trial}/result.json is unreadable or holds no config")
+    cfg = config_mod.complete(rec.config)
     tokenizer = load_tokenizer(cfg)
     labels = meta.get("labels") or []
     base = load_base(cfg, len(labels), "cpu", tokenizer)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from harness.config import ConfigError
+from harness.config.schema import ConfigError
 from harness.record import INTERMEDIATE
 
 
@@ -37,21 +37,33 @@ def where(cfg) -> str:
 
 
 def make_storage(cfg, heartbeat: bool = False):
-    """Optuna storage for `storage.url`; the driver's RDB storage records heartbeats."""
+    """Optuna storage for `storage.url`, created if new; the driver's RDB storage records heartbeats."""
+    return open_storage(cfg.storage.url, create=True, heartbeat_of=cfg.sweep if heartbeat else None)
+
+
+def open_storage(url: str, create: bool = False, heartbeat_of=None):
+    """The Optuna storage at url (its password from the environment, harness/optuna_parts.py with_password).
+    create=False (the analysis) never makes one: a missing SQLite or journal file raises FileNotFoundError.
+    heartbeat_of: the sweep config whose heartbeat settings an RDB storage records (the driver's)."""
     import optuna
 
-    url, sw = with_password(cfg.storage.url), cfg.sweep
+    url, sw = with_password(url), heartbeat_of
+    file = Path(url.removeprefix("journal://").removeprefix("sqlite:///")) if url.startswith(("journal://", "sqlite:///")) \
+        else None
+    if file is not None:
+        if not create and not file.is_file():
+            raise FileNotFoundError(file)
+        file.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("journal://"):
-        path = Path(url.removeprefix("journal://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(JournalFileBackend(str(file)))
     kwargs = {}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # trials report while the driver writes
-    if heartbeat:
+    if not create:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    if sw is not None:
         kwargs.update(heartbeat_interval=sw.heartbeat_interval, grace_period=sw.grace_period,
                       heartbeat_stale_trial_callback=retry_callback(sw))
     with schema_lock(url):  # RDBStorage() creates the schema on first use: one process at a time
@@ -211,6 +223,23 @@ def tally(trials) -> dict:
 
 
 # ---------------------------------------------------------------------------- private Optuna calls
+
+
+def claim_trial(study, trial_id: int) -> bool:
+    """Claim one chosen queued trial: WAITING -> RUNNING as a compare-and-set in the storage, so of several
+    workers exactly one gets it. The same call Optuna's own queue makes (Study._pop_waiting_trial_id, private;
+    harness/optuna_parts.py pop_waiting_trial), on a trial the race picked rather than the oldest; through the
+    study's own storage so its trial cache sees the change."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        return bool(study._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+# ---------------------------------------------------------------------------- the record
 
 
 def pop_waiting_trial(study):

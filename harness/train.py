@@ -16,38 +16,28 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
 
-from harness import adapters
-from harness import checkpoint as ckpt
-from harness import classify, sft
-from harness import config as config_mod
-from harness.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
-from harness.data import Splits, cache_dir
-from harness.loop import (LoopResult, adapter_checksum, eval_log, intermediate_items, train_batches,  # noqa: F401
-                          train_loop)
-from harness.models import prepare
+from harness.trial import adapters
+from harness.trial import checkpoint as ckpt
+from harness.tasks import TASKS, Task  # noqa: F401 (re-exported for tests)
+from harness.tasks import benchmarks
+from harness.config import schema as config_mod
+from harness.trial.cost import Clock, eval_flops, matmul_params, param_counts, peak_memory_bytes, train_flops
+from harness.data.load import cache_dir
+from harness.metrics import convergence
+from harness.trial.loop import (LoopResult, adapter_checksum, eval_entry, eval_log, intermediate_items,  # noqa: F401
+                                train_batches, train_loop)
+from harness.trial.models import prepare
 from harness.optuna_parts import trial_reporter
-from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir  # noqa: F401 (re-exported)
-from harness.shared import Shared, release, shared
-from harness.tracking import Run, provenance, usable_cpus, write_json
-
-
-class Task(Protocol):
-    """What a task module gives the trial (harness/classify.py and harness/sft.py document theirs)."""
-    def load_splits(self, data_cfg) -> Splits: ...
-    def items(self, tokenizer, examples, cfg) -> list[dict]: ...
-    def collate(self, items: list[dict], pad_id: int, device) -> dict: ...
-    def evaluate(self, model, items, cfg, tokenizer, accelerator) -> dict: ...
-    def reference_accuracy(self, items: list[dict]) -> float | None: ...
-
-
-TASKS: dict[str, Task] = {"classification": classify, "sft": sft}
+from harness.record import TrialFailed, TrialPruned, TrialRecord, trial_dir, wandb_exit_code  # noqa: F401 (re-exported)
+from harness.trial.context import TrialContext
+from harness.trial.shared import Shared, release, shared  # noqa: F401 (Shared: tests)
+from harness.trial.tracking import Run, provenance, usable_cpus, write_json
 
 
 def run_dir_of(cfg) -> Path:
@@ -87,20 +77,22 @@ def _baseline_path(cfg, test_items) -> Path:
     """Where the baseline eval of this base model + quantization + seed + test split is kept."""
     spec = {k: config_mod.OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "quant")}
     spec.update(seed=cfg.seed, mixed_precision=cfg.hardware.mixed_precision,
-                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline", "intermediate_examples")},
+                eval={k: v for k, v in cfg.eval.items() if k not in ("batch_size", "baseline", "intermediate_examples")
+                      and not k.startswith("benchmark")},  # eval.benchmarks* have their own cache (tasks/benchmarks.py)
                 items=hashlib.sha256(json.dumps(test_items, sort_keys=True, default=str).encode()).hexdigest())
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_dir() / "baselines" / f"{cfg.model.name}-{key}.json"
 
 
-def baseline_eval(cfg, task: Task, sh: Shared, accelerator, clock: Clock) -> tuple[dict | None, bool, float | None]:
+def baseline_eval(ctx: TrialContext) -> tuple[dict | None, bool, float | None]:
     """The base model with its untrained head: what the adapters have to beat. The same for every trial of
     a study that shares base, quant, seed and test split, so it is computed once and read back.
     Returns (eval, read from the cache?, its FLOPs: a study-level cost kept beside the trial's own)."""
+    cfg, task, sh, accelerator = ctx.cfg, ctx.task, ctx.shared, ctx.accelerator
     if not cfg.eval.baseline:
         return None, False, None
-    with clock.phase("baseline"):
-        main = accelerator.is_main_process
+    with ctx.clock.phase("baseline"):
+        main = ctx.main
         key_path = _baseline_path(cfg, sh.test_items)
         cached = [json.loads(key_path.read_text()) if main and key_path.is_file() else None]
         if accelerator.num_processes > 1:
@@ -115,10 +107,11 @@ def baseline_eval(cfg, task: Task, sh: Shared, accelerator, clock: Clock) -> tup
         return baseline, cached[0] is not None, eval_flops(matmul_params(sh.model), baseline["tokens"])
 
 
-def attach_adapters(cfg, sh: Shared, clock: Clock):
+def attach_adapters(ctx: TrialContext):
     """The trained part (LoRA, head only, or everything) on the base: (model, targets, parameter counts)."""
-    with clock.phase("load"):
-        model, targets = prepare(sh.model, cfg)
+    cfg = ctx.cfg
+    with ctx.clock.phase("load"):
+        model, targets = prepare(ctx.shared.model, cfg)
         # k-bit preparation makes the embeddings' output require grad: the backward then runs through every layer
         params = param_counts(model, input_grads=cfg.method == "lora" and cfg.quant.mode != "none")
     return model, targets, params
@@ -130,7 +123,8 @@ def _method_line(cfg, targets) -> str:
     return {"head_only": "head only (frozen base)", "full": "full fine-tune"}[cfg.method]
 
 
-def announce(cfg, sh: Shared, targets, params, world: int) -> None:
+def announce(ctx: TrialContext, targets, params) -> None:
+    cfg, sh, world = ctx.cfg, ctx.shared, ctx.accelerator.num_processes
     t = cfg.train
     per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     print(f"[harness] trial {cfg.study}/{cfg.trial}: {cfg.model.name} {cfg.quant.mode} on {cfg.data.name} "
@@ -140,34 +134,43 @@ def announce(cfg, sh: Shared, targets, params, world: int) -> None:
           f"examples/step, {t.max_steps} steps", flush=True)
 
 
-def final_eval(cfg, task: Task, model, sh: Shared, accelerator, tracker, clock: Clock, res: LoopResult, run_dir):
+def final_eval(ctx: TrialContext, model, res: LoopResult):
     """The eval of the finished model (skipped for failed or pruned runs: nothing to measure)."""
+    cfg, task, sh, accelerator, run_dir = ctx.cfg, ctx.task, ctx.shared, ctx.accelerator, ctx.run_dir
     if res.status != "complete":
         return None
-    with clock.phase("eval"):
+    with ctx.clock.phase("eval"):
         final = task.evaluate(model, sh.test_items, cfg, sh.tokenizer, accelerator)
-    if accelerator.is_main_process and "predictions" in final:  # per item, for error analysis and pairing
-        _write_predictions(run_dir / "predictions.jsonl", final.pop("predictions"), sh.test_items, sh.splits.labels)
+    preds = final.pop("predictions", None)
+    if preds is not None and sh.splits.labels:  # classification: what the head predicted, per label
+        final["pred_histogram"] = {y: sum(p["prediction"] == i for p in preds) for i, y in enumerate(sh.splits.labels)}
+    if accelerator.is_main_process and preds is not None:  # per item, for error analysis and pairing
+        _write_predictions(run_dir / "predictions.jsonl", preds, sh.test_items, sh.splits.labels)
     res.eval_tokens += final["tokens"]
-    if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/adapters.py)
+    if accelerator.is_main_process:  # trials/<n>/adapter/ (train.save_adapter; harness/trial/adapters.py)
         adapters.save(accelerator.unwrap_model(model), sh.tokenizer, run_dir, cfg, sh.splits.labels)
-    res.evals.append({"step": res.step, "accuracy": final["accuracy"], "loss": final["loss"],
-                      **final.get("metrics", {})})
-    tracker.log(eval_log(final), step=res.step)
+    res.evals.append(eval_entry(res.step, final))
+    ctx.tracker.log(eval_log(final), step=res.step)
     return final
 
 
-def _write_predictions(path: Path, preds: list[dict], test_items: list[dict], labels: list[str]) -> None:
-    """trials/<n>/predictions.jsonl: one line per test item (id, prediction, reference, correct)."""
+def _write_predictions(path: Path, preds: list[dict], test_items: list[dict], labels: list[str] | None) -> None:
+    """trials/<n>/predictions.jsonl: one line per test item: id (its place in the test split, the same in every
+    trial of a study), prediction, reference, correct, the text (its first 200 characters), and the item's
+    continuous scores: classification gold_logprob / pred_logprob (log-softmax of the head's logits),
+    sft nll / n_tokens (the answer's summed token NLL under teacher forcing, and its token count)."""
     with open(path, "w") as f:
         for p in preds:
-            text = test_items[p["id"]].get("text", "") if p["id"] is not None else ""
-            f.write(json.dumps({"id": p["id"], "prediction": labels[p["prediction"]], "reference": labels[p["reference"]],
-                                "correct": p["correct"], "text": text[:200]}) + "\n")
+            item = test_items[p["id"]] if p["id"] is not None else {}
+            row = {**p, "text": (item.get("text") or item.get("prompt") or "")[:200]}
+            if labels:  # classification: label ids -> names
+                row.update(prediction=labels[p["prediction"]], reference=labels[p["reference"]])
+            f.write(json.dumps(row) + "\n")
 
 
-def cost(cfg, params: dict, res: LoopResult, accelerator, clock: Clock) -> dict:
+def cost(ctx: TrialContext, params: dict, res: LoopResult) -> dict:
     """Tokens (summed over ranks), FLOPs by the stated formula (cost.py), device-seconds, memory, money."""
+    cfg, accelerator, clock = ctx.cfg, ctx.accelerator, ctx.clock
     world, device = accelerator.num_processes, torch.device(accelerator.device)
     if world > 1:
         res.tokens, res.padded = (int(v) for v in accelerator.reduce(
@@ -185,13 +188,14 @@ def cost(cfg, params: dict, res: LoopResult, accelerator, clock: Clock) -> dict:
             "cost_usd": compute_s * world / 3600 * cfg.hardware.price_per_device_hour}
 
 
-def make_record(cfg, sh: Shared, res: LoopResult, final, baseline, base_info: tuple, targets, costs: dict,
-                checksums: list[str], accelerator, clock: Clock) -> TrialRecord:
+def make_record(ctx: TrialContext, res: LoopResult, final, baseline, base_info: tuple, targets, costs: dict,
+                checksums: list[str]) -> TrialRecord:
     """The typed record of this trial (record.py); result.json adds the config and the loss history."""
+    cfg, sh, accelerator, clock = ctx.cfg, ctx.shared, ctx.accelerator, ctx.clock
     t, world = cfg.train, accelerator.num_processes
     per_device = t.batch_size // world if t.keep_effective_batch else t.batch_size
     baseline_cached, baseline_flops = base_info
-    rec = TrialRecord(
+    fields = dict(
         status=res.status, reason=res.reason, study=cfg.study, trial=cfg.trial,
         accuracy=final["accuracy"] if final else None, eval_loss=final["loss"] if final else None,
         method=cfg.method,
@@ -220,19 +224,47 @@ def make_record(cfg, sh: Shared, res: LoopResult, final, baseline, base_info: tu
         extra["samples"] = samples
     if t.eval_every:  # the intermediate evals' subset, when eval.intermediate_examples drew one (loop.py)
         extra["intermediate_eval_examples"] = len(intermediate_items(sh.test_items, cfg))
-    return rec.model_copy(update=extra)
+    extra.update(_learning(cfg, res, final, costs))
+    return TrialRecord(**{**fields, **extra})
+
+
+def _learning(cfg, res: LoopResult, final, costs: dict) -> dict:
+    """Did the trial finish learning, and learn anything: its convergence verdict over the last quarter
+    of its own steps, degenerate (collapsed / diverged), and what early stopping saved."""
+    t = cfg.train
+    metric = t.early_stopping.metric if t.early_stopping.patience else "accuracy"
+    gain, se = convergence.last_quarter_gain(res.evals, metric, steps=res.step) if final else (None, None)
+    losses = [h["train/loss"] for h in res.history]
+    if res.status == "failed" and res.reason and res.reason.startswith("non-finite loss"):
+        losses.append(float("nan"))  # the step that blew up is not in the history
+    out = {"degenerate": convergence.degenerate((final or {}).get("pred_histogram"), losses),
+           "pred_histogram": (final or {}).get("pred_histogram")}
+    if final:
+        out.update(last_quarter_gain=gain, last_quarter_gain_se=se,
+                   convergence=convergence.verdict(gain, None if se is None else 1.96 * se,
+                                                   points=convergence.is_binomial(metric) or metric == "accuracy"))
+    if t.early_stopping.patience and res.status == "complete":
+        saved = t.max_steps - res.step
+        # an estimate, from this trial's own measured per-step train FLOPs (cost.py's formula over the tokens it
+        # actually trained on), times the steps it did not run; the skipped steps' intermediate evals are not counted
+        per_step = costs["train_flops"] / res.step if res.step else None
+        out.update(stopped_early=res.stopped_early, best_step=res.best_step, steps_saved=saved,
+                   flops_saved=per_step * saved if per_step is not None else None)
+    return out  # validated: a key the type does not declare must be an eval.metrics number
 
 
 def publish(rec: TrialRecord, tracker, resolved: dict, history: list[dict], run_dir: Path, main: bool) -> dict:
     """result.json (the record + config + loss history) and the W&B run's tables and summary (rank 0)."""
-    record = rec.model_dump()
+    record = rec.model_dump(exclude_unset=True)  # the keys this trial set: sft's metrics only for sft
     for k, rows in record.get("samples", {}).items():
         tracker.table(f"samples/{k}", rows)
     if main:
         record["wandb"] = tracker.info()
         write_json(run_dir / "result.json", {**record, "config": resolved, "history": history})
-        tracker.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None},
-                       exit_code=0 if rec.status == "complete" else 1)
+        flat = {f"{k}.{b}": v for k in ("benchmarks", "baseline_benchmarks", "retention")
+                for b, v in (record.get(k) or {}).items()}  # W&B's summary keeps scalars only
+        tracker.finish({k: v for k, v in {**record, **flat}.items() if isinstance(v, (int, float, str)) and v is not None},
+                       exit_code=wandb_exit_code(rec.status))
     return record
 
 
@@ -243,7 +275,7 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     """Run one trial from a resolved config; returns the record (also written to result.json).
 
     reporter(step, metrics) -> bool is called on rank 0 after each intermediate eval; True prunes.
-    cache: a warm worker's {shared_key: Shared} (harness/warm.py); None loads everything (the cold path).
+    cache: a warm worker's {shared_key: Shared} (harness/trial/worker.py); None loads everything (the cold path).
     """
     cfg = config_mod.complete(cfg)
     task, clock = TASKS[cfg.task.type], Clock()
@@ -254,22 +286,30 @@ def run(cfg, reporter=None, cache: dict | None = None) -> dict:
     resolved = config_mod.OmegaConf.to_container(cfg, resolve=True)
     sh = shared(cfg, task, accelerator, clock, cache)
     tracker = Run(cfg, resolved, run_dir, enabled=main)
-    baseline, *base_info = baseline_eval(cfg, task, sh, accelerator, clock)
+    ctx = TrialContext(cfg, task, accelerator, sh, tracker, clock, run_dir, resolved)
+    baseline, *base_info = baseline_eval(ctx)
+    bench_base = benchmarks.on_base(cfg, sh.model, sh.tokenizer, accelerator, clock)  # eval.benchmarks, cached
     model = sh.model
     try:
-        model, targets, params = attach_adapters(cfg, sh, clock)
+        model, targets, params = attach_adapters(ctx)
         if main:
-            announce(cfg, sh, targets, params, accelerator.num_processes)
-        model, res = train_loop(cfg, task, model, sh, accelerator, tracker, reporter, clock, run_dir, resolved)
-        final = final_eval(cfg, task, model, sh, accelerator, tracker, clock, res, run_dir)
-        costs = cost(cfg, params, res, accelerator, clock)
+            announce(ctx, targets, params)
+        model, res = train_loop(ctx, model, reporter)
+        final = final_eval(ctx, model, res)
+        bench = benchmarks.on_final(cfg, model, sh.tokenizer, accelerator, clock, bench_base, run_dir) if final else None
+        if bench:  # the tuned model's benchmark eval is the trial's own compute
+            res.eval_tokens += bench["benchmark_tokens"]
+            bench["benchmark_flops"] = eval_flops(params, bench["benchmark_tokens"])
+        costs = cost(ctx, params, res)
         checksums = [adapter_checksum(model)]
         if accelerator.num_processes > 1:
             checksums = gather_object(checksums)
     finally:
         if cache is not None:
             release(cfg, accelerator.unwrap_model(model), sh, cache)
-    rec = make_record(cfg, sh, res, final, baseline, tuple(base_info), targets, costs, checksums, accelerator, clock)
+    rec = make_record(ctx, res, final, baseline, tuple(base_info), targets, costs, checksums)
+    if bench:
+        rec = TrialRecord(**{**rec.model_dump(exclude_unset=True), **bench})
     record = publish(rec, tracker, resolved, res.history, run_dir, main)
     accelerator.wait_for_everyone()
     if main and res.status != "failed" and cfg.train.checkpoint_every:

@@ -24,7 +24,7 @@ TINY = ["model=tiny_bert", "data=tiny", "train.max_steps=6", "train.eval_every=0
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """Compose the tiny config (plus overrides) with outputs under tmp_path."""
-    from harness.config import complete, load
+    from harness.config.schema import complete, load
 
     def make(*overrides: str, study: str = "t"):
         return complete(load([*TINY, f"out_dir={tmp_path}", f"study={study}", *overrides]))
@@ -66,3 +66,20 @@ def fresh_pg():
     with psycopg.connect(**admin) as conn:
         for name in made:
             conn.execute(f"drop database if exists {name} with (force)")
+
+
+class NoProcessRunner:
+    """The Runner protocol's lifecycle for in-process test runners, which start no process: subclasses
+    give run() (harness/runners/__init__.py)."""
+
+    def prestart(self, cfg):
+        pass
+
+    def stop(self, sig=None):
+        pass
+
+    def close(self):
+        pass
+
+    def discard(self):
+        pass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import complete, load
-from harness.data import load_splits
+from harness.config.schema import complete, load
+from harness.data.load import load_splits
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_bbc_news_has_five_topics():
 @pytest.mark.parametrize("model", ["minilm", "smollm2_135m"])
 def test_a_short_default_trial_beats_chance(tmp_path, model):
     from harness import train
-    from harness.launch import allocate_trial
+    from harness.runners.process import allocate_trial
 
     cfg = complete(load([f"model={model}", f"out_dir={tmp_path}", "train.max_steps=30", "eval.max_examples=200",
                          "tracking.mode=disabled", "data.train_size=1000"]))

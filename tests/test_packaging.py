@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ROOT
+from harness.config.schema import ROOT
 
 SKIP = shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache",
                               "bench", "docs", "tests", "outputs", "wandb", ".whl", ".gl", ".cache")
@@ -35,7 +35,7 @@ def test_wheel_contains_the_configs_and_the_sweeps(wheel):
     assert "harness/conf/config.yaml" in names
     assert "harness/sweeps/lora_rank.yaml" in names
     # read at run time: the peft field list (config schema) and the local evaluate modules (eval.metrics)
-    assert {"harness/peft_lora.json", "harness/evaluate_modules/f1/f1.py"} <= names
+    assert {"harness/config/peft_lora.json", "harness/metrics/evaluate_modules/f1/f1.py"} <= names
     # Hydra reads sweeps as the `sweep` group of conf/ (in the checkout a symlink to sweeps/)
     sweeps = sorted(p.name for p in (ROOT / "sweeps").glob("*.yaml"))
     assert sweeps and all(f"harness/conf/sweep/{s}" in names for s in sweeps), sweeps
@@ -51,6 +51,7 @@ def test_torch_is_a_range_in_the_dependencies(wheel):
     assert torch and "==" not in torch[0] and "<3" in torch[0], torch
 
 
+@pytest.mark.process
 def test_installed_package_runs_from_another_directory(wheel, tmp_path):
     """pip install --no-deps --target: the wheel alone on sys.path (the dependencies come from this
     environment's site-packages), run from a directory that has no conf/ and no checkout."""
@@ -65,7 +66,7 @@ def test_installed_package_runs_from_another_directory(wheel, tmp_path):
         return subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True,
                               timeout=300)
 
-    where = run("-c", "import harness.config as c; print(c.__file__, c.CONF_DIR, c.INSTALLED)")
+    where = run("-c", "import harness.config.schema as c; print(c.__file__, c.CONF_DIR, c.INSTALLED)")
     assert where.returncode == 0, where.stderr
     module, conf, installed = where.stdout.split()
     assert module.startswith(str(target)) and conf == str(target / "harness" / "conf") and installed == "True"
