@@ -132,8 +132,8 @@ def load(out: Path) -> list[dict]:
         rec = read_record(path)
         if rec is None:
             continue
-        extra = rec.model_extra or {}
-        cfg = extra.get("config", {})
+        extra = {**(rec.model_extra or {}), **{k: v for k, v in rec if v is not None}}  # declared or extra fields
+        cfg = extra.get("config") or {}
         curve = {e["step"]: e["accuracy"] for e in rec.evals if e.get("accuracy") is not None}
         if rec.baseline_accuracy is not None:
             curve = {0: rec.baseline_accuracy, **curve}  # the base model (and untrained head) before step 1
