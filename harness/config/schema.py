@@ -168,9 +168,11 @@ class TrainCfg(_Strict):
     # null = all for a single run, best in a study (harness/trial/adapters.py)
     save_adapter: Literal["best", "all", "none"] | None = None
     optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"  # harness/trial/optim.py
-    # transformers.get_scheduler: linear, cosine, constant_with_warmup, ...; null = linear, or
-    # constant_with_warmup under early stopping (a schedule planned over max_steps has barely decayed
-    # where an early-stopped trial ends, so its lr at the stop would depend on the cap, not the trial)
+    # transformers.get_scheduler: linear, cosine, constant_with_warmup, ...; null = linear planned over
+    # max_steps, with or without early stopping: the measured choice (BENCHMARKS.md "Learning curves and
+    # default budgets": an early-stopped run is the capped linear run cut at its stop, patience 4 / min_delta
+    # 0.01 cost 0.42 points on average for 29% of the steps); constant_with_warmup under early stopping is
+    # not measured (bench/es_schedule.py)
     lr_scheduler_type: str | None = None
     early_stopping: EarlyStoppingCfg = EarlyStoppingCfg()
 
@@ -187,7 +189,7 @@ class TrainCfg(_Strict):
             raise ValueError(f"train.early_stopping.patience={self.early_stopping.patience} counts intermediate evals, "
                              "and train.eval_every=0 runs none: set train.eval_every (e.g. 20)")
         if self.lr_scheduler_type is None:  # resolved here, so config.yaml and result.json name the schedule run
-            self.lr_scheduler_type = "constant_with_warmup" if self.early_stopping.patience else "linear"
+            self.lr_scheduler_type = "linear"
         return self
 
 

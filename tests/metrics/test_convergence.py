@@ -153,9 +153,7 @@ def test_early_stopping_stops_at_the_plateau_and_records_what_it_saved(tmp_path,
     assert rec["flops_saved"] == pytest.approx(rec["train_flops"] / rec["steps"] * rec["steps_saved"])
     assert "early stop at step" in rec["reason"]
     cfg = json.loads((tmp_path / "c" / "trials" / "0" / "result.json").read_text())["config"]
-    assert cfg["train"]["lr_scheduler_type"] == "constant_with_warmup"  # the schedule chosen under early stopping
-    lrs = [h["train/lr"] for h in rec.get("history", [])] or None
-    assert lrs is None or len(set(lrs[40:])) == 1
+    assert cfg["train"]["lr_scheduler_type"] == "linear"  # the measured schedule under early stopping (BENCHMARKS.md)
 
 
 def test_predictions_carry_log_probs_that_agree_with_the_logits(tmp_path, env):
