@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_rt_polarity_is_fetched_checksummed_and_balanced():
     s = load_splits(complete(load([])).data)
-    assert s.provenance["n_total"] == 4000 and len(s.test) == 400 and len(s.train) == 3200
+    assert s.provenance["n_total"] == 4000 and len(s.test) == 1000 and len(s.train) == 3000
     assert sum(e.label for e in s.test) == 200
 
 
