@@ -44,6 +44,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.common import save, table
+from harness.runners import InProcess
 
 SPACE = "sweep.space={train.lr: {low: 1e-5, high: 1e-2, log: true}}"
 BASE = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1", "sweep=lora_rank",
@@ -70,7 +71,7 @@ class Latencies:
             self.events.append((time.time(), op))
 
 
-class SimRunner:
+class SimRunner(InProcess):
     """A Runner (harness/runners/__init__.py) that starts no process: sleep a drawn duration, beat
     meanwhile, report a drawn accuracy."""
 
@@ -112,18 +113,6 @@ class SimRunner:
 
             self.yaml = to_yaml(tcfg)
         return self.yaml
-
-    def stop(self, sig=None):
-        pass
-
-    def prestart(self, cfg):
-        pass
-
-    def close(self):
-        pass
-
-    def discard(self):
-        pass
 
 
 def _patch_compose():

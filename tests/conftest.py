@@ -68,18 +68,4 @@ def fresh_pg():
             conn.execute(f"drop database if exists {name} with (force)")
 
 
-class NoProcessRunner:
-    """The Runner protocol's lifecycle for in-process test runners, which start no process: subclasses
-    give run() (harness/runners/__init__.py)."""
-
-    def prestart(self, cfg):
-        pass
-
-    def stop(self, sig=None):
-        pass
-
-    def close(self):
-        pass
-
-    def discard(self):
-        pass
+from harness.runners import InProcess as NoProcessRunner  # noqa: E402,F401 (the in-process test runners' base)

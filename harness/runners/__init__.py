@@ -34,3 +34,20 @@ class Runner(Protocol):
     def stop(self, sig: int = signal.SIGTERM) -> None: ...
     def close(self) -> None: ...
     def discard(self) -> None: ...
+
+
+class InProcess:
+    """The Runner lifecycle of a runner that starts no process (the storage simulation's, the tests'):
+    subclasses give run(); there is nothing to prestart, stop, close or discard."""
+
+    def prestart(self, cfg: DictConfig) -> None:
+        pass
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ from scipy import stats
 
 from harness.config.schema import ConfigError, complete, load
 from harness.record import TrialRecord
-from harness.runners import Ended
+from harness.runners import Ended, InProcess
 from harness.runners.process import write_config
 from harness.study import racing
 from harness.study import verdict as vd
@@ -35,7 +34,7 @@ def accuracy(r: int, lr: float, seed: int) -> float:
     return base + shift + random.Random(f"{r} {lr} {seed}").uniform(-0.002, 0.002)
 
 
-class FormulaRunner:
+class FormulaRunner(InProcess):
     """Stands in for the warm workers: accuracy by formula, records what it ran."""
 
     def __init__(self, hold: threading.Event | None = None):
@@ -52,18 +51,6 @@ class FormulaRunner:
                "tokens": 100}
         write_config(tcfg, Path(run_dir))
         return Ended(0, TrialRecord.model_validate(rec), Path(run_dir) / "log.txt")
-
-    def stop(self, sig=signal.SIGTERM):
-        pass
-
-    def prestart(self, cfg):
-        pass
-
-    def close(self):
-        pass
-
-    def discard(self):
-        pass
 
 
 def _driver(tmp_path, *extra, runner=None, study="race", space="{lora.r: {choices: [2, 8, 32]}}"):
