@@ -345,7 +345,8 @@ def figure_names(loaded) -> list[str]:
     """The figures this study asks for: the fixed ones and one per searched axis."""
     axes = [a for a in loaded.axes if a != "method"]
     return ["accuracy_vs_compute", *(axis_figure_name(a) for a in axes), "alpha_rank_heatmap", "training_curves",
-            "learning_curves", "learning_forgetting", "param_importance", "expected_best_vs_budget"]
+            "learning_curves", *(["learning_forgetting"] if forgetting.has_benchmarks(loaded.trials) else []),
+            "param_importance", "expected_best_vs_budget"]
 
 
 def draw(name: str, loaded, width: str):

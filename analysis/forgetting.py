@@ -60,6 +60,11 @@ def benchmark_columns(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([trials.drop(columns=[c for c in extra if c in trials]), extra], axis=1)
 
 
+def has_benchmarks(trials: pd.DataFrame) -> bool:
+    """Whether any trial of the study recorded benchmark scores (eval.benchmarks): the figure is asked only then."""
+    return bool(benchmark_columns(trials)["forgetting"].notna().any()) if len(trials) else False
+
+
 def benchmark_names(df: pd.DataFrame) -> list[str]:
     return sorted(c[len("bench."):] for c in df if c.startswith("bench."))
 
