@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from harness.study import seeds
+from harness.study import verdict as seeds_verdict
 
 # short axis names for labels, figures and tables
 LABELS = {"lora.r": "r", "lora.alpha": "α", "lora.alpha_over_r": "α/r", "lora.targets": "targets",
@@ -126,17 +127,9 @@ def paired(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error over all the study's comparisons)."""
-    p = np.asarray(pvalues, float)
-    out = np.full(len(p), np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, (m - rank) * p[i])
-        out[i] = min(1.0, running)
-    return out
+    """Holm's step-down adjusted p-values (family-wise error over all the study's comparisons): the driver's
+    (harness/study/verdict.py, which stop_when: decided uses), as an array."""
+    return np.asarray(seeds_verdict.holm([float(p) for p in np.asarray(pvalues, float)]), float)
 
 
 def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:

@@ -41,17 +41,12 @@ from scipy import stats as sps
 
 from analysis import items as item_data
 from analysis import stats
+from harness.study.verdict import margin_words  # '±1 point': the driver's words too
 
 N_BOOT = 2000
 BOOT_SEED = 0
 MARGIN = 0.01  # one accuracy point
 WORDS = ("better", "worse", "undecided")  # + equivalent_word(margin)
-
-
-def margin_words(margin: float) -> str:
-    """'±1 point', '±0.5 points'."""
-    pts = 100 * margin
-    return f"±{pts:g} point{'s' if pts != 1 else ''}"
 
 
 def equivalent_word(margin: float) -> str:
