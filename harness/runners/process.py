@@ -119,6 +119,10 @@ def accelerate_command(cfg: DictConfig, config_path: Path) -> tuple[list[str], d
     env = dict(os.environ)
     if cfg.hardware.device == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"  # gloo ranks; see accelerate_config for why not MULTI_CPU
+        # One machine: the ranks meet on loopback. Left alone, gloo binds the address the hostname
+        # resolves to, which a sandbox or firewall may not let a process reach from itself; the ranks
+        # then wait in connect() until the 30-minute process-group timeout. A user's choice stands.
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     acc = config_path.parent / "accelerate.yaml"
     acc.write_text(yaml.safe_dump(accelerate_config(cfg), sort_keys=False))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(acc),
