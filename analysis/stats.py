@@ -119,7 +119,7 @@ def paired(a: pd.Series, b: pd.Series, level: float = 0.95) -> dict:
     if np.all(d == d[0]):  # no spread: t is undefined; a constant non-zero shift is still no proof with n seeds
         out.update(p_t=1.0 if d[0] == 0 else 0.0)
     else:
-        out["p_t"] = float(stats.ttest_rel(b[shared].to_numpy(float), a[shared].to_numpy(float)).pvalue)
+        out["p_t"] = seeds_verdict.p_two_sided([float(x) for x in d])  # the driver's paired t
     perm = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf if n <= 16 else 20000,
                                   alternative="two-sided", random_state=0)
     out["p_perm"] = float(perm.pvalue)

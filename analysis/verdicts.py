@@ -41,6 +41,7 @@ from scipy import stats as sps
 
 from analysis import items as item_data
 from analysis import stats
+from harness.study import verdict as seeds_verdict
 from harness.study.verdict import margin_words  # '±1 point': the driver's words too
 
 N_BOOT = 2000
@@ -61,11 +62,10 @@ def points(v, signed: bool = True) -> str:
 
 
 def tost(d, margin: float) -> tuple[float, float, float]:
-    """(p against -δ, p against +δ, TOST p = the larger) from paired differences d (one-sided t)."""
-    d = np.asarray(d, float)
-    lower = sps.ttest_1samp(d, -margin, alternative="greater").pvalue
-    upper = sps.ttest_1samp(d, margin, alternative="less").pvalue
-    return float(lower), float(upper), float(max(lower, upper))
+    """(p against -δ, p against +δ, TOST p = the larger) from paired differences d (one-sided t): the
+    driver's test (harness/study/verdict.py), so stop_when: decided and the report agree."""
+    lower, upper = seeds_verdict.tost_sides([float(x) for x in np.asarray(d, float)], margin)
+    return lower, upper, seeds_verdict.p_tost([float(x) for x in np.asarray(d, float)], margin)
 
 
 def mcnemar_exact(a_correct, b_correct) -> dict:

@@ -58,16 +58,21 @@ def p_less(d: list[float]) -> float:
     return math.nan if math.isnan(se) else float(stats.t.cdf(mean / se, n - 1))
 
 
-def p_tost(d: list[float], margin: float) -> float:
-    """TOST p: the larger of the one-sided t p-values against mean <= -δ and mean >= +δ."""
+def tost_sides(d: list[float], margin: float) -> tuple[float, float]:
+    """The one-sided paired t p-values of TOST: against mean <= -δ and against mean >= +δ (NaN, NaN
+    where t is undefined). The analysis's TOST (analysis/verdicts.tost) is this one."""
     from scipy import stats
 
     mean, se, n = paired_t(d)
     if math.isnan(se):
-        return math.nan
-    lower = stats.t.sf((mean + margin) / se, n - 1)
-    upper = stats.t.cdf((mean - margin) / se, n - 1)
-    return float(max(lower, upper))
+        return math.nan, math.nan
+    return float(stats.t.sf((mean + margin) / se, n - 1)), float(stats.t.cdf((mean - margin) / se, n - 1))
+
+
+def p_tost(d: list[float], margin: float) -> float:
+    """TOST p: the larger of the two one-sided p-values (equivalence needs both sides rejected)."""
+    lower, upper = tost_sides(d, margin)
+    return math.nan if math.isnan(lower) else max(lower, upper)
 
 
 def holm(pvalues: list[float]) -> list[float]:

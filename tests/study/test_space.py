@@ -139,10 +139,10 @@ def test_tpe_and_pruner_defaults_are_the_benchmarked_ones_and_sweep_args_overrid
 
     base = ["sweep=lora_rank", "sweep.sampler=tpe", "sweep.n_trials=4", "train.max_steps=80", "train.eval_every=10"]
     tpe = make_sampler(complete(load(base)))
-    assert (tpe._multivariate, tpe._group, tpe._n_startup_trials) == (True, True, 4)
+    assert (tpe.inner._multivariate, tpe.inner._group, tpe.inner._n_startup_trials) == (True, True, 4)
     tpe = make_sampler(complete(load([*base, "+sweep.sampler_args.multivariate=false",
                                       "+sweep.sampler_args.group=false", "+sweep.sampler_args.n_startup_trials=10"])))
-    assert (tpe._multivariate, tpe._group, tpe._n_startup_trials) == (False, False, 10)
+    assert (tpe.inner._multivariate, tpe.inner._group, tpe.inner._n_startup_trials) == (False, False, 10)
     hb = make_pruner(complete(load([*base, "sweep.pruner=hyperband"])))
     assert (hb._min_resource, hb._max_resource, hb._reduction_factor) == (30, 80, 3)
     sh = make_pruner(complete(load([*base, "sweep.pruner=successive_halving", "train.eval_every=16"])))
