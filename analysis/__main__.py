@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if aside:
         print(f"note: set aside {sum(aside.values())} degenerate trial(s) ({', '.join(f'{k}: {v}' for k, v in aside.items())})"
               ": left out of every figure, table and test")
+    from analysis import race
+
+    for line in race.console_lines(loaded.optuna_study):  # racing's stops and the study's own stop
+        print(f"note: {line.removeprefix('- ')}")
     root = args.out or study.dir
     if args.plan:
         from analysis import planner

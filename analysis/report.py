@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis import forgetting
 from harness.record import read_record
-from analysis import budget, curves, planner, stats, verdicts
+from analysis import budget, curves, planner, race, stats, verdicts
 from analysis.items import test_items
 from analysis.plotting import reference_name, split
 from analysis.tables import best_configs, comparison_table, to_latex
@@ -181,6 +181,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
         md += ["## Configurations", "Best mean first (ties: lower compute); mean ± 95% CI over seeds, or one seed "
                "with the test items' 95% interval; reference arms and the zero-shot baseline below.", "",
                table.to_markdown(index=False), ""]
+    md += race.report_lines(loaded.optuna_study)  # a raced study's unequal seeds, said before its numbers
     md += ["## Convergence and degenerate trials", "Per configuration: the gain over the last 25% of steps "
            "(harness/metrics/convergence.py), and the collapsed / diverged trials set aside from every mean.",
            "", *curves.report_lines(loaded), ""]

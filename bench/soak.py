@@ -54,9 +54,8 @@ def study_args(url: str, out_dir: Path, study: str, n: int) -> list[str]:
 
 
 class Worker:
-    def __init__(self, i: int, args: list[str], logs: Path, distinct_seeds: bool = False):
+    def __init__(self, i: int, args: list[str], logs: Path):
         self.i, self.args, self.logs, self.proc, self.lives = i, args, logs, None, 0
-        self.distinct_seeds = distinct_seeds
 
     def start(self):
         self.lives += 1
@@ -64,10 +63,9 @@ class Worker:
         log = open(self.logs / f"worker{self.i}.{self.lives}.log", "w")
         env = {**os.environ, **QUIET_ENV, "PYTHONUNBUFFERED": "1"}  # a killed worker's log keeps its last lines
         # (run the soak itself under nice: the workers inherit it)
-        # --distinct-seeds: each worker life its own sampler seed (sweep.* is not part of the experiment a
-        # resume checks), or every life proposes the same random configurations
-        seed = [f"sweep.sampler_seed={1000 * self.i + self.lives}"] if self.distinct_seeds else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness", *self.args, *seed],
+        # the same command every life: the sampler's seed is drawn per trial number (optuna_parts.seeded_per_trial),
+        # so neither another worker nor a restart replays a configuration
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness", *self.args],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
@@ -124,7 +122,6 @@ def main(argv=None) -> int:
     ap.add_argument("--chaos-s", type=float, default=480, help="kill for at most this long, then let the study finish")
     ap.add_argument("--budget-s", type=float, default=600, help="hard bound on the whole soak")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--distinct-seeds", action="store_true", help="a sweep.sampler_seed per worker life")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -147,7 +144,7 @@ def main(argv=None) -> int:
     logs = out_dir / "logs"
     logs.mkdir()
     wargs = study_args(url, out_dir, study, args.trials)
-    workers = [Worker(i, wargs, logs, args.distinct_seeds) for i in range(args.workers)]
+    workers = [Worker(i, wargs, logs) for i in range(args.workers)]
     kills: list[dict] = []
     t0 = time.time()
     for w in workers:
@@ -238,7 +235,7 @@ def main(argv=None) -> int:
           and not states.get("WAITING") and dirs == numbers and not complete_without_record
           and dash["found"] and dash["n_trials"] == len(trials))
     result["ok"] = ok
-    path = save("soak_distinct_seeds" if args.distinct_seeds else "soak", result, args.quick)
+    path = save("soak", result, args.quick)
     print(f"{len(kills)} kills ({result['kills_sigkill']} SIGKILL, {result['kills_sigterm']} SIGTERM; "
           f"{result['kills_with_a_running_trial']} with a trial running) in {wall:.0f} s; "
           f"{len(points)}/{args.trials} points complete; lost {len(lost)}, duplicated {len(duplicated)}; "

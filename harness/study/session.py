@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config.schema import ConfigError
 from harness.optuna_parts import (claim_trial, directions, make_pruner, make_sampler, make_storage, mask_url, pop_waiting_trial,
                                   quiet_optuna, retry_callback, tally, trial_handle, where)
-from harness.record import ATTR_METRICS
+from harness.record import ATTR_METRICS, trial_dir
 from harness.study import keep, racing
 from harness.study import space as space_mod
 from harness.study.checks import config_changes, experiment_config, reference_key, reference_overrides
@@ -231,6 +231,9 @@ class Session:
             trial = trial_handle(self.study, tid)
         else:
             trial = self.study.ask()
+        # its folder first: a worker killed in the next second (composing the config takes that) still leaves
+        # one folder per trial in the storage, the invariant the soak checks
+        trial_dir(self.cfg.out_dir, self.cfg.study, trial.number).mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("driver", self.me)  # lets a later driver on this host see it died
         if self.heartbeat:
             self.storage.record_heartbeat(self._tid(trial.number))

@@ -1,0 +1,61 @@
+"""What racing and `stop_when: decided` did to a study, read back from its Optuna storage.
+
+The driver (harness/study/racing.py) writes one study user attr `racing:<configuration>` per
+configuration it stopped (its seeds, the look, the leader, the one-sided p against the threshold,
+and why), a study attr `stopped` when every comparison was decided, and marks each (configuration,
+seed) it never ran as a PRUNED trial with user attr `racing=skipped`. A raced study therefore has
+unequal seeds per configuration by design: the report says which configuration stopped at which n
+and why, so a reader does not take its fewer seeds (or the PRUNED rows) for failures.
+"""
+from __future__ import annotations
+
+from harness.study.racing import SKIP_ATTR
+
+
+def facts(optuna_study) -> dict:
+    """{'stops': [stop records], 'skipped': n trials not run, 'stopped': the study's stop record or None,
+    'raced': whether the study was raced at all}; empty facts without a storage."""
+    if optuna_study is None:
+        return {"stops": [], "skipped": 0, "waiting": 0, "stopped": None, "raced": False}
+    attrs = optuna_study.user_attrs
+    rules = attrs.get("racing_rules") or {}
+    stops = [v for k, v in sorted(attrs.items()) if k.startswith("racing:")]
+    skipped = sum(1 for t in optuna_study.get_trials(deepcopy=False) if t.user_attrs.get(SKIP_ATTR) == "skipped")
+    raced = bool(stops or skipped or rules.get("racing"))
+    waiting = sum(1 for t in optuna_study.get_trials(deepcopy=False) if t.state.name == "WAITING")
+    return {"stops": stops, "skipped": skipped, "waiting": waiting, "stopped": attrs.get("stopped"), "raced": raced,
+            "stop_when": rules.get("stop_when")}
+
+
+def report_lines(optuna_study) -> list[str]:
+    """The report's "Racing and stopping" section (no lines for a study run without either)."""
+    f = facts(optuna_study)
+    if not f["raced"] and not f["stopped"] and f.get("stop_when") != "decided":
+        return []
+    out = ["## Racing and stopping"]
+    if f["raced"]:
+        n = len(f["stops"])
+        out.append(f"Racing (`sweep.racing`) stopped {n} configuration{'s' if n != 1 else ''} early; {f['skipped']} "
+                   f"(configuration, seed) trial{'s' if f['skipped'] != 1 else ''} were not run (PRUNED in the storage, "
+                   "user attr `racing=skipped`, no run files). A stopped configuration keeps the seeds it ran: its "
+                   "mean and interval above are over those.")
+        out += [f"- {s['label']}: stopped after {len(s['seeds'])} seed{'s' if len(s['seeds']) != 1 else ''} "
+                f"({', '.join(str(x) for x in s['seeds'])}) at look {s.get('look')}: {s['why']}" for s in f["stops"]]
+    if f["stopped"]:
+        st = f["stopped"]
+        out.append(f"The study stopped because {st['why']} (`stop_when: decided`; the driver's Holm at alpha "
+                   f"{st['alpha']:.3g} per look); its verdicts then:")
+        out += [f"- {line}" for line in st["verdicts"]]
+        if f["waiting"]:
+            out.append(f"{f['waiting']} queued trial{'s' if f['waiting'] != 1 else ''} were left unrun (WAITING in "
+                       "the storage, listed as running above): the study needed no more seeds.")
+        out.append("The comparisons above re-test every pair from the records; where they differ from these, "
+                   "the re-test (on every seed run) is the one reported.")
+    elif f.get("stop_when") == "decided":
+        out.append("`stop_when: decided`: the seeds ran out before every named comparison was decided.")
+    return out + [""]
+
+
+def console_lines(optuna_study) -> list[str]:
+    """One line per fact, for `python -m analysis` without --report."""
+    return [line for line in report_lines(optuna_study)[1:] if line]
