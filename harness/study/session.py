@@ -196,6 +196,8 @@ class Session:
                     self.study.tell(t.number, state=TrialState.FAIL)
                 except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
                     continue
+                # a driver killed between its claim and the folder (Optuna's ask does reads after it commits)
+                trial_dir(self.cfg.out_dir, self.cfg.study, t.number).mkdir(parents=True, exist_ok=True)
                 retry_callback(self.sw)(self.study, self._frozen(t.number))
         optuna.storages.fail_stale_trials(self.study)
 

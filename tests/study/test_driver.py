@@ -109,6 +109,25 @@ def test_a_claimed_trial_has_its_folder_before_its_config_is_composed(tmp_path):
     assert (tmp_path / d.cfg.study / "trials" / str(trial.number)).is_dir()
 
 
+def test_the_reaper_gives_a_dead_drivers_trial_its_folder(tmp_path):
+    """The claim's commit comes before Optuna's ask returns: a driver killed in between leaves a trial
+    without its folder; the driver that fails it as dead creates the folder (the second soak's 1 of 237)."""
+    import socket
+    import subprocess
+    import sys
+
+    d = _driver(tmp_path)
+    d.session.open()
+    trial, _, _ = d.session.next_trial(0)
+    folder = tmp_path / d.cfg.study / "trials" / str(trial.number)
+    folder.rmdir()  # as if the driver died before it got there
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    trial.set_user_attr("driver", f"{socket.gethostname()}:{gone.pid}")
+    d.session.reap_stale()
+    assert d.session.study.trials[trial.number].state == TrialState.FAIL and folder.is_dir()
+
+
 @pytest.mark.parametrize("rc, record, state, reason", [
     (0, {"status": "complete", "accuracy": 0.7}, "COMPLETE", None),
     (1, {"status": "pruned", "reason": "pruned after step 8"}, "PRUNED", "pruned after step 8"),  # torchrun's 1
