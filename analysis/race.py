@@ -51,6 +51,9 @@ def report_lines(optuna_study) -> list[str]:
                        "the storage, listed as running above): the study needed no more seeds.")
         out.append("The comparisons above re-test every pair from the records; where they differ from these, "
                    "the re-test (on every seed run) is the one reported.")
+    elif f.get("stop_when") == "decided" and f["waiting"]:
+        out.append(f"`stop_when: decided`: not decided yet; {f['waiting']} queued trials remain (the study's command "
+                   "resumes it).")
     elif f.get("stop_when") == "decided":
         out.append("`stop_when: decided`: the seeds ran out before every named comparison was decided.")
     return out + [""]

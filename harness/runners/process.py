@@ -81,7 +81,7 @@ def accelerate_config(cfg: DictConfig) -> dict:
         "mixed_precision": hw.mixed_precision, "use_cpu": on_cpu, "debug": False,
         "dynamo_config": {},
     }
-    if hw.strategy == "fsdp":  # (the schema rejects fsdp on CPU)
+    if hw.strategy == "fsdp":  # on CPU too: FSDP1 trains over gloo (tests/runners/test_distributed.py)
         # The FSDP + QLoRA recipe of the peft/bitsandbytes docs (FSDP1): shard whole decoder layers,
         # keep flat params (LoRA + frozen 4-bit weights mixed in one unit need use_orig_params=false),
         # load on rank 0 and broadcast. The 4-bit storage dtype must match (models.py sets
@@ -94,6 +94,8 @@ def accelerate_config(cfg: DictConfig) -> dict:
             "fsdp_offload_params": False, "fsdp_sharding_strategy": "FULL_SHARD",
             "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_use_orig_params": False,
         }
+        if on_cpu:  # accelerate refuses sync_module_states on CPU; every rank loads the same weights itself
+            conf["fsdp_config"].update(fsdp_cpu_ram_efficient_loading=False, fsdp_sync_module_states=False)
     return conf
 
 

@@ -97,11 +97,34 @@ def test_a_launch_that_starts_one_process_for_two_fails_loudly(tiny_cfg):
     assert saved["status"] == "failed" and "world size is 1" in saved["reason"]
 
 
-def test_fsdp_is_refused_on_cpu_before_any_compute(tiny_cfg):
+def test_fsdp_trains_on_two_cpu_processes_and_follows_ddps_loss_curve(pair):
+    """hardware.strategy=fsdp on CPU (FSDP1 over gloo, the 4-bit NF4 base of TINY included): world size 2,
+    the same adapter on both ranks, and the same loss curve and accuracy as DDP on the same seed."""
+    from conftest import TINY
+
+    from harness.config.schema import complete, load
+
+    _, ddp, ddp_dir = pair
+    out = ddp_dir.parent.parent.parent
+    cfg = complete(load([*TINY, f"out_dir={out}", *EXACT, "study=fsdp", "hardware=cpu2", "hardware.threads=1",
+                         "hardware.strategy=fsdp"]))
+    rc, fsdp, run_dir = _launch(cfg)
+    assert rc == 0 and fsdp, (run_dir / "log.txt").read_text()[-3000:]
+    conf = yaml.safe_load((run_dir / "accelerate.yaml").read_text())
+    assert conf["distributed_type"] == "FSDP" and conf["fsdp_config"]["fsdp_sync_module_states"] is False
+    assert fsdp["status"] == "complete" and fsdp["world_size"] == 2 and fsdp["config"]["quant"]["mode"] == "nf4"
+    sums = fsdp["adapter_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    losses = lambda r: [h["train/loss"] for h in r["history"]]  # noqa: E731
+    assert losses(fsdp) == pytest.approx(losses(ddp), rel=1e-4, abs=1e-5)
+    assert fsdp["accuracy"] == pytest.approx(ddp["accuracy"], abs=1e-6)
+
+
+def test_fsdp_needs_two_processes(tiny_cfg):
     from harness.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="strategy=fsdp"):
-        tiny_cfg("hardware=cpu2", "hardware.strategy=fsdp")
+        tiny_cfg("hardware=cpu", "hardware.strategy=fsdp")
 
 
 def test_fsdp_accelerate_config_follows_the_qlora_recipe(tiny_cfg):
