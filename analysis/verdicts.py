@@ -64,8 +64,9 @@ def points(v, signed: bool = True) -> str:
 def tost(d, margin: float) -> tuple[float, float, float]:
     """(p against -δ, p against +δ, TOST p = the larger) from paired differences d (one-sided t): the
     driver's test (harness/study/verdict.py), so stop_when: decided and the report agree."""
-    lower, upper = seeds_verdict.tost_sides([float(x) for x in np.asarray(d, float)], margin)
-    return lower, upper, seeds_verdict.p_tost([float(x) for x in np.asarray(d, float)], margin)
+    d = [float(x) for x in np.asarray(d, float)]
+    lower, upper = seeds_verdict.tost_sides(d, margin)
+    return lower, upper, seeds_verdict.p_tost(d, margin)
 
 
 def mcnemar_exact(a_correct, b_correct) -> dict:

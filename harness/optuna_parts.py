@@ -141,8 +141,8 @@ def make_sampler(cfg):
            "random": optuna.samplers.RandomSampler, "nsga2": optuna.samplers.NSGAIISampler,
            # grid: the driver enqueues every point itself (fixed params), the sampler is never consulted
            "grid": optuna.samplers.RandomSampler}[sw.sampler]
-    _build("sampler", sw.sampler, cls, {"seed": base_seed, **args}, where(cfg))  # bad sampler_args: one line now
-    return seeded_per_trial(lambda seed: cls(seed=seed, **args), base_seed)
+    first = _build("sampler", sw.sampler, cls, {"seed": base_seed, **args}, where(cfg))  # bad sampler_args: one line now
+    return seeded_per_trial(lambda seed: cls(seed=seed, **args), base_seed, first)
 
 
 def trial_seed(base: int, number: int) -> int:
@@ -152,8 +152,9 @@ def trial_seed(base: int, number: int) -> int:
     return int(np.random.SeedSequence([base, number]).generate_state(1)[0])
 
 
-def seeded_per_trial(make, base: int):
-    """`make(seed)`'s sampler, re-made for each trial with seed trial_seed(base, trial number).
+def seeded_per_trial(make, base: int, first):
+    """`make(seed)`'s sampler, re-made for each trial with seed trial_seed(base, trial number); `first`
+    (make(base), already built) serves until the first trial.
 
     Why: with one fixed seed, every worker on a shared storage (and every restart of a killed worker)
     replays the same random stream and proposes the configurations the others already ran (the soak saw
@@ -165,7 +166,7 @@ def seeded_per_trial(make, base: int):
 
     class PerTrialSeed(optuna.samplers.BaseSampler):
         def __init__(self):
-            self.inner = make(base)
+            self.inner = first
 
         def before_trial(self, study, trial):
             self.inner = make(trial_seed(base, trial.number))

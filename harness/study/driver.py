@@ -84,7 +84,7 @@ class Driver:
                 self.stopping.set()
                 out = Outcome("FAIL", reason="the experiment changed on disk")
             else:
-                run_dir.mkdir(parents=True, exist_ok=True)
+                # run_dir exists: the claim made it (Session._next_trial)
                 ended = self.runner.run(tcfg, run_dir, slot, lambda pid: s.storage.set_trial_user_attr(trial_id, "pid", pid),
                                         s.beat(n), self.sw.heartbeat_interval)
                 out = classify(ended, list(self.sw.objectives))  # the driver, not the runner, knows the objectives

@@ -9,10 +9,9 @@ from omegaconf import OmegaConf
 
 from analysis.__main__ import main as analysis_main
 from harness.config.schema import complete, load
-from harness.record import TrialRecord
 from harness.runners import Ended
 from harness.study.driver import Driver
-from tests.study.test_racing import SEEDS, TINY, FormulaRunner, accuracy
+from tests.study.test_racing import SEEDS, TINY, FormulaRunner
 
 
 class RecordingRunner(FormulaRunner):
@@ -20,9 +19,7 @@ class RecordingRunner(FormulaRunner):
 
     def run(self, tcfg, run_dir, slot, started, beat, every):
         ended = super().run(tcfg, run_dir, slot, started, beat, every)
-        rec = {"status": "complete", "accuracy": accuracy(tcfg.lora.r, tcfg.train.lr, tcfg.seed), "flops": 1e9 * tcfg.lora.r,
-               "device_seconds": 1.0, "tokens": 100, "wall_seconds": 1.0, "config": OmegaConf.to_container(tcfg, resolve=True)}
-        record = TrialRecord.model_validate(rec)
+        record = ended.record.model_copy(update={"wall_seconds": 1.0, "config": OmegaConf.to_container(tcfg, resolve=True)})
         (Path(run_dir) / "result.json").write_text(record.model_dump_json(exclude_unset=True))
         return Ended(0, record, ended.log)
 
