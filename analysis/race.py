@@ -49,7 +49,7 @@ def report_lines(optuna_study) -> list[str]:
         out += [f"- {line}" for line in st["verdicts"]]
         if f["waiting"]:
             out.append(f"{f['waiting']} queued trial{'s' if f['waiting'] != 1 else ''} were left unrun (WAITING in "
-                       "the storage, listed as running above): the study needed no more seeds.")
+                       "the storage, listed as queued above): the study needed no more seeds.")
         out.append("The comparisons above re-test every pair from the records; where they differ from these, "
                    "the re-test (on every seed run) is the one reported.")
     elif f.get("stop_when") == "decided" and f["waiting"]:

@@ -304,7 +304,7 @@ def _join(rows: list[dict], optuna_df: pd.DataFrame | None, study: str) -> pd.Da
         df = df.drop(columns=["optuna_seed", "optuna_reason"])
         missing = df["status"].isna()
         df.loc[missing, "status"] = df.loc[missing, "state"].map(
-            {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned"}).fillna("running")
+            {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned", "WAITING": "queued"}).fillna("running")
     df["study"] = study
     df["device_hours"] = df["device_seconds"] / 3600
     return df.sort_values("trial").reset_index(drop=True)

@@ -50,6 +50,7 @@ def test_a_study_stopped_when_decided_says_so_and_a_plain_one_has_no_section(tmp
     section = md.split("## Racing and stopping")[1].split("\n## ")[0]
     assert "The study stopped because every comparison decided after round 2 (1 better)" in section
     assert "- lora.r=32 vs lora.r=2: " in section and "4 queued trials were left unrun" in section
+    assert "4 queued" in md.split("- trials: ")[1].split("\n")[0] and "running" not in md.split("## Racing")[0]  # WAITING
     _study(tmp_path / "b")
     assert analysis_main(["sweep=lora_rank", f"out_dir={tmp_path / 'b'}", "study=race", "--report"]) == 0
     assert "## Racing and stopping" not in (tmp_path / "b" / "race" / "report.md").read_text()
