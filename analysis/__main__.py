@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         from analysis import planner
 
-        lines = planner.plan(loaded, margin)
+        lines = planner.plan(loaded, margin, tune=args.tune)
         root.mkdir(parents=True, exist_ok=True)
         (root / "plan.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines[2:]) + f"\nwrote    {root / 'plan.md'}")

@@ -75,8 +75,10 @@ def sd_at_items(sd: float, flip_var: float, items: int, new_items: int) -> float
     """The seed SD of the differences with new_items test items instead of items (see the docstring)."""
     if not (np.isfinite(sd) and np.isfinite(flip_var)) or not items:
         return np.nan
-    global_var = max(0.0, sd * sd - flip_var / items)
-    return math.sqrt(global_var + flip_var / new_items)
+    # With few seeds the item part estimated from σ²_w can exceed the observed variance by chance; it is
+    # capped at it, so that more items never predict a larger SD than the one measured.
+    item_var = min(sd * sd, flip_var / items)
+    return math.sqrt(sd * sd - item_var + item_var * items / new_items)
 
 
 def pooled_sd(cmp: pd.DataFrame) -> tuple[float, int]:
@@ -169,14 +171,18 @@ def plan_table(cmp: pd.DataFrame, margin: float, alpha: float = stats.ALPHA) -> 
     return pd.DataFrame(rows)
 
 
-def plan(loaded, margin: float, alpha: float = stats.ALPHA) -> list[str]:
-    """The plan as Markdown lines (printed by --plan and written to plan.md)."""
+def plan(loaded, margin: float, alpha: float = stats.ALPHA, tune: str | None = None) -> list[str]:
+    """The plan as Markdown lines (printed by --plan and written to plan.md). With `tune` (an axis),
+    the comparisons are the report's: each setting of the other axes at its own best value of it."""
     from analysis.plotting import split
     from analysis.verdicts import compare, margin_words
 
     lora, _, axes = split(loaded)
     study = loaded.trials["study"].iloc[0]
     out = [f"# Plan: study `{study}`, margin {margin_words(margin)}, 80% power, α = {alpha}", ""]
+    if tune and tune in axes and not lora.empty:
+        lora, axes, picked = stats.tune(lora, axes, tune)
+        out += [f"Each arm at its own best {tune} (`--tune`): " + "; ".join(picked["label"]), ""]
     cmp = compare(lora, axes, margin, alpha) if axes and not lora.empty else pd.DataFrame()
     configs = stats.configurations(lora, axes) if not lora.empty else pd.DataFrame()
     if cmp.empty:

@@ -202,8 +202,8 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
                      "comparisons involving them compare arms still climbing, not what they can learn."]
     md += ["## Accuracy and gold log-probability", *score_lines(cmp), ""]
     if not cmp.empty and (cmp["verdict"] == "undecided").any():
-        plan = [x for x in planner.plan(loaded if not tune else _with(loaded, work), margin) if x.startswith("- ")]
-        md += ["## What would decide the undecided", f"From `python -m analysis {' '.join(overrides)} --plan"
+        plan = [x for x in planner.plan(loaded, margin, tune=tune) if x.startswith("- ")]
+        md += ["## What would decide the undecided", f"From `python -m analysis {' '.join(overrides)} --plan{f' --tune {tune}' if tune else ''}"
                f"{f' --margin {margin:g}' if margin != 0.01 else ''}` (per comparison: tables in plan.md).", *plan, ""]
     configs = stats.configurations(work, work_axes) if not work.empty else pd.DataFrame()
     sampler = ((_record(lora).get("config") or {}).get("sweep") or {}).get("sampler") if not lora.empty else None
@@ -222,13 +222,6 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
     md += forgetting.report_lines(lora, axes)  # eval.benchmarks: base vs tuned, forgetting per configuration
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]
     return "\n".join(md), rec, cmp
-
-
-def _with(loaded, trials: pd.DataFrame):
-    """loaded with only these (complete LoRA) trials: the plan of a --tune report."""
-    from analysis.runs import Loaded
-
-    return Loaded(trials, loaded.history, loaded.optuna_study, loaded.notes)
 
 
 def _tex_escape(s: str) -> str:

@@ -81,6 +81,8 @@ def test_planner_seeds_against_the_closed_form_power_formula():
 def test_sd_at_items_keeps_the_global_part():
     # sd^2 = .0004 = global .0003 + flip .1 / 1000 items; at 4000 items: .0003 + .000025
     assert planner.sd_at_items(0.02, 0.1, 1000, 4000) == pytest.approx(math.sqrt(0.0003 + 0.1 / 4000))
+    # an item part above the observed variance (2 seeds, by chance) is capped: 4x items shrink the SD 2x
+    assert planner.sd_at_items(0.0042, 0.098, 1000, 4000) == pytest.approx(0.0042 / 2)
 
 
 def test_min_detectable_effect_at_two_seeds_does_not_crash():

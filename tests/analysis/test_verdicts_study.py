@@ -153,3 +153,19 @@ def test_config_dir_and_margin_flags(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: --config-dir") and "not a directory" in err[0]
     assert err[1].startswith("error: --margin is a fraction of accuracy")
+
+
+def test_plan_with_tune_plans_the_reports_comparisons(tmp_path, capsys):
+    """--plan --tune AXIS plans what the --tune report compares: each arm at its own best AXIS value."""
+    kw = dict(STUDIES["three_seeds"])
+    write_study(tmp_path / "runs", "three_seeds", kw.pop("spec"), kw.pop("space"), kw.pop("acc"), **kw)
+    base = ["study=three_seeds", f"out_dir={tmp_path / 'runs'}", "--out", str(tmp_path / "out"), "--plan"]
+    _run(base, capsys)
+    plain = (tmp_path / "out" / "plan.md").read_text()
+    _run([*base, "--tune", "train.lr"], capsys)
+    tuned = (tmp_path / "out" / "plan.md").read_text()
+    rows = [x.split("|")[1].strip() for x in tuned.splitlines() if x.startswith("| ") and " vs " in x]
+    assert "lr=0.01 vs lr=0.0001" in plain and "Each arm at its own best train.lr" not in plain
+    assert rows == ["targets=peft_default vs targets=attn_qv"]
+    assert "Each arm at its own best train.lr (`--tune`): " in tuned and tuned.count("lr=0.01") == 2
+    assert "lr=0.0001" not in tuned
