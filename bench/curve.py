@@ -328,9 +328,10 @@ def figure(groups: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def analyse(out: Path, name: str = "curve", results: Path = RESULTS, main: str = "curve_cls") -> int:
-    """Read the records under out/, write results/<name>.{json,md,png}."""
-    rows = load(out)
+def analyse(out: Path, name: str = "curve", results: Path = RESULTS, main: str = "curve_cls",
+            family: str | None = None) -> int:
+    """Read the records under out/ (of one study family, if given), write results/<name>.{json,md,png}."""
+    rows = [r for r in load(out) if family is None or r["family"] == family]
     if not rows:
         print(f"no trial records under {out}/: run `python -m bench.curve run ...` first", file=sys.stderr)
         return 2
@@ -361,6 +362,8 @@ def main(argv=None) -> int:
     ap.add_argument("names", nargs="*", help="studies to run (run), in order")
     ap.add_argument("--stop-at", default=None, help="HH:MM: start no study after it")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", metavar="FAMILY", help="analyse: only this study family (e.g. curve_sft), into "
+                    "bench/results/<FAMILY>.*; the records of the other families may be gone")
     args = ap.parse_args(argv)
     stop = None
     if args.stop_at:
@@ -372,6 +375,8 @@ def main(argv=None) -> int:
                    QUICK_OUT if args.quick else OUT)
     if args.quick:  # smoke test: outputs next to the quick records, never over the committed ones
         return analyse(QUICK_OUT, "curve", QUICK_OUT, "curve_quick")
+    if args.only:
+        return analyse(OUT, args.only, main=args.only, family=args.only)
     return analyse(OUT)
 
 
