@@ -311,5 +311,8 @@ def summary_lines(attrs: dict, rules: Rules, trials) -> list[str]:
                    "per look; the analysis re-tests):")
         out += [f"  {line}" for line in stopped["verdicts"]]
     elif rules.stop_when == "decided":
-        out.append("stop_when=decided: the seeds ran out before every comparison was decided")
+        waiting = sum(1 for t in trials if t.state.name == "WAITING")  # an interrupted run: not out of seeds
+        out.append(f"stop_when=decided: not decided yet; {waiting} queued trial{'s' if waiting != 1 else ''} remain "
+                   "(rerun the command to resume)" if waiting else
+                   "stop_when=decided: the seeds ran out before every comparison was decided")
     return out

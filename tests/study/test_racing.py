@@ -267,3 +267,15 @@ def test_the_storage_says_which_seeds_are_settled_a_fail_awaiting_its_retry_is_n
     assert cells[r2][0].value == 0.5
     _, cells = racing.cells_of(trials, [0, 1, 2, 3], max_retry=0, grace_s=60)  # no retries allowed: final
     assert cells[r2][2].state == "novalue"
+
+
+def test_an_interrupted_stop_when_study_says_it_is_not_decided_yet_not_out_of_seeds():
+    import optuna
+
+    rules = racing.Rules([0, 1], "maximize", ["lora.r"], None, 0.95, "decided", 0.01, None)
+    done = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.7)
+    queued = optuna.trial.create_trial(state=TrialState.WAITING)
+    assert racing.summary_lines({}, rules, [done, queued, queued]) == [
+        "stop_when=decided: not decided yet; 2 queued trials remain (rerun the command to resume)"]
+    assert racing.summary_lines({}, rules, [done]) == [
+        "stop_when=decided: the seeds ran out before every comparison was decided"]
