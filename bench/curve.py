@@ -50,6 +50,9 @@ STUDIES = {
     **{f"curve_split_s{s}": ["train.lr=choice(2e-3)", f"seed={s}", *CLS, *SPLIT] for s in range(3)},
     "curve_sft_time": ["train.lr=choice(1e-3)", "seed=0", *SFT, "train.max_steps=20", "train.eval_every=10"],
     **{f"curve_sft_s{s}": ["train.lr=5e-4,2e-3", f"seed={s}", *SFT] for s in range(3)},
+    # longer SFT curves, to reach the plateau the 300-step ones did not (one study per lr, so two run side by side)
+    **{f"curve_sft500_lr{lr}": [f"train.lr=choice({lr})", "seed=0,1,2", *SFT, "train.max_steps=500"]
+       for lr in ("2e-3", "4e-3")},
 }
 QUICK_OUT = Path("runs/bench_curve_quick")
 QUICK = {"curve_quick": ["model=tiny_bert", "data=tiny", "train.lr=1e-3,5e-2", "seed=0,1", "train.max_steps=12",
@@ -89,7 +92,7 @@ def run(names: list[str], stop_at: float | None, studies: dict = STUDIES, out: P
 
 CONVERGED_TOL = 0.005   # "converged": gain over the last 25% of the steps below half a point
 PLATEAU_TOL = 0.01      # levelled off: within 1 point of the final level (a 3-seed mean on 400 items has ~1.2 points of eval noise)
-FAMILY = re.compile(r"_s\d+$")
+FAMILY = re.compile(r"_(s\d+|lr[\d.e-]+)$")  # a study's family: its name less a seed or lr suffix
 
 
 def binomial_se(p: float, n: int) -> float:

@@ -24,10 +24,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.common import QUICK, save, table
+from bench.common import ONE_SLOT, QUICK, save, table
 from bench.sweeprun import read_trials, run_sweep
 
-DEFAULT = ["sweep=lora_rank", "hardware.threads=1", "train.max_steps=20", "train.eval_every=10",
+DEFAULT = ["sweep=lora_rank", *ONE_SLOT, "hardware.threads=1", "train.max_steps=20", "train.eval_every=10",
            "eval.max_examples=200"]
 PHASES = ["data", "load", "tokenize", "baseline", "train", "eval"]
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         wall = args.wall or (max(t["end"] for t in trials) - min(t["start"] for t in trials))
         overrides = None
     else:
-        overrides = ([*QUICK, "sweep=lora_rank", "sweep.n_trials=2", "train.max_steps=6",
+        overrides = ([*QUICK, "sweep=lora_rank", *ONE_SLOT, "sweep.n_trials=2", "train.max_steps=6",
                       "train.eval_every=3"] if args.quick else DEFAULT) + args.overrides
         out = run_sweep(overrides, Path(tempfile.mkdtemp(prefix="bench-overhead-")), "bench_overhead")
         trials, wall = out["trials"], out["wall_seconds"]

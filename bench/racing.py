@@ -160,13 +160,18 @@ def final_verdicts(configs: dict, values: dict, axes: list[str], tune: str | Non
     return out
 
 
-VARIANTS = {  # name -> (racing min_seeds or None, confidence, stop_when, tune)
-    "racing": (2, 0.95, "budget", None),
-    "racing + stop_when=decided": (2, 0.95, "decided", None),
-    "stop_when=decided alone": (None, 0.95, "decided", None),
-    "racing, tune=train.lr": (2, 0.95, "budget", "train.lr"),
-    "racing + decided, tune=train.lr": (2, 0.95, "decided", "train.lr"),
-    "racing at confidence 0.8, tune=train.lr": (2, 0.8, "budget", "train.lr"),
+VARIANTS = {  # name -> (racing min_seeds or None, confidence, stop_when, tune, futility)
+    "racing": (2, 0.95, "budget", None, 0.0),
+    "racing + stop_when=decided": (2, 0.95, "decided", None, 0.0),
+    "stop_when=decided alone": (None, 0.95, "decided", None, 0.0),
+    "racing, tune=train.lr": (2, 0.95, "budget", "train.lr", 0.0),
+    "racing + decided, tune=train.lr": (2, 0.95, "decided", "train.lr", 0.0),
+    "racing at confidence 0.8, tune=train.lr": (2, 0.8, "budget", "train.lr", 0.0),
+    # sweep.futility (default 0.1): stop_when also gives up comparisons a verdict is unlikely to reach
+    "decided, futility 0.1": (None, 0.95, "decided", None, 0.1),
+    "racing + decided, futility 0.1": (2, 0.95, "decided", None, 0.1),
+    "decided, futility 0.1, tune=train.lr": (None, 0.95, "decided", "train.lr", 0.1),
+    "racing + decided, futility 0.1, tune=train.lr": (2, 0.95, "decided", "train.lr", 0.1),
 }
 
 
@@ -186,11 +191,11 @@ def replay_main(space: dict, seeds: list[int], base: list[str], cache: dict, qui
     ten = random.Random(0).sample(range(len(orders)), min(10, len(orders)))
     rows, detail = [], {}
     n_cells = len(configs) * len(seeds)
-    for name, (min_seeds, confidence, stop_when, tune) in VARIANTS.items():
+    for name, (min_seeds, confidence, stop_when, tune, futility) in VARIANTS.items():
         full = final_verdicts(configs, values, axes, tune, margin)
         runs = []
         for order in orders:
-            rules = racing.Rules(order, "maximize", axes, min_seeds, confidence, stop_when, margin, tune)
+            rules = racing.Rules(order, "maximize", axes, min_seeds, confidence, stop_when, margin, tune, futility)
             r = replay_race(configs, values, seconds, order, rules)
             got = final_verdicts(configs, r["values"], axes, tune, margin)
             same = all(got.get(c, {}).get("verdict") == v["verdict"] for c, v in full.items())

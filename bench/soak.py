@@ -38,7 +38,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from bench.common import QUIET_ENV, save
+from bench.common import ONE_SLOT, QUIET_ENV, save
 
 
 
@@ -47,7 +47,7 @@ def study_args(url: str, out_dir: Path, study: str, n: int) -> list[str]:
     # choices/grid axis by composing a config for it (~0.2 CPU-s each) at every start, and on this
     # shared box each restarted worker would spend minutes on that before its first trial
     space = "sweep.space={lora.r: {choices: [1, 2, 4, 8]}, train.lr: {low: 1.0e-3, high: 1.0e-2, log: true}}"
-    return ["sweep=lora_rank", space, "sweep.sampler=random", "model=tiny_bert", "data=tiny", "train.max_steps=2",
+    return ["sweep=lora_rank", *ONE_SLOT, space, "sweep.sampler=random", "model=tiny_bert", "data=tiny", "train.max_steps=2",
             "train.eval_every=0", "eval.batch_size=64", "hardware.threads=1", "tracking.mode=disabled",
             "eval.baseline=false", "sweep.heartbeat_interval=2", "sweep.grace_period=10", "sweep.max_retry=20",
             f"sweep.n_trials={n}", f"study={study}", "storage=postgres", f"storage.url={url}", f"out_dir={out_dir}"]

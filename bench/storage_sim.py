@@ -43,11 +43,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import save, table
+from bench.common import ONE_SLOT, save, table
 from harness.runners import InProcess
 
 SPACE = "sweep.space={train.lr: {low: 1e-5, high: 1e-2, log: true}}"
-BASE = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1", "sweep=lora_rank",
+BASE = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1", "sweep=lora_rank", *ONE_SLOT,
         "sweep.sampler=random", SPACE, "sweep.heartbeat_interval=1", "sweep.grace_period=30", "eval.baseline=false"]
 PER_TRIAL = ("train.lr", "seed", "trial", "train.resume_from")
 

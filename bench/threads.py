@@ -26,14 +26,14 @@ import re
 import tempfile
 from pathlib import Path
 
-from bench.common import QUICK, median, save, table
+from bench.common import ONE_SLOT, QUICK, median, save, table
 from bench.sweeprun import run_sweep
 
 # W&B off: its init/finish is a fixed cost per trial that has nothing to do with threads
 # a progress line every step (train.log_every=1): a variant killed at the cap still shows its step rate
-BASE = ["sweep=lora_rank", "sweep.n_trials=2", "sweep.parallel=2", "train.max_steps=20", "train.eval_every=10",
+BASE = ["sweep=lora_rank", *ONE_SLOT, "sweep.n_trials=2", "sweep.parallel=2", "train.max_steps=20", "train.eval_every=10",
         "eval.max_examples=200", "tracking.mode=disabled", "train.log_every=1"]
-QUICK_BASE = [*[o for o in QUICK if not o.startswith("hardware.threads")], "sweep=lora_rank", "sweep.n_trials=2",
+QUICK_BASE = [*[o for o in QUICK if not o.startswith("hardware.threads")], "sweep=lora_rank", *ONE_SLOT, "sweep.n_trials=2",
               "sweep.parallel=2", "train.max_steps=6", "train.eval_every=3", "tracking.mode=disabled"]
 VARIANTS = {  # name -> (overrides, extra environment)
     "default": ([], {}),

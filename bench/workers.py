@@ -15,10 +15,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.common import QUICK, median, save, table
+from bench.common import ONE_SLOT, QUICK, median, save, table
 from bench.sweeprun import run_sweep
 
-DEFAULT = ["sweep=lora_rank", "sweep.seeds=[0,1]", "sweep.n_trials=4", "hardware.threads=1",
+DEFAULT = ["sweep=lora_rank", *ONE_SLOT, "sweep.seeds=[0,1]", "sweep.n_trials=4", "hardware.threads=1",
            "train.max_steps=20", "train.eval_every=10", "eval.max_examples=200"]
 
 
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("overrides", nargs="*", help="extra sweep overrides")
     args = ap.parse_args(argv)
-    base = ([*QUICK, "sweep=lora_rank", "sweep.seeds=[0,1]", "sweep.n_trials=4", "train.max_steps=6",
+    base = ([*QUICK, "sweep=lora_rank", *ONE_SLOT, "sweep.seeds=[0,1]", "sweep.n_trials=4", "train.max_steps=6",
              "train.eval_every=3"] if args.quick else DEFAULT) + args.overrides
     runs = []
     for rep in range(args.repeats):

@@ -19,6 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY = ["model=tiny_bert", "data=tiny", "train.max_steps=6", "train.eval_every=0", "train.lr=1e-2",
         "eval.batch_size=64", "hardware.threads=1"]
+# sweeps/lora_rank.yaml as the tests' tiny study: one seed, one slot, no early stopping (its users get two
+# seeds on two slots with early stopping; a test that wants more says so after these)
+LORA_RANK_TINY = ["sweep=lora_rank", "sweep.seeds=[0]", "sweep.parallel=1", "train.early_stopping.patience=0"]
 
 
 @pytest.fixture

@@ -108,6 +108,10 @@ class SweepCfg(_Strict):
     # "equivalent"; of `python -m analysis` verdicts (--margin overrides it; analysis/verdicts.py) and of
     # stop_when: decided (harness/study/verdict.py)
     margin: float = Field(default=0.01, gt=0, lt=1)
+    # stop_when: decided gives up an undecided comparison once its predictive probability of ending
+    # better / worse / equivalent with the seeds left is below this (harness/study/verdict.py
+    # chance_of_a_verdict); 0 = only once no seed is left
+    futility: float = Field(default=0.1, ge=0, lt=1)
     # compare each arm (a setting of the other axes) at its own best value of this axis, e.g. train.lr
     # (the analysis's --tune); racing then races each arm's values of it
     tune: str | None = None

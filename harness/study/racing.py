@@ -23,8 +23,13 @@ little. The bound is per race (with tune, per arm).
 stop_when: decided: at each look k in 2 .. len(seeds) - 1 the comparisons the sweep names
 (harness/study/verdict.py) are tested on the look's seeds, Holm across them at alpha / (len(seeds) - 2)
 (Bonferroni over the looks that may stop the study: P(any false verdict at the look that stops it) <=
-alpha per family). The study ends at the first look where every comparison is decided or has no seed
-left that could change it. The analysis re-tests the finished study (analysis/verdicts.py, fixed-n
+alpha per family). The study ends at the first look where every comparison is decided, has no seed
+left that could change it, or is given up: its predictive probability of ending better / worse /
+equivalent once the seeds left are in (verdict.chance_of_a_verdict) is below `sweep.futility` (0.1;
+0 = the literal "no seed left"). Giving up never makes a false verdict more likely (it only takes
+chances to reject away), so the stated error rate holds; what it costs is power: under the projection's
+model a given-up comparison would have reached a verdict with probability < futility (racing.json's
+replay measures how often the full grid's verdicts are kept). The analysis re-tests the finished study (analysis/verdicts.py, fixed-n
 Holm at alpha, items and bootstrap too).
 
 Why not Optuna's WilcoxonPruner (optuna/pruners/_wilcoxon.py), with one configuration = one trial and
@@ -81,13 +86,15 @@ class Rules:
     stop_when: str
     margin: float
     tune: str | None
+    futility: float = 0.0          # stop_when: give up a comparison whose chance of a verdict is below this
 
     @classmethod
     def of(cls, sw) -> Rules:
         r = sw.get("racing")
         return cls(list(sw.seeds), next(iter(sw.objectives.values())), list(sw.space),
                    None if r is None else int(r.min_seeds), 0.95 if r is None else float(r.confidence),
-                   sw.get("stop_when", "budget"), float(sw.get("margin", 0.01)), sw.get("tune"))
+                   sw.get("stop_when", "budget"), float(sw.get("margin", 0.01)), sw.get("tune"),
+                   float(sw.get("futility", 0.1)))
 
     @property
     def on(self) -> bool:
@@ -97,7 +104,7 @@ class Rules:
         """What a resume must agree on (a study attr)."""
         return {"racing": None if self.min_seeds is None else {"min_seeds": self.min_seeds,
                                                               "confidence": self.confidence},
-                "stop_when": self.stop_when, "margin": self.margin, "tune": self.tune}
+                "stop_when": self.stop_when, "margin": self.margin, "tune": self.tune, "futility": self.futility}
 
 
 @dataclass
@@ -242,20 +249,33 @@ def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
     arm_of = {c: arm for arm, cs in vd.arms(st.configs, rules.tune).items() for c in cs}
     members = vd.arms(st.configs, rules.tune)
     later = rules.seeds[k:]
-    open_ = [v for v in st.verdicts if v.word == "undecided"
-             and (_seeds_left(st, members[arm_of[v.a]], later) or _seeds_left(st, members[arm_of[v.b]], later))]
-    if open_:
+    left = [v for v in st.verdicts if v.word == "undecided"
+            and (_seeds_left(st, members[arm_of[v.a]], later) or _seeds_left(st, members[arm_of[v.b]], later))]
+    chances = {id(v): _chance(st, v, values, later, rules) for v in left}
+    if any(not chances[id(v)] < rules.futility for v in left):  # NaN (no SD yet) keeps it open
         return
     undecided = sum(v.word == "undecided" for v in st.verdicts)
     words = {}
     for v in st.verdicts:
         words[v.word] = words.get(v.word, 0) + 1
     tally = ", ".join(f"{n} {w}" for w, n in words.items() if w != "undecided")
+    futile = f"; {len(left)} given up: a verdict's predictive probability with the seeds left " \
+             f"{', '.join(f'{chances[id(v)]:.2f}' for v in left)} < {rules.futility:g}" if left else ""
     why = (f"every comparison decided after round {k} ({tally})" if not undecided else
            f"after round {k} every comparison is decided ({tally or 'none'}) or has no seed left that could change it "
-           f"({undecided} undecided)")
+           f"({undecided} undecided{futile})")
     st.decided = {"look": k, "why": why, "alpha": alpha,
                   "verdicts": [v.sentence(st.configs, rules.margin) for v in st.verdicts]}
+
+
+def _chance(st: State, v, values: dict, later: list, rules: Rules) -> float:
+    """The predictive probability that comparison v ends with a verdict once the later seeds both of its
+    configurations can still get are in (verdict.chance_of_a_verdict; with tune, at today's picks)."""
+    shared = [s for s in values[v.a] if s in values[v.b]]
+    more = sum(1 for s in later if all(c not in st.stopped and st.cells[c][s].state in (PENDING, COMPLETE)
+                                       for c in (v.a, v.b)))
+    d = [values[v.b][s] - values[v.a][s] for s in shared]
+    return vd.chance_of_a_verdict(d, len(shared) + more, rules.margin)
 
 
 # ---------------------------------------------------------------------------- claiming

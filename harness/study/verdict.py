@@ -75,6 +75,32 @@ def p_tost(d: list[float], margin: float) -> float:
     return math.nan if math.isnan(lower) else max(lower, upper)
 
 
+def chance_of_a_verdict(d: list[float], n_final: int, margin: float, alpha: float = ALPHA) -> float:
+    """The predictive probability that the paired differences d, continued to n_final shared seeds, end
+    "better"/"worse" (two-sided paired t at alpha) or "equivalent within ±margin" (TOST at alpha).
+    Spiegelhalter, Freedman & Blackburn's predictive power (1986): the true mean drawn from its
+    posterior under a flat prior, N(m, s^2/n), the seeds to come from N(true mean, s^2), so the final
+    mean is N(m, s^2 (N - n) / (N n)); the final test's standard error is taken as s / sqrt(N) (the seed
+    SD known: an approximation at 2-4 seeds). alpha unadjusted (the analysis applies Holm): that
+    overstates the chance, so a comparison is given up later, never sooner. NaN where d has < 2 values
+    or no spread (no SD to project with)."""
+    from scipy import stats
+
+    mean, se, n = paired_t(d)
+    if math.isnan(se) or n_final <= n:
+        return math.nan if math.isnan(se) else 0.0
+    sd = se * math.sqrt(n)
+    tau = sd * math.sqrt((n_final - n) / (n_final * n))   # SD of the final mean, seen from now
+    se_final = sd / math.sqrt(n_final)
+    cut = stats.t.ppf(1 - alpha / 2, n_final - 1) * se_final                   # |final mean| beyond: a difference
+    inner = max(0.0, margin - stats.t.ppf(1 - alpha, n_final - 1) * se_final)  # |final mean| within: equivalent
+    if inner >= cut:
+        return 1.0  # every final mean is one or the other
+    cdf = stats.norm.cdf
+    undecided = (cdf((cut - mean) / tau) - cdf((inner - mean) / tau)) + (cdf((-inner - mean) / tau) - cdf((-cut - mean) / tau))
+    return float(1.0 - undecided)
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (NaN stays NaN and is not counted in the family)."""
     order = sorted((i for i, p in enumerate(pvalues) if not math.isnan(p)), key=lambda i: pvalues[i])

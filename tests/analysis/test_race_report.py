@@ -12,6 +12,7 @@ from harness.config.schema import complete, load
 from harness.runners import Ended
 from harness.study.driver import Driver
 from tests.study.test_racing import SEEDS, TINY, FormulaRunner
+from conftest import LORA_RANK_TINY
 
 
 class RecordingRunner(FormulaRunner):
@@ -25,7 +26,7 @@ class RecordingRunner(FormulaRunner):
 
 
 def _study(tmp_path, *extra, space="{lora.r: {choices: [2, 8, 32]}}"):
-    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", "study=race", f"sweep.seeds={SEEDS}",
+    ov = [*TINY, *LORA_RANK_TINY, f"out_dir={tmp_path}", "study=race", f"sweep.seeds={SEEDS}",
           f"sweep.space={space}", *extra]
     assert Driver(complete(load(ov)), ov, runner=RecordingRunner()).run() == 0
 

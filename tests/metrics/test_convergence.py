@@ -50,6 +50,19 @@ def test_a_trial_run_past_its_plateau_is_converged_and_the_quarter_point_is_inte
     assert cv.verdict(None).startswith("not measured")
 
 
+def test_the_gain_is_read_on_the_intermediate_evals_items_not_against_the_final_eval_on_another_set():
+    # a fixed 400-item subset every 20 steps, then the final eval on all 1,000 items at the same last step
+    sub = _curve([(40, 0.80), (60, 0.81), (80, 0.815)])
+    gain, se = cv.last_quarter_gain([*sub, {"step": 80, "accuracy": 0.84, "n": 1000}])
+    assert gain == pytest.approx(0.815 - 0.81) and cv.converged(gain)  # not 0.84 - 0.81 across item sets
+    assert se == pytest.approx(math.sqrt(0.81 * 0.19 / 400 + 0.815 * 0.185 / 400))
+    # whichever of the two scores higher: the subset's own end is used either way
+    assert cv.last_quarter_gain([*sub, {"step": 80, "accuracy": 0.70, "n": 1000}])[0] == pytest.approx(0.005)
+    # no subset eval at the last step: the final eval is the end, its own item count in the SE
+    gain, se = cv.last_quarter_gain([*_curve([(40, 0.80), (60, 0.81)]), {"step": 80, "accuracy": 0.83, "n": 1000}])
+    assert gain == pytest.approx(0.83 - 0.81) and se == pytest.approx(math.sqrt(0.81 * 0.19 / 400 + 0.83 * 0.17 / 1000))
+
+
 # ---------------------------------------------------------------------------- early stopping: transformers' rule
 
 

@@ -14,6 +14,7 @@ from omegaconf import open_dict
 from harness import train
 from harness.record import read_record
 from harness.runners.process import (
+from conftest import LORA_RANK_TINY
     accelerate_command,
     accelerate_config,
     allocate_trial,
@@ -158,7 +159,7 @@ def test_every_rank_follows_rank_0s_prune_decision(tiny_cfg):
     from harness.runners import Ended
     from harness.study.outcome import classify
 
-    cfg = tiny_cfg("hardware=cpu2", "tracking.mode=disabled", "sweep=lora_rank", "sweep.pruner=median",
+    cfg = tiny_cfg("hardware=cpu2", "tracking.mode=disabled", *LORA_RANK_TINY, "sweep.pruner=median",
                    "+sweep.pruner_args.n_startup_trials=0", "train.max_steps=8", "train.eval_every=2",
                    "eval.baseline=false", study="prune")
     (Path(cfg.out_dir) / "prune").mkdir()

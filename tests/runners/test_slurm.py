@@ -42,7 +42,7 @@ def _study_args(tmp_path: Path, url: str, study: str, grid: list[int], steps: in
             "model=tiny_bert", "data=tiny", f"train.max_steps={steps}", "train.eval_every=0", "eval.batch_size=64",
             "hardware.threads=1", "tracking.mode=disabled", "eval.baseline=false", "sweep.heartbeat_interval=1",
             "sweep.grace_period=5", f"study={study}", "storage=postgres", f"storage.url={url}",
-            f"out_dir={tmp_path}", f"launcher.folder={tmp_path}/slurm", *SLURM, *extra]
+            f"out_dir={tmp_path}", f"launcher.folder={tmp_path}/slurm", "sweep.seeds=[0]", "sweep.parallel=1", "train.early_stopping.patience=0", *SLURM, *extra]
 
 
 def _submit(args: list[str]) -> list[str]:

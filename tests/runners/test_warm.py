@@ -17,6 +17,7 @@ from harness.record import trial_dir
 from harness.runners.process import ProcessRunner
 from harness.runners.warm import WarmRunner, make_runner
 from harness.study.outcome import classify
+from conftest import LORA_RANK_TINY
 
 A = ("seed=0", "lora.r=2")
 B = ("seed=1", "lora.r=4", "train.lr=3e-3", "lora.targets=all_linear")
@@ -127,7 +128,7 @@ def test_a_diverging_raising_or_killed_trial_fails_alone_and_a_grown_or_dead_wor
 
 
 def test_the_default_runner_is_warm_with_cold_for_multi_process_trials_or_when_asked(tiny_cfg, capsys):
-    sweep = ["sweep=lora_rank"]
+    sweep = LORA_RANK_TINY
     assert isinstance(make_runner(tiny_cfg(*sweep), 2), WarmRunner)
     assert isinstance(make_runner(tiny_cfg(*sweep, "sweep.workers=cold"), 1), ProcessRunner)
     assert capsys.readouterr().err == ""

@@ -18,7 +18,7 @@ GRID = [1, 2, 4, 8]
 TINY_STUDY = ["sweep=lora_rank", f"sweep.space={{lora.r: {{choices: {GRID}}}, lora.alpha_over_r: {{choices: [2]}}}}",
               "model=tiny_bert",
               "data=tiny", "train.max_steps=3", "train.eval_every=0", "eval.batch_size=64", "hardware.threads=1",
-              "tracking.mode=disabled", "eval.baseline=false"]
+              "tracking.mode=disabled", "eval.baseline=false", "sweep.seeds=[0]", "sweep.parallel=1", "train.early_stopping.patience=0"]
 
 
 def _trials(url: str, study: str):

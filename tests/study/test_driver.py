@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from conftest import NoProcessRunner
+from conftest import LORA_RANK_TINY, NoProcessRunner
 from harness.config.schema import complete, load
 from harness.record import TrialRecord
 from harness.runners import Ended
@@ -43,7 +43,7 @@ class InProcessRunner(NoProcessRunner):
 
 
 def _driver(tmp_path, *extra, runner=None, study="d"):
-    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", f"study={study}", *extra]
+    ov = [*TINY, *LORA_RANK_TINY, f"out_dir={tmp_path}", f"study={study}", *extra]
     return Driver(complete(load(ov)), ov, runner=runner or InProcessRunner())
 
 
@@ -182,7 +182,7 @@ def test_a_storage_that_becomes_read_only_mid_sweep_ends_the_driver_with_one_lin
                 pytest.skip("chattr +i is not available here (needs root on ext4)")
             return super().run(tcfg, *args)
 
-    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", "study=ro"]
+    ov = [*TINY, *LORA_RANK_TINY, f"out_dir={tmp_path}", "study=ro"]
     try:
         with pytest.raises(ConfigError) as e:
             run_study(complete(load(ov)), ov, runner=ReadOnlyAfterOne())

@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from optuna.trial import TrialState
 from scipy import stats
@@ -21,6 +22,7 @@ from harness.runners.process import write_config
 from harness.study import racing
 from harness.study import verdict as vd
 from harness.study.driver import Driver
+from conftest import LORA_RANK_TINY
 
 TINY = ["model=tiny_bert", "data=tiny", "tracking.mode=disabled", "hardware.threads=1"]
 SEEDS = [0, 1, 2, 3]
@@ -54,7 +56,7 @@ class FormulaRunner(InProcess):
 
 
 def _driver(tmp_path, *extra, runner=None, study="race", space="{lora.r: {choices: [2, 8, 32]}}"):
-    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", f"study={study}", f"sweep.seeds={SEEDS}",
+    ov = [*TINY, *LORA_RANK_TINY, f"out_dir={tmp_path}", f"study={study}", f"sweep.seeds={SEEDS}",
           f"sweep.space={space}", *extra]
     return Driver(complete(load(ov)), ov, runner=runner or FormulaRunner())
 
@@ -167,6 +169,43 @@ def test_stop_when_decided_waits_while_a_comparison_is_open_and_seeds_are_left()
         assert st.verdicts[0].p_diff > 0.025 and st.verdicts[0].diff == pytest.approx(sum(d) / k)
 
 
+def test_the_chance_of_a_verdict_matches_a_simulation_of_the_seeds_to_come():
+    """Predictive power by simulation: the true mean from its flat-prior posterior N(m, s^2/n), the seeds
+    to come from N(true, s^2), the final test with the SD known (the function's stated model)."""
+    rng = np.random.default_rng(0)
+    for d, n_final, margin in [([0.01, 0.03], 5, 0.01), ([-0.02, 0.05, 0.0], 5, 0.01), ([0.002, -0.001], 6, 0.01),
+                               ([0.03, 0.05], 4, 0.01)]:
+        n, m, sd = len(d), float(np.mean(d)), float(np.std(d, ddof=1))
+        true = rng.normal(m, sd / math.sqrt(n), 40_000)
+        rest = rng.normal(true[:, None], sd, (40_000, n_final - n)).sum(axis=1)
+        final = (sum(d) + rest) / n_final
+        se = sd / math.sqrt(n_final)
+        decided = (np.abs(final) > stats.t.ppf(0.975, n_final - 1) * se) | \
+                  (np.abs(final) < margin - stats.t.ppf(0.95, n_final - 1) * se)
+        assert vd.chance_of_a_verdict(d, n_final, margin) == pytest.approx(decided.mean(), abs=0.01), d
+    assert vd.chance_of_a_verdict([0.01, 0.02], 2, 0.01) == 0.0  # no seed to come
+    assert math.isnan(vd.chance_of_a_verdict([0.01, 0.01], 5, 0.01))  # no spread: nothing to project with
+
+
+def test_stop_when_decided_gives_up_a_comparison_the_seeds_left_are_unlikely_to_decide():
+    """A 1.5-point mean difference with a 5-point seed SD after 2 of 4 seeds: a verdict's predictive
+    probability is ~0.005, below sweep.futility = 0.1, so the study stops at look 2 and says why;
+    with futility 0 it waits for the seeds (the rule before it)."""
+    seeds = [0, 1, 2, 3]
+    a, b = vd.config_key({"r": 8}), vd.config_key({"r": 32})
+    configs = {a: {"r": 8}, b: {"r": 32}}
+    vals = {a: [0.80, 0.75], b: [0.78, 0.80]}
+    cells = {c: {s: racing.Cell(racing.COMPLETE, vals[c][i]) if i < 2 else racing.Cell(racing.PENDING)
+                 for i, s in enumerate(seeds)} for c in configs}
+    chance = vd.chance_of_a_verdict([-0.02, 0.05], 4, 0.01)
+    assert chance < 0.01
+    st = racing.race(configs, cells, racing.Rules(seeds, "maximize", ["r"], None, 0.95, "decided", 0.01, None, 0.1))
+    assert st.decided is not None and st.decided["look"] == 2
+    assert f"1 given up: a verdict's predictive probability with the seeds left {chance:.2f} < 0.1" in st.decided["why"]
+    st = racing.race(configs, cells, racing.Rules(seeds, "maximize", ["r"], None, 0.95, "decided", 0.01, None, 0.0))
+    assert st.decided is None and st.looks_done == 2
+
+
 @pytest.mark.slow
 def test_tune_races_each_arms_learning_rates_and_compares_the_arms_at_their_best(tmp_path, capsys):
     """lr=0.1 is planted 25 points worse in each arm: it stops after 2 seeds in both arms; the arms
@@ -201,7 +240,7 @@ def test_racing_settings_are_part_of_a_study(tmp_path):
 ])
 def test_racing_settings_that_cannot_work_are_refused_before_anything_runs(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
-        complete(load([*TINY, "sweep=lora_rank", f"sweep.seeds={SEEDS}", *extra]))
+        complete(load([*TINY, *LORA_RANK_TINY, f"sweep.seeds={SEEDS}", *extra]))
 
 
 def test_a_queued_seed_waits_for_its_look_and_a_retry_awaiting_its_rerun_is_not_settled():

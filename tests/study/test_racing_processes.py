@@ -20,6 +20,7 @@ from harness.config.schema import complete, load
 from harness.study.driver import Driver
 from tests.study.test_racing import SEEDS, TINY, FormulaRunner
 from tests.study.test_study import _wait, load as load_study, sweep
+from conftest import LORA_RANK_TINY
 
 
 def _cells(study) -> dict:
@@ -89,7 +90,7 @@ class SlowFormula(FormulaRunner):
 def test_two_drivers_on_one_postgres_database_race_one_study_without_duplicates(tmp_path, fresh_pg):
     url, = fresh_pg(1)
     study = f"race_{uuid.uuid4().hex[:8]}"
-    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", f"study={study}", f"sweep.seeds={SEEDS}",
+    ov = [*TINY, *LORA_RANK_TINY, f"out_dir={tmp_path}", f"study={study}", f"sweep.seeds={SEEDS}",
           "sweep.space={lora.r: {choices: [2, 8, 32]}}", "sweep.racing={min_seeds: 2}", "storage=postgres",
           f"storage.url={url}"]
     drivers = [Driver(complete(load(ov)), ov, runner=SlowFormula()) for _ in range(2)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NoProcessRunner
+from conftest import LORA_RANK_TINY, NoProcessRunner
 from harness.config.schema import ConfigError, complete, load
 from harness.record import TrialRecord
 from harness.runners import Ended
@@ -36,7 +36,7 @@ class Runner(NoProcessRunner):
 
 
 def _driver(tmp_path, *extra):
-    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", "study=refs", "sweep.seeds=[0,1]", *extra]
+    ov = [*TINY, *LORA_RANK_TINY, f"out_dir={tmp_path}", "study=refs", "sweep.seeds=[0,1]", *extra]
     cfg = complete(load(ov))
     check(cfg, ov)
     return Driver(cfg, ov, runner=Runner())
@@ -75,7 +75,7 @@ def test_a_resume_adds_new_reference_arms_and_repeats_none(tmp_path):
     ("+sweep.references=[{}]", "sweep.references[0] is empty"),
 ])
 def test_a_bad_reference_arm_is_refused_before_any_trial(tmp_path, refs, message):
-    ov = [*TINY, "sweep=lora_rank", f"out_dir={tmp_path}", "study=refs", refs]
+    ov = [*TINY, *LORA_RANK_TINY, f"out_dir={tmp_path}", "study=refs", refs]
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check(complete(load(ov)), ov)
     assert not (tmp_path / "refs").exists()

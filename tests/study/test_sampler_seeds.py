@@ -8,12 +8,13 @@ import time
 import pytest
 
 from harness.study.session import Session
+from conftest import LORA_RANK_TINY
 
 SPACE = "sweep.space={train.lr: {low: 1.0e-5, high: 1.0e-2, log: true}, lora.r: {choices: [1, 2, 4, 8]}}"
 
 
 def _session(tiny_cfg, study: str, sampler: str) -> Session:
-    over = ["sweep=lora_rank", f"sweep.sampler={sampler}", SPACE, "sweep.n_trials=12", "tracking.mode=disabled"]
+    over = [*LORA_RANK_TINY, f"sweep.sampler={sampler}", SPACE, "sweep.n_trials=12", "tracking.mode=disabled"]
     s = Session(tiny_cfg(*over, study=study), over)
     s.open()
     return s
@@ -45,7 +46,7 @@ def test_one_driver_from_scratch_proposes_the_same_sequence(tiny_cfg):
     one = _draws(_session(tiny_cfg, "run1", "random"), 4)
     two = _draws(_session(tiny_cfg, "run2", "random"), 4)
     assert one == two
-    over = ["sweep=lora_rank", "sweep.sampler=random", SPACE, "sweep.n_trials=12", "sweep.sampler_seed=7"]
+    over = [*LORA_RANK_TINY, "sweep.sampler=random", SPACE, "sweep.n_trials=12", "sweep.sampler_seed=7"]
     other = Session(tiny_cfg(*over, study="run3"), over)
     other.open()
     assert _draws(other, 4) != one  # and the seed is the sweep's to choose
