@@ -29,6 +29,12 @@ def _num(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else f"{v:,}"
 
 
+def _metric(v) -> str:
+    """An objective's mean or interval as the report prints it (analysis/tables.py: 4 decimals for a
+    fraction such as accuracy), so the console and report.md show the same numbers."""
+    return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) and abs(v) < 10 else _num(v)
+
+
 def _value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -113,7 +119,7 @@ def summary_table(trials, axes: list[str], objectives: dict[str, str], top: int 
         for m in metrics:
             ci = r[f"{m}_ci"]
             cells.append("unstable at this setting" if r["unstable"] else
-                         _num(r[m]) + ("" if math.isnan(ci) else f" ± {_num(ci)}"))
+                         _metric(r[m]) + ("" if math.isnan(ci) else f" ± {_metric(ci)}"))
         cells += [_num(r["flops"]), _num(r["device_seconds"]), ",".join(map(str, r["trials"])),
                   set_aside_text(r) or "-", learning_cell(r)]
         body.append(cells)
@@ -131,7 +137,7 @@ def best_line(trials, axes: list[str], objectives: dict[str, str]) -> str:
     what = " ".join(f"{a}={_value(b['params'].get(a))}" for a in axes) or "the one configuration"
     (m, _), = list(objectives.items())[:1]
     ci = b[f"{m}_ci"]
-    return (f"best = {what}: {m} {_num(b[m])}" + ("" if math.isnan(ci) else f" ± {_num(ci)}")
+    return (f"best = {what}: {m} {_metric(b[m])}" + ("" if math.isnan(ci) else f" ± {_metric(ci)}")
             + f" (mean of {len(b['seeds'])} seed{'s' if len(b['seeds']) != 1 else ''}"
             + (f", {set_aside_text(b)} set aside" if b["set_aside"] else "") + "; trials "
             + ",".join(map(str, b["trials"])) + f"); {b['learning']}")
@@ -217,7 +223,7 @@ def reference_lines(trials, objectives: dict[str, str]) -> list[str]:
     out = []
     for arm, vals in arms.items():
         ci = t_half_width(vals)
-        out.append(f"reference {arm}: {m} {_num(sum(vals) / len(vals))}" + ("" if math.isnan(ci) else f" ± {_num(ci)}")
+        out.append(f"reference {arm}: {m} {_metric(sum(vals) / len(vals))}" + ("" if math.isnan(ci) else f" ± {_metric(ci)}")
                    + f" ({len(vals)} seed{'s' if len(vals) != 1 else ''})")
     return out
 

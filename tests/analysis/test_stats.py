@@ -129,8 +129,8 @@ def test_driver_summary_aggregates_seeds_and_names_the_best_configuration():
     table = report.summary_table(trials, ["lora.targets"], obj)
     lines = table.splitlines()
     assert len(lines) == 2 + 3 and lines[2].split()[0] == "mlp" and lines[-1].split()[0] == "qv"
-    assert "0.71 ± 0.04968" in lines[2] and " 3 " in lines[2]
-    assert report.best_line(trials, ["lora.targets"], obj).startswith("best = lora.targets=mlp: accuracy 0.71 ± ")
+    assert "0.7100 ± 0.0497" in lines[2] and " 3 " in lines[2]  # the report's 4 decimals
+    assert report.best_line(trials, ["lora.targets"], obj).startswith("best = lora.targets=mlp: accuracy 0.7100 ± 0.0497")
 
 
 @pytest.mark.process

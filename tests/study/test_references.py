@@ -46,7 +46,7 @@ def test_reference_arms_run_once_per_seed_with_their_overrides_and_are_never_the
     d = _driver(tmp_path, REFS)
     assert d.run() == 0
     out = capsys.readouterr()
-    assert "reference method=head_only train.lr=0.01: accuracy 0.99 ± 0 (2 seeds)" in out.out
+    assert "reference method=head_only train.lr=0.01: accuracy 0.9900 ± 0.0000 (2 seeds)" in out.out
     assert "method=full quant=none seed=1  accuracy=0.99" in out.out  # the trial line names the arm
     refs = sorted(r for r in d.runner.ran if r[0] != "lora")
     assert [(m, q, s) for m, q, _, _, s in refs] == [("full", "none", 0), ("full", "none", 1),
