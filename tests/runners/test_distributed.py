@@ -14,13 +14,13 @@ from omegaconf import open_dict
 from harness import train
 from harness.record import read_record
 from harness.runners.process import (
-from conftest import LORA_RANK_TINY
     accelerate_command,
     accelerate_config,
     allocate_trial,
     run_subprocess,
     write_config,
 )
+from conftest import LORA_RANK_TINY
 
 # Dropout off everywhere, so one process and two see the same function of the same batches.
 EXACT = ["lora.dropout=0", "+model.tiny.hidden_dropout_prob=0.0", "+model.tiny.attention_probs_dropout_prob=0.0",
