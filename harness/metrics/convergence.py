@@ -72,7 +72,8 @@ def last_quarter_gain(evals: Sequence[Mapping], metric: str = "accuracy", steps:
         return None, None
     end_step = steps or pts[-1][0]
     ns = [n for _, _, n in pts]
-    same = [p for p in pts if p[2] == max(set(ns), key=ns.count)]  # the intermediate evals' item subset
+    subset_n = max(set(ns), key=ns.count)  # the intermediate evals' item count (the most common)
+    same = [p for p in pts if p[2] == subset_n]
     if len(same) >= 2 and same[-1][0] == pts[-1][0]:
         # like with like: the subset's own curve reaches the end, so the gain is read on one item set
         # (a fixed 400 of 1,000 test items scored 2.5 points above all 1,000 on one model: an offset, not a gain)

@@ -251,8 +251,8 @@ def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
     later = rules.seeds[k:]
     left = [v for v in st.verdicts if v.word == "undecided"
             and (_seeds_left(st, members[arm_of[v.a]], later) or _seeds_left(st, members[arm_of[v.b]], later))]
-    chances = {id(v): _chance(st, v, values, later, rules) for v in left}
-    if any(not chances[id(v)] < rules.futility for v in left):  # NaN (no SD yet) keeps it open
+    chances = [_chance(st, v, values, later, rules) for v in left]
+    if any(not c < rules.futility for c in chances):  # NaN (no SD yet) keeps it open
         return
     undecided = sum(v.word == "undecided" for v in st.verdicts)
     words = {}
@@ -260,7 +260,7 @@ def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
         words[v.word] = words.get(v.word, 0) + 1
     tally = ", ".join(f"{n} {w}" for w, n in words.items() if w != "undecided")
     futile = f"; {len(left)} given up: a verdict's predictive probability with the seeds left " \
-             f"{', '.join(f'{chances[id(v)]:.2f}' for v in left)} < {rules.futility:g}" if left else ""
+             f"{', '.join(f'{c:.2f}' for c in chances)} < {rules.futility:g}" if left else ""
     why = (f"every comparison decided after round {k} ({tally})" if not undecided else
            f"after round {k} every comparison is decided ({tally or 'none'}) or has no seed left that could change it "
            f"({undecided} undecided{futile})")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LORA_RANK_TINY
+
 PARTITION = os.environ.get("HARNESS_TEST_SLURM")
 PG_URL = os.environ.get("HARNESS_TEST_PG_URL")
 pytestmark = [
@@ -37,12 +39,12 @@ SLURM = ["launcher=slurm", "launcher.cpus_per_task=1", "launcher.mem_gb=1", "lau
 
 
 def _study_args(tmp_path: Path, url: str, study: str, grid: list[int], steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "sweep=lora_rank",
+    return [sys.executable, "-m", "harness", *LORA_RANK_TINY,
             f"sweep.space={{lora.r: {{choices: {grid}}}, lora.alpha_over_r: {{choices: [2]}}}}",
             "model=tiny_bert", "data=tiny", f"train.max_steps={steps}", "train.eval_every=0", "eval.batch_size=64",
             "hardware.threads=1", "tracking.mode=disabled", "eval.baseline=false", "sweep.heartbeat_interval=1",
             "sweep.grace_period=5", f"study={study}", "storage=postgres", f"storage.url={url}",
-            f"out_dir={tmp_path}", f"launcher.folder={tmp_path}/slurm", "sweep.seeds=[0]", "sweep.parallel=1", "train.early_stopping.patience=0", *SLURM, *extra]
+            f"out_dir={tmp_path}", f"launcher.folder={tmp_path}/slurm", *SLURM, *extra]
 
 
 def _submit(args: list[str]) -> list[str]:

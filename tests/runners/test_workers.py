@@ -11,14 +11,15 @@ from collections import Counter
 import pytest
 
 from harness.config.schema import ConfigError
+from conftest import LORA_RANK_TINY
 from harness.runners.slurm import worker_command
 
 GRID = [1, 2, 4, 8]
 # a 4-point grid of tiny trials; one seed each
-TINY_STUDY = ["sweep=lora_rank", f"sweep.space={{lora.r: {{choices: {GRID}}}, lora.alpha_over_r: {{choices: [2]}}}}",
+TINY_STUDY = [*LORA_RANK_TINY, f"sweep.space={{lora.r: {{choices: {GRID}}}, lora.alpha_over_r: {{choices: [2]}}}}",
               "model=tiny_bert",
               "data=tiny", "train.max_steps=3", "train.eval_every=0", "eval.batch_size=64", "hardware.threads=1",
-              "tracking.mode=disabled", "eval.baseline=false", "sweep.seeds=[0]", "sweep.parallel=1", "train.early_stopping.patience=0"]
+              "tracking.mode=disabled", "eval.baseline=false"]
 
 
 def _trials(url: str, study: str):
