@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ncomparisons (better / worse / {verdicts.equivalent_word(margin)} / undecided; Holm across the "
                   f"study; how: the report's Comparisons section):\n"
                   + "\n".join(f"- {verdicts.sentence(r, margin)}" for _, r in cmp.iterrows()))
+        if args.tune and axes != [args.tune] and not lora.empty:
+            from analysis import tuned
+
+            carried = [x for x in tuned.report_lines(lora, axes, args.tune, margin) if x.startswith("- conclusion")]
+            print(f"\ndoes the best {args.tune} carry over between arms? (the report's section of that name)\n"
+                  + "\n".join(carried))
         print("\nrecommendation:\n" + "\n".join(rec))
     if args.publish:
         from analysis.publish import publish

@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis import forgetting
 from harness.record import read_record
-from analysis import budget, curves, planner, race, stats, verdicts
+from analysis import budget, curves, planner, race, stats, tuned, verdicts
 from analysis.items import test_items
 from analysis.plotting import reference_name, split
 from analysis.tables import best_configs, comparison_table, to_latex
@@ -191,6 +191,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
         md += [f"## Each arm at its own best {tune}",
                f"Comparisons and the recommendation below use, for each setting of the other axes, the {tune} with the "
                f"best mean: " + "; ".join(f"{r['label']}" for _, r in picked.iterrows()), ""]
+        md += tuned.report_lines(lora, axes, tune, margin)  # the claim about the argmax itself
     cmp = verdicts.compare(work, work_axes, margin) if work_axes and not work.empty else pd.DataFrame()
     md += ["## Comparisons", "Pairs of configurations that differ in one searched axis, read from the first-named "
            "one (b − a).", *verdicts.method_lines(margin)]

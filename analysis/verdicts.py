@@ -209,8 +209,6 @@ def by_seed(df: pd.DataFrame, configs: pd.DataFrame, axes: list[str], metric: st
 def compare(df: pd.DataFrame, axes: list[str], margin: float = MARGIN, alpha: float = stats.ALPHA,
             n_boot: int = N_BOOT, seed: int = BOOT_SEED, metric: str = "accuracy") -> pd.DataFrame:
     """One row per one-axis pair: the evidence, Holm per family, the verdict, its MDE and what would decide it."""
-    from analysis import planner
-
     configs = stats.configurations(df, axes, metric)
     if configs.empty or not axes:
         return pd.DataFrame()
@@ -225,7 +223,13 @@ def compare(df: pd.DataFrame, axes: list[str], margin: float = MARGIN, alpha: fl
         rows.append({"axis": axis, "b_name": stats.label(b, [axis]), "a_name": stats.label(a, [axis]),
                      "a": stats.label(a, axes), "b": stats.label(b, axes), "a_value": a[axis], "b_value": b[axis],
                      "held": stats.label(a, held) if held else "", **e})
-    out = pd.DataFrame(rows)
+    return judge(pd.DataFrame(rows), margin, alpha)
+
+
+def judge(out: pd.DataFrame, margin: float, alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """A family of comparisons' evidence rows -> their MDE, Holm per test family, verdict and what would decide it."""
+    from analysis import planner
+
     if out.empty:
         return out
     out["mde"] = [mde(r, alpha) for _, r in out.iterrows()]

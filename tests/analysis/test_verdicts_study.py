@@ -169,3 +169,15 @@ def test_plan_with_tune_plans_the_reports_comparisons(tmp_path, capsys):
     assert rows == ["targets=peft_default vs targets=attn_qv"]
     assert "Each arm at its own best train.lr (`--tune`): " in tuned and tuned.count("lr=0.01") == 2
     assert "lr=0.0001" not in tuned
+
+
+def test_report_with_tune_says_whether_the_best_lr_carries_over(tmp_path, capsys):
+    """--report --tune: both target sets peak at lr 1e-2, so the section says it is the same grid point; printed too."""
+    kw = dict(STUDIES["three_seeds"])
+    write_study(tmp_path / "runs", "three_seeds", kw.pop("spec"), kw.pop("space"), kw.pop("acc"), **kw)
+    printed = _run(["study=three_seeds", f"out_dir={tmp_path / 'runs'}", "--out", str(tmp_path / "out"), "--report",
+                    "--tune", "train.lr"], capsys)
+    md = (tmp_path / "out" / "report.md").read_text()
+    section = md.split("## Does the best train.lr carry over between arms?")[1].split("\n## ")[0]
+    assert "same grid point (0.01)" in section and "grid's edge" in section  # 1e-2 is the highest of the two
+    assert "same grid point (0.01)" in printed.split("carry over between arms?")[1]
