@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis import forgetting
 from harness.record import read_record
-from analysis import budget, curves, planner, race, stats, tuned, verdicts
+from analysis import budget, curves, data_size, planner, race, stats, tuned, verdicts
 from analysis.items import test_items
 from analysis.plotting import reference_name, split
 from analysis.tables import best_configs, comparison_table, to_latex
@@ -201,6 +201,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
     if climbing and not cmp.empty:
         md[-1:-1] = [f"Not converged (still improving over the last 25% of steps): {'; '.join(climbing)}; the "
                      "comparisons involving them compare arms still climbing, not what they can learn."]
+    md += data_size.report_lines(work, work_axes, cmp, margin)  # a train-size study: where more data stops paying
     md += ["## Accuracy and gold log-probability", *score_lines(cmp), ""]
     if not cmp.empty and (cmp["verdict"] == "undecided").any():
         plan = [x for x in planner.plan(loaded, margin, tune=tune) if x.startswith("- ")]

@@ -251,6 +251,6 @@ def saturating_fit(sizes, values, at: float | None = None, n_draws: int = 2000, 
                                                             check_valid="ignore")
     curves = np.stack([f(grid, *d) for d in draws])
     pred = f(np.array([at]), *draws.T)
-    return {"params": popt, "at": at, "prediction": float(f(at, *popt)),
+    return {"params": popt, "cov": pcov, "at": at, "prediction": float(f(at, *popt)),
             "interval": tuple(float(q) for q in np.nanpercentile(pred, [2.5, 97.5])), "grid": grid,
             "curve": f(grid, *popt), "band": np.nanpercentile(curves, [2.5, 97.5], axis=0)}
