@@ -298,7 +298,8 @@ def param_importance(loaded, width: str, min_trials: int = 8):
         raise Skip("accuracy is the same in every complete trial: there is no variance to attribute")
     imp = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params,
-        target=lambda t: acc[t.number])
+        target=lambda t: acc.get(t.number, np.nan))  # Optuna re-reads the storage: a trial set aside (degenerate)
+    # or completed since the frame was read is not in acc, and a non-finite target is one Optuna leaves out
     names = list(imp)[::-1]
     fig, axs = new_figure(width, height=0.35 * len(names) + 0.8)
     ax = axs[0, 0]

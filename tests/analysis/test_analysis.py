@@ -215,6 +215,23 @@ def test_importance_ranks_the_parameter_that_drives_accuracy(loaded):
 
 
 @pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
+def test_importance_leaves_out_a_trial_the_frame_set_aside(loaded):
+    """A trial COMPLETE in the storage but not in the frame (set aside as degenerate, or finished after the frame
+    was read): Optuna re-reads the storage, and the figure once ended in a KeyError on it (the lr_rank study)."""
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import param_importance
+    from analysis.runs import Loaded
+
+    varied = _varied(loaded)
+    ok = varied.trials[varied.trials["status"] == "complete"]
+    dropped = Loaded(varied.trials.drop(index=ok.index[0]), varied.history, varied.optuna_study)
+    fig = param_importance(dropped, "1col", min_trials=4)
+    assert f"{len(ok) - 1} trials" in fig.axes[0].get_xlabel()
+    plt.close(fig)
+
+
+@pytest.mark.process  # the fixture's W&B runs (wandb-core) and `wandb leet` reads
 def test_cli_writes_every_figure_and_table(study_dir, loaded, tmp_path, capsys):
     from analysis.__main__ import main
     from analysis.figures import figure_names
