@@ -115,6 +115,10 @@ class SweepCfg(_Strict):
     # compare each arm (a setting of the other axes) at its own best value of this axis, e.g. train.lr
     # (the analysis's --tune); racing then races each arm's values of it
     tune: str | None = None
+    # which comparisons stop_when: decided (and the analysis's first section) name, with tune: `arms` the arms
+    # at their own best values, pairwise one axis apart; `carry_over` for every arm the value that is best at
+    # another arm against the arm's own best (the claim "the best lr does not depend on the rank")
+    compare: Literal["arms", "carry_over"] = "arms"
 
     @field_validator("racing", mode="before")
     @classmethod
@@ -157,6 +161,9 @@ class SweepCfg(_Strict):
     def _racing_combinations(self) -> None:
         if self.tune is not None and self.tune not in self.space:
             raise ValueError(f"tune={self.tune} is not a searched axis (the space has {', '.join(self.space)})")
+        if self.compare == "carry_over" and (self.tune is None or len(self.space) < 2):
+            raise ValueError("compare=carry_over needs sweep.tune and another searched axis: it carries each arm's best "
+                             "tuned value over to the other arms")
         wants = [w for w, on in (("racing", self.racing is not None), ("stop_when=decided", self.stop_when == "decided"))
                  if on]
         for w in wants:

@@ -5,7 +5,8 @@ A configuration receives its seeds one round at a time: round k is every configu
 is worse than its race's leader with the requested confidence gets no more seeds; the others go on
 to every seed. A race is every configuration of the grid, or with `sweep.tune: AXIS` each arm's own
 values of AXIS (the arm = a setting of the other axes): the lrs of one arm race each other, and the
-arms, each at its own best lr, are what `stop_when: decided` compares.
+arms, each at its own best lr, are what `stop_when: decided` compares (`sweep.compare: carry_over`: each
+arm's own best lr against the lrs best at the other arms, harness/study/verdict.py).
 
 The test (`racing.statistic: paired_t`, the verdicts' test on seeds): one-sided paired t of the
 configuration against the leader (the best mean over the look's seeds) over the seeds both completed.
@@ -87,6 +88,7 @@ class Rules:
     margin: float
     tune: str | None
     futility: float = 0.0          # stop_when: give up a comparison whose chance of a verdict is below this
+    compare: str = "arms"          # with tune: the arms at their best, or each arm's best carried over (verdict.py)
 
     @classmethod
     def of(cls, sw) -> Rules:
@@ -94,7 +96,7 @@ class Rules:
         return cls(list(sw.seeds), next(iter(sw.objectives.values())), list(sw.space),
                    None if r is None else int(r.min_seeds), 0.95 if r is None else float(r.confidence),
                    sw.get("stop_when", "budget"), float(sw.get("margin", 0.01)), sw.get("tune"),
-                   float(sw.get("futility", 0.1)))
+                   float(sw.get("futility", 0.1)), sw.get("compare", "arms"))
 
     @property
     def on(self) -> bool:
@@ -104,7 +106,8 @@ class Rules:
         """What a resume must agree on (a study attr)."""
         return {"racing": None if self.min_seeds is None else {"min_seeds": self.min_seeds,
                                                               "confidence": self.confidence},
-                "stop_when": self.stop_when, "margin": self.margin, "tune": self.tune, "futility": self.futility}
+                "stop_when": self.stop_when, "margin": self.margin, "tune": self.tune, "futility": self.futility,
+                "compare": self.compare}
 
 
 @dataclass
@@ -242,7 +245,8 @@ def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
     n_seeds = len(rules.seeds)
     alpha = vd.ALPHA / max(n_seeds - 2, 1)
     survivors = {c for c in st.configs if c not in st.stopped}
-    pairs, picked = vd.comparisons(st.configs, values, rules.axes, rules.tune, rules.direction, among=survivors)
+    pairs, picked = vd.comparisons(st.configs, values, rules.axes, rules.tune, rules.direction, among=survivors,
+                                   compare=rules.compare)
     st.verdicts = vd.verdicts(values, pairs, st.configs, rules.margin, alpha, rules.direction, rules.tune)
     if not st.verdicts or k >= n_seeds:
         return

@@ -160,7 +160,7 @@ class Session:
         new = self.rules.record()
         if old is None:  # a study from before racing: it ran by the budget
             old = {**new, "racing": None, "stop_when": "budget"}
-        old = {"futility": 0.0, **old}  # a study from before the futility rule gave up only without seeds left
+        old = {"futility": 0.0, "compare": "arms", **old}  # before these rules: no futility, the arms compared
         if old != new and (self.rules.on or old["racing"] is not None or old["stop_when"] != "budget"):
             raise ConfigError(f"study {self.cfg.study} was created with racing/stop_when {old}; the sweep asks for "
                               f"{new}: resuming would change decisions already made. Set study=<new name>")

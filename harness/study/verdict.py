@@ -162,7 +162,7 @@ class Verdict:
         over 3 shared seeds: better'."""
         a, b = configs[self.a], configs[self.b]
         at = f" (at {label(self.held)})" if self.held else ""
-        tuned = (lambda p: f" ({label(p, [self.tune])})") if self.tune else (lambda p: "")
+        tuned = (lambda p: f" ({label(p, [self.tune])})") if self.tune and self.tune != self.axis else (lambda p: "")
         diff = "no shared seeds" if not self.n else f"{100 * self.diff:+.2f} points over {self.n} shared seeds"
         return f"{label(b, [self.axis])}{tuned(b)} vs {label(a, [self.axis])}{tuned(a)}{at}: {diff}: {self.word}"
 
@@ -207,9 +207,12 @@ def best_of(keys: list[str], values: dict[str, dict], direction: str) -> str | N
 
 
 def comparisons(configs: dict[str, dict], values: dict[str, dict], axes: list[str], tune: str | None,
-                direction: str, among: set[str] | None = None) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+                direction: str, among: set[str] | None = None,
+                compare: str = "arms") -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     """The pairs the sweep names and, with tune, each arm's chosen configuration (arm -> config key).
-    among: the configurations an arm may pick its best from (the race's survivors); default all."""
+    among: the configurations an arm may pick its best from (the race's survivors); default all.
+    compare="carry_over": (arm b's own best, b at another arm's best value) for every arm b and every other
+    arm's best value that differs from b's (the analysis's analysis/tuned.py, the same pairs)."""
     if tune is None:
         return one_axis_pairs(configs, axes), {k: k for k in configs}
     picked = {}
@@ -218,7 +221,22 @@ def comparisons(configs: dict[str, dict], values: dict[str, dict], axes: list[st
         best = best_of(pool, values, direction)
         if best is not None:
             picked[arm] = best
+    if compare == "carry_over":
+        return _carried(configs, tune, picked), picked
     chosen = {picked[arm]: configs[picked[arm]] for arm in picked}
     other = [a for a in axes if a != tune]
     pairs = one_axis_pairs({k: {a: v for a, v in p.items() if a != tune} for k, p in chosen.items()}, other)
     return pairs, picked
+
+
+def _carried(configs: dict[str, dict], tune: str, picked: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(b's own best, b at the value best at another arm, tune) per arm b and distinct other best value."""
+    by_arm = arms(configs, tune)
+    pairs = []
+    for arm, own in picked.items():
+        values = sorted({str(configs[k][tune]) for a, k in picked.items() if a != arm} - {str(configs[own][tune])})
+        for v in values:
+            there = [k for k in by_arm[arm] if str(configs[k][tune]) == v]
+            if there:
+                pairs.append((own, there[0], tune))
+    return pairs

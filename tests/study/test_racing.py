@@ -221,6 +221,42 @@ def test_tune_races_each_arms_learning_rates_and_compares_the_arms_at_their_best
     assert attrs["stopped"]["verdicts"][0].startswith("lora.r=32 (train.lr=0.01) vs lora.r=2 (train.lr=0.01): +30")
 
 
+def _carry_state(vals: dict, k: int, compare: str):
+    """Arms r=8 / r=32 with lrs 1e-3 / 2e-3; vals (r, lr) -> accuracy per seed; the look after round k."""
+    seeds = [0, 1, 2, 3]
+    configs = {vd.config_key({"r": r, "lr": lr}): {"r": r, "lr": lr} for r in (8, 32) for lr in (1e-3, 2e-3)}
+    cells = {vd.config_key(p): {s: racing.Cell(racing.COMPLETE, vals[p["r"], p["lr"]][i]) if i < k else
+                                racing.Cell(racing.PENDING) for i, s in enumerate(seeds)} for p in configs.values()}
+    rules = racing.Rules(seeds, "maximize", ["r", "lr"], None, 0.95, "decided", 0.01, "lr", 0.0, compare)
+    return racing.race(configs, cells, rules)
+
+
+def test_carry_over_compares_each_arms_best_lr_with_the_other_arms_best():
+    """r=8 peaks at lr 1e-3, r=32 at 2e-3, each 0.1 point below its best at the other's: compare=carry_over
+    names the two regrets (same arm, the other arm's best lr), and both are equivalent within ±1 point at
+    look 2 (TOST by hand), which ends the study there; compare=arms names the one pair of arms instead."""
+    vals = {(8, 1e-3): [0.800, 0.790, 0.810, 0.8], (8, 2e-3): [0.799, 0.7885, 0.8095, 0.8],
+            (32, 2e-3): [0.805, 0.795, 0.815, 0.8], (32, 1e-3): [0.8035, 0.7945, 0.8145, 0.8]}
+    st = _carry_state(vals, 3, "carry_over")
+    got = {(st.configs[v.a]["r"], st.configs[v.a]["lr"], st.configs[v.b]["lr"]): v for v in st.verdicts}
+    assert set(got) == {(8, 1e-3, 2e-3), (32, 2e-3, 1e-3)}
+    v8 = got[8, 1e-3, 2e-3]
+    d = [vals[8, 2e-3][i] - vals[8, 1e-3][i] for i in range(2)]
+    assert v8.diff == pytest.approx(np.mean(d)) and v8.p_eq == pytest.approx(vd.p_tost(d, 0.01))
+    assert all(v.word == "equivalent within ±1 point" for v in st.verdicts) and st.decided["look"] == 2
+    assert v8.sentence(st.configs, 0.01).startswith(f"lr=0.002 vs lr=0.001 (at r=8): {100 * np.mean(d):+.2f} points "
+                                                    "over 2 shared seeds")
+    arms = _carry_state(vals, 3, "arms")
+    assert [(arms.configs[v.a]["r"], arms.configs[v.b]["r"]) for v in arms.verdicts] == [(8, 32)]
+
+
+def test_carry_over_with_one_best_lr_for_every_arm_names_nothing_to_decide():
+    same = {(8, 1e-3): [0.80, 0.79, 0.81, 0.8], (8, 2e-3): [0.78, 0.77, 0.80, 0.8],
+            (32, 1e-3): [0.81, 0.80, 0.82, 0.8], (32, 2e-3): [0.79, 0.78, 0.80, 0.8]}
+    st = _carry_state(same, 2, "carry_over")
+    assert st.verdicts == [] and st.decided is None  # the grid's budget decides, as without stop_when
+
+
 def test_racing_settings_are_part_of_a_study(tmp_path):
     assert _driver(tmp_path, "sweep.racing={min_seeds: 2}").session.open()  # created
     with pytest.raises(ConfigError, match="created with racing"):
@@ -236,6 +272,7 @@ def test_racing_settings_are_part_of_a_study(tmp_path):
     (["sweep.racing={min_seeds: 4}"], "racing needs more seeds than racing.min_seeds=4"),
     (["sweep.stop_when=decided", "sweep.seeds=[0,1]"], "stop_when=decided needs >= 3 seeds"),
     (["sweep.tune=train.lr"], "tune=train.lr is not a searched axis"),
+    (["sweep.compare=carry_over"], "compare=carry_over needs sweep.tune"),
     (["sweep.racing={min_seeds: 1}"], "greater than or equal to 2"),
 ])
 def test_racing_settings_that_cannot_work_are_refused_before_anything_runs(tmp_path, extra, message):
