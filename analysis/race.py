@@ -37,7 +37,7 @@ def report_lines(optuna_study) -> list[str]:
     if f["raced"]:
         n = len(f["stops"])
         out.append(f"Racing (`sweep.racing`) stopped {n} configuration{'s' if n != 1 else ''} early; {f['skipped']} "
-                   f"(configuration, seed) trial{'s' if f['skipped'] != 1 else ''} were not run (PRUNED in the storage, "
+                   f"(configuration, seed) trial{'s were' if f['skipped'] != 1 else ' was'} not run (PRUNED in the storage, "
                    "user attr `racing=skipped`, no run files). A stopped configuration keeps the seeds it ran: its "
                    "mean and interval above are over those.")
         out += [f"- {s['label']}: stopped after {len(s['seeds'])} seed{'s' if len(s['seeds']) != 1 else ''} "

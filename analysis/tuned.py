@@ -14,6 +14,8 @@ verdict is not, and the report says so. Torch-free.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -74,6 +76,38 @@ def regrets(df: pd.DataFrame, axes: list[str], axis: str, margin: float = verdic
     return verdicts.judge(pd.DataFrame(rows), margin, alpha)
 
 
+def argmax_agreement(df: pd.DataFrame, axes: list[str], axis: str, n_boot: int = verdicts.N_BOOT,
+                     seed: int = verdicts.BOOT_SEED) -> tuple[float, float] | None:
+    """How stable "every arm has the same best value" is: the seeds resampled with replacement (the same draw for
+    every configuration, as they share seeds), each arm's best value re-picked; the fractions of resamples in which
+    every arm's best is the same grid point, and within one grid step of each other. None without shared seeds."""
+    others = [a for a in axes if a != axis]
+    ok = df.dropna(subset=["seed"])
+    # seeds as rows, configurations as columns; a configuration racing stopped (or a trial set aside) leaves a
+    # hole, and a resample's mean is over the seeds the configuration has (dropping the seed everywhere would
+    # throw away every other configuration's run of it)
+    grid = ok.pivot_table(index="seed", columns=axes, values="accuracy", aggfunc="mean")
+    if len(grid) < 2 or not others:
+        return None
+    values = sorted(pd.unique(ok[axis]), key=float)
+    step = {v: i for i, v in enumerate(values)}
+    pos = [axes.index(a) for a in others]
+    arm_of = [tuple(c[i] for i in pos) for c in grid.columns]
+    col_step = np.array([step[c[axes.index(axis)]] for c in grid.columns])
+    draws = np.random.default_rng(seed).integers(0, len(grid), size=(n_boot, len(grid)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample can miss every seed a configuration has
+        means = np.nanmean(grid.to_numpy(float)[draws], axis=1)  # (n_boot, configurations)
+    means = np.where(np.isnan(means), -np.inf, means)
+    bests = []
+    for arm in sorted(set(arm_of), key=str):
+        cols = np.array([i for i, a in enumerate(arm_of) if a == arm])
+        bests.append(col_step[cols][np.argmax(means[:, cols], axis=1)])
+    bests = np.stack(bests, axis=1)  # (n_boot, arms): the grid step of each arm's best
+    spread = bests.max(axis=1) - bests.min(axis=1)
+    return float(np.mean(spread == 0)), float(np.mean(spread <= 1))
+
+
 def conclusion(reg: pd.DataFrame, picked: pd.DataFrame, axis: str, margin: float) -> str:
     short, eq = stats.LABELS.get(axis, axis), verdicts.equivalent_word(margin)
     values = sorted({stats._fmt(v) for v in picked[axis]})
@@ -105,12 +139,17 @@ def report_lines(df: pd.DataFrame, axes: list[str], axis: str, margin: float = v
     short = stats.LABELS.get(axis, axis)
     out = [f"## Does the best {axis} carry over between arms?",
            f"For each arm, the {short} that is best at another arm, against the arm's own best {short}: the regret "
-           f"of carrying it over (b − a, paired over seeds; Holm across these {len(reg)}). The own best is picked on "
+           f"of carrying it over (b − a, paired over seeds; Holm across these {len(reg) or 'regrets: none here'}). The own best is picked on "
            "the same seeds, so a regret reads more negative than fresh seeds would show: 'equivalent' is "
            "conservative here, 'worse' is not.", ""]
     out += [f"- at {r['held']}: {verdicts.sentence({**r, 'held': ''}, margin)}" for _, r in reg.iterrows()]
     edges = on_edge(configs, picked, axis, others)
     if edges:
         out.append(f"- on the grid's edge (a wider grid might find a better {short}): {'; '.join(edges)}.")
+    agree = argmax_agreement(df, axes, axis)
+    if agree is not None:
+        out.append(f"- how stable the bests are: in {100 * agree[0]:.1f}% of {verdicts.N_BOOT:,} resamples of the "
+                   f"shared seeds (numpy seed {verdicts.BOOT_SEED}) every arm's best {short} is the same grid point, "
+                   f"in {100 * agree[1]:.1f}% within one grid step of each other.")
     out += [f"- conclusion: {conclusion(reg, picked, axis, margin)}", ""]
     return out

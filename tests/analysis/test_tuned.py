@@ -71,3 +71,30 @@ def test_two_seeds_with_noise_stay_undecided_and_say_what_decides():
 def test_a_study_with_only_the_tuned_axis_has_no_section():
     df = frame(lambda lr, r: 0.8, ranks=(8,)).drop(columns="lora.r")
     assert tuned.report_lines(df, ["train.lr"], "train.lr") == []
+
+
+def test_the_argmax_agreement_is_certain_for_a_planted_shared_peak_and_a_coin_for_a_tie():
+    peaked = frame(lambda lr, r: 0.80 - 0.03 * (lr != 2e-3))
+    assert tuned.argmax_agreement(peaked, ["train.lr", "lora.r"], "train.lr") == (1.0, 1.0)
+    # r=2: 1e-3 beats 2e-3 by 1 point on even seeds and loses by 1 on odd ones (a tie on average); r=8 peaks at
+    # 2e-3: in a seed resample the two ranks agree about half the time, and always within one grid step
+    tie = frame(lambda lr, r: 0.80 - (0.03 if lr == 4e-3 or (r == 8 and lr == 1e-3) else 0), jitter=0.0)
+    odd = (tie["lora.r"] == 2) & (tie["train.lr"] == 1e-3)
+    tie.loc[odd, "accuracy"] += np.where(tie.loc[odd, "seed"] % 2 == 0, 0.01, -0.01)
+    tie = tie[tie["seed"] < 4]
+    same, near = tuned.argmax_agreement(tie, ["train.lr", "lora.r"], "train.lr")
+    assert 0.2 < same < 0.8 and near == 1.0  # 1e-3 and 2e-3 are neighbours on the grid
+    lines = tuned.report_lines(peaked, ["train.lr", "lora.r"], "train.lr")
+    assert any("in 100.0% of 2,000 resamples" in x for x in lines)
+
+
+def test_a_configuration_with_fewer_seeds_keeps_the_other_seeds_in_the_agreement():
+    """Racing stopped r=2 at lr 4e-3 after 2 seeds. r=2 at 1e-3 leads on seeds 0-1 only; over all 5 seeds 2e-3 is
+    every rank's best. Dropping the seeds the stopped configuration lacks would leave seeds 0-1: agreement 0."""
+    df = frame(lambda lr, r: 0.80 - 0.03 * (lr != 2e-3), jitter=0.0)
+    lead = (df["lora.r"] == 2) & (df["train.lr"] == 1e-3)
+    df.loc[lead, "accuracy"] = np.where(df.loc[lead, "seed"] < 2, 0.81, 0.75) + df.loc[lead, "seed"].map(
+        dict(enumerate(NOISE)))
+    df = df[~((df["lora.r"] == 2) & (df["train.lr"] == 4e-3) & (df["seed"] >= 2))]
+    same, near = tuned.argmax_agreement(df, ["train.lr", "lora.r"], "train.lr")
+    assert same > 0.9 and near == 1.0
