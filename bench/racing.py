@@ -6,6 +6,12 @@ replayed over orderings of the seeds.
     python -m bench.racing               # train what is missing, then replay every ordering (seconds)
     python -m bench.racing --replay-only --seeds 4   # replay the first 4 seeds cached (a grid cut short)
     python -m bench.racing --quick       # tiny model, 4 x 3 grid (smoke test)
+    python -m bench.racing --study runs/lr_rank/study.db --name lr_rank   # replay a finished grid study
+
+--study reads the grid from a finished study's storage instead of training one: a findings study run
+without early stops of its own (e.g. lr_rank, `python -m analysis.findings unpack lr_rank`) is a full
+grid x seeds of converged trials; its seeds are those every configuration completed (a configuration the
+study's own race stopped limits them), each cell charged the trial's recorded device-seconds.
 
 Grid: train.lr {1e-3, 3e-3, 1e-2} x lora.r {4, 16} (alpha = 2r) x lora.targets {attn_qv, all_linear} on
 the embedded default (MiniLM + rt_polarity, NF4), 40 steps x 16, the final eval on 200 held-out
@@ -175,7 +181,39 @@ VARIANTS = {  # name -> (racing min_seeds or None, confidence, stop_when, tune, 
 }
 
 
-def replay_main(space: dict, seeds: list[int], base: list[str], cache: dict, quick: bool, margin: float = 0.01) -> int:
+def study_grid(storage: str, name: str) -> tuple[dict, list[int], dict]:
+    """(space, seeds, cache) from a finished grid study: every searched trial's configuration and seed
+    (user attr `point`), its value (a COMPLETE trial's; the rest cached as failed) and device-seconds.
+    Seeds: those every configuration holds, so the grid is complete; reference arms are left out."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=storage)
+    cache: dict = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("reference") or "point" not in t.user_attrs or t.state not in (
+                TrialState.COMPLETE, TrialState.FAIL):
+            continue  # a trial the study's own race skipped (PRUNED) or never ran is not a cell
+        params = json.loads(t.user_attrs["point"])
+        seed = params.pop("seed")
+        ok = t.state == TrialState.COMPLETE and t.values
+        cache[key({**params, "seed": seed})] = {
+            "params": params, "seed": seed, "status": "complete" if ok else "failed",
+            "accuracy": float(t.values[0]) if ok else None,
+            "device_seconds": t.user_attrs.get("device_seconds"), "trial": t.number}
+    space: dict = {}
+    for e in cache.values():
+        for axis, v in e["params"].items():
+            space.setdefault(axis, set()).add(v)
+    space = {a: sorted(vs) for a, vs in space.items()}
+    seeds = sorted({e["seed"] for e in cache.values()})
+    seeds = [s for s in seeds if all(key({**p, "seed": s}) in cache for p in points(space))]
+    return space, seeds, cache
+
+
+def replay_main(space: dict, seeds: list[int], base: list[str], cache: dict, quick: bool, margin: float = 0.01,
+                out: str = "racing") -> int:
     import random
 
     from harness.study import racing
@@ -225,7 +263,7 @@ def replay_main(space: dict, seeds: list[int], base: list[str], cache: dict, qui
     cols = ["variant", "orderings", "same verdicts", "same in the 10", "median share", "max share",
             "share in the 10 (max)", "median trial share", "met"]
     print(table(rows, cols))
-    path = save("racing", {"space": space, "seeds": seeds, "base_overrides": base, "margin": margin,
+    path = save(out, {"space": space, "seeds": seeds, "base_overrides": base, "margin": margin,
                            "full_grid_device_seconds": full_seconds, "ten_orderings": [orders[i] for i in ten],
                            "columns": cols, "rows": rows, "landscape": landscape, "variants": detail}, quick)
     print(f"wrote {path}")
@@ -239,7 +277,19 @@ def main(argv=None) -> int:
     ap.add_argument("--stop-at", type=float, default=None, help="unix time: start no cell after it")
     ap.add_argument("--seeds", type=int, default=None, help="replay on the first N seeds only")
     ap.add_argument("--replay-only", action="store_true", help="train nothing: replay the cached cells")
+    ap.add_argument("--study", default=None, help="a finished grid study's storage (a path or URL) to replay")
+    ap.add_argument("--name", default=None, help="with --study: the study's name (results: racing_NAME.json)")
     args = ap.parse_args(argv)
+    if args.study:
+        if not args.name:
+            raise SystemExit("--study needs --name (the study's name in that storage)")
+        url = args.study if "://" in args.study else f"sqlite:///{args.study}"
+        space, seeds, cache = study_grid(url, args.name)
+        if len(seeds) < 3:
+            raise SystemExit(f"{args.study}: only {len(seeds)} seed(s) complete for every configuration; need 3")
+        print(f"{args.name}: {len(points(space))} configurations x seeds {seeds} from {args.study}")
+        return replay_main(space, seeds[: args.seeds] if args.seeds else seeds, [f"study={args.study}"], cache,
+                           False, out=f"racing_{args.name}")
     space, seeds = (QUICK_SPACE, QUICK_SEEDS) if args.quick else (SPACE, SEEDS)
     base = QUICK_STEPS if args.quick else STEPS
     cache_path = RESULTS / f"racing_grid_40{'.quick' if args.quick else ''}.json"
