@@ -4,10 +4,10 @@
     python -m analysis.findings unpack NAME    # docs/findings/NAME/study.tar.xz -> runs/NAME, then python -m analysis ...
 
 The archive holds what the analysis reads and nothing else: the Optuna storage (study.db) and each trial's
-result.json, predictions.jsonl and config.yaml; no adapters, checkpoints or W&B run files (the analysis reads
-result.json first). xz over one tar stream, because every trial repeats the same test-item texts: ~30 KB a
-trial, where gzip's 32 KB window keeps ~90. Unpack refuses to write over a study that is already there, so
-nothing recorded is lost. Torch-free.
+result.json, predictions.jsonl, config.yaml and (with eval.benchmarks) benchmarks.jsonl; no adapters,
+checkpoints or W&B run files (the analysis reads result.json first). xz over one tar stream, because every
+trial repeats the same test-item texts: ~30 KB a trial, where gzip's 32 KB window keeps ~90. Unpack
+refuses to write over a study that is already there, so nothing recorded is lost. Torch-free.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-TRIAL_FILES = ("result.json", "predictions.jsonl", "config.yaml")
+TRIAL_FILES = ("result.json", "predictions.jsonl", "config.yaml", "benchmarks.jsonl")  # the last: SFT with eval.benchmarks
 COPIED = ("report.md", "report.tex", "plan.md")
 
 
