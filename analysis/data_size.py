@@ -5,7 +5,7 @@ Two lines of evidence, each said with what it rests on:
   comparisons (paired over seeds, TOST, Holm across the study: analysis/verdicts.py). A larger size that is
   "better" rules a size out; an undecided pair leaves it open, and the line names the pair and its MDE.
 - fitted: acc(n) = a − b·n^−c (analysis/stats.py saturating_fit) is within δ of its asymptote a from
-  n = (b/δ)^(1/c) on; its 95% interval comes from the fit's parameter draws. An extrapolation, not a test:
+  n = (b/δ)^(1/c) on; its 95% interval comes from the fit's bootstrap refits (stats.saturating_fit). An extrapolation, not a test:
   beyond the largest size tried it is said as such.
 Torch-free.
 """
@@ -50,7 +50,7 @@ def tested_plateau(cmp: pd.DataFrame, held: str, margin: float) -> str:
             f"{last[0]:,.0f}: **{r['verdict']}** ({verdicts.points(r['diff'])} points, {mde})")
 
 
-def fitted_plateau(sizes, values, margin: float, n_draws: int = 2000, seed: int = 0) -> str:
+def fitted_plateau(sizes, values, margin: float, n_draws: int = 500, seed: int = 0) -> str:
     fit = stats.saturating_fit(sizes, values, n_draws=n_draws, seed=seed)
     if not fit:
         return "fewer than 3 sizes or no convergent fit: no fitted plateau"
@@ -58,8 +58,7 @@ def fitted_plateau(sizes, values, margin: float, n_draws: int = 2000, seed: int 
     if not (b > 0 and c > 0):
         return f"the fitted curve is flat (b = {b:.3g}, c = {c:.3g}): every size tried is on its plateau"
     at = (b / margin) ** (1 / c)
-    draws = np.random.default_rng(seed).multivariate_normal(fit["params"], np.nan_to_num(fit["cov"]), size=n_draws,
-                                                            check_valid="ignore")
+    draws = fit["draws"]
     ok = (draws[:, 1] > 0) & (draws[:, 2] > 0)
     with np.errstate(all="ignore"):
         ns = (draws[ok, 1] / margin) ** (1 / draws[ok, 2])
@@ -67,7 +66,7 @@ def fitted_plateau(sizes, values, margin: float, n_draws: int = 2000, seed: int 
     largest = float(np.max(np.asarray(sizes, float)))
     where = "inside the sizes tried" if at <= largest else f"beyond the largest size tried ({largest:,.0f}): an extrapolation"
     return (f"the fitted a − b·n^−c (a = {a:.4f}) is within {verdicts.margin_words(margin)} of its asymptote from n ≈ "
-            f"{at:,.0f} [95% {lo:,.0f}, {hi:,.0f}] on, {where}")
+            f"{at:,.0f} [95% {lo:,.0f}, {hi:,.0f}; {len(draws)} bootstrap refits over {fit['resampled']}] on, {where}")
 
 
 def report_lines(work: pd.DataFrame, axes: list[str], cmp: pd.DataFrame, margin: float) -> list[str]:

@@ -161,7 +161,7 @@ def axis_figure(loaded, width: str, axis: str, max_lines: int = 7):
             fit = saturating_fit(trials[axis], trials["accuracy"])
             if fit:
                 ax.plot(fit["grid"], fit["curve"], color=color, lw=0.8, ls="--", zorder=2)
-                ax.fill_between(fit["grid"], *fit["band"], color=color, alpha=0.12, lw=0, zorder=1)
+                ax.fill_between(fit["grid"], *np.clip(fit["band"], 0, 1), color=color, alpha=0.12, lw=0, zorder=1)
                 lo, hi = fit["interval"]
                 ax.errorbar([fit["at"]], [fit["prediction"]], yerr=[[fit["prediction"] - lo], [hi - fit["prediction"]]],
                             color=color, marker="o", mfc="white", capsize=2.5, zorder=3,

@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.runs import CONFIG_KEYS  # noqa: E402
 from analysis.stats import LABELS, t_interval  # noqa: E402
+from analysis.stats import label as config_label  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design". Yellow last and unused: too faint on white.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"]
@@ -72,14 +73,6 @@ def split(loaded) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     lora_all = everyone[everyone["method"].fillna("lora") == "lora"] if "method" in everyone else everyone
     lora = df[method == "lora"]
     return lora.drop(unstable_trials(lora_all, axes), errors="ignore"), df[method != "lora"], axes
-
-
-def config_label(row, keys) -> str:
-    return ", ".join(f"{LABELS.get(k, k)}={fmt(row[k])}" for k in keys) or "all trials"
-
-
-def fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else str(v)
 
 
 def match(df: pd.DataFrame, row, keys) -> pd.DataFrame:

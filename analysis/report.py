@@ -111,7 +111,8 @@ def recommendation(lora: pd.DataFrame, axes: list[str], epsilon: float, cost: st
         if fit:
             lo, hi = fit["interval"]
             lines.append(f"- data: the fitted curve a − b·n^−c predicts {fit['prediction']:.4f} [95% {lo:.4f}, "
-                         f"{hi:.4f}] at n = {fit['at']:,.0f} (2× the largest size)")
+                         f"{hi:.4f}; {len(fit['draws'])} bootstrap refits over {fit['resampled']}] at n = {fit['at']:,.0f} "
+                         "(2× the largest size: an extrapolation)")
         else:
             lines.append("- data: fewer than 3 training-set sizes (or no convergent fit): no prediction beyond them")
     return lines

@@ -20,7 +20,7 @@ import pandas as pd
 from analysis import verdicts
 from analysis.items import test_items
 from analysis.plotting import complete, reference_name, split
-from analysis.stats import LABELS, configurations, pareto_mask, t_interval
+from analysis.stats import LABELS, configurations, fmt, pareto_mask, t_interval
 
 
 def _flops_unit(values) -> tuple[float, str]:
@@ -39,7 +39,7 @@ def _acc(mean, half, n, items: int | None = None) -> str:
 
 
 def _config_rows(configs: pd.DataFrame, axes: list[str], scale: float, items: int | None = None) -> list[dict]:
-    return [{**{LABELS.get(k, k): c[k] for k in axes}, "accuracy": _acc(c["mean"], c["ci"], c["n"], items),
+    return [{**{LABELS.get(k, k): fmt(c[k]) for k in axes}, "accuracy": _acc(c["mean"], c["ci"], c["n"], items),
              "seeds": c["n"],
              "compute": f"{c['flops'] / scale:.3g}", "device-h": f"{c.get('device_hours', np.nan):.3g}",
              "cost (USD)": f"{c.get('cost_usd', np.nan):.3g}", "trainable params": f"{c['trainable_params']:,.0f}",

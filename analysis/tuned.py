@@ -41,7 +41,7 @@ def on_edge(configs: pd.DataFrame, picked: pd.DataFrame, axis: str, others: list
         v = float(best.iloc[0][axis])
         if v in (values.min(), values.max()):
             out.append(f"{stats.label(best.iloc[0], others) or 'the study'} at {stats.LABELS.get(axis, axis)}="
-                       f"{stats._fmt(v)} ({'lowest' if v == values.min() else 'highest'} of {len(g)})")
+                       f"{stats.fmt(v)} ({'lowest' if v == values.min() else 'highest'} of {len(g)})")
     return out
 
 
@@ -70,8 +70,8 @@ def regrets(df: pd.DataFrame, axes: list[str], axis: str, margin: float = verdic
             e = verdicts.evidence(data[own["label"]][0], data[b["label"]][0], data[own["label"]][1],
                                   data[b["label"]][1], margin, alpha)
             rows.append({"axis": axis, "held": stats.label(own, others), "a": own["label"], "b": b["label"],
-                         "a_name": f"its own best {short}={stats._fmt(own[axis])}",
-                         "b_name": f"{short}={stats._fmt(b[axis])} (best at {', '.join(sources)})",
+                         "a_name": f"its own best {short}={stats.fmt(own[axis])}",
+                         "b_name": f"{short}={stats.fmt(b[axis])} (best at {', '.join(sources)})",
                          "a_value": own[axis], "b_value": b[axis], **e})
     return verdicts.judge(pd.DataFrame(rows), margin, alpha)
 
@@ -110,7 +110,7 @@ def argmax_agreement(df: pd.DataFrame, axes: list[str], axis: str, n_boot: int =
 
 def conclusion(reg: pd.DataFrame, picked: pd.DataFrame, axis: str, margin: float) -> str:
     short, eq = stats.LABELS.get(axis, axis), verdicts.equivalent_word(margin)
-    values = sorted({stats._fmt(v) for v in picked[axis]})
+    values = sorted({stats.fmt(v) for v in picked[axis]})
     if len(values) == 1:
         return (f"every arm's best {short} is the same grid point ({values[0]}): on this grid it transfers (no "
                 "regret to test; whether that point is decisively the best within each arm is the lr comparisons' "

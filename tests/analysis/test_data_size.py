@@ -45,7 +45,8 @@ def test_the_fitted_plateau_matches_the_closed_form():
     got = float(line.split("from n ≈ ")[1].split(" ")[0].replace(",", ""))
     assert abs(got - 90_000) / 90_000 < 0.25, line
     assert "an extrapolation" in line
-    lo, hi = (float(x.replace(",", "")) for x in line.split("[95% ")[1].split("]")[0].split(", "))
+    lo, hi = (float(x.replace(",", "")) for x in line.split("[95% ")[1].split(";")[0].split(", "))
+    assert "bootstrap refits over trials within each size" in line  # 6 seeds a size: the seeds are resampled
     assert lo < got < hi
 
 

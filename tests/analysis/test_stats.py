@@ -101,6 +101,21 @@ def test_saturating_fit_recovers_a_power_law():
     assert stats.saturating_fit([100, 200], [0.5, 0.6]) is None  # fewer than 3 sizes: no curve
 
 
+def test_saturating_fit_band_follows_the_seeds_not_the_parameter_covariance():
+    # the dataset_size finding's shape (a 0.81, b 7.6, c 0.76; 5 seeds, ±1.2 points): the normal draws from the
+    # covariance gave a band 0.60..1.06 at n = 200 over points 0.66..0.69; refits over the seeds stay near them
+    rng = np.random.default_rng(3)
+    sizes = np.repeat([200, 400, 800, 1600, 3000], 5)
+    truth = lambda n: 0.81 - 7.6 * n ** -0.76  # noqa: E731
+    fit = stats.saturating_fit(sizes, truth(sizes) + rng.normal(0, 0.012, len(sizes)))
+    assert fit["resampled"] == "trials within each size" and len(fit["draws"]) > 450
+    lo, hi = fit["band"][:, 0]
+    assert hi - lo < 0.04 and lo < truth(200) < hi
+    assert fit["interval"][0] < truth(6000) < fit["interval"][1] and fit["interval"][1] < 1
+    one = stats.saturating_fit(sizes[::5], truth(sizes[::5]) + rng.normal(0, 0.012, 5))  # one seed a size
+    assert one["resampled"] == "residuals" and len(one["draws"]) > 0
+
+
 def _frozen(number, targets, seed, acc, flops):
     import optuna
 
