@@ -222,7 +222,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
             md.append(f"- {reference_name(method, g)}: {verdicts.accuracy_text(m, h, n, test_items(g))}, "
                       f"{g['flops'].mean():.3g} FLOPs, {g['trainable_params'].mean():,.0f} trainable parameters")
         md.append("")
-    md += forgetting.report_lines(lora, axes)  # eval.benchmarks: base vs tuned, forgetting per configuration
+    md += forgetting.report_lines(lora, axes, refs)  # eval.benchmarks: base vs tuned, forgetting, LoRA vs full
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]
     return "\n".join(md), rec, cmp
 

@@ -88,3 +88,40 @@ def test_the_report_section_names_each_configurations_forgetting_and_the_verdict
     assert "forgetting +0.0967" in r16 and "(3 seeds)" in r16 and "Pareto front" in r16
     assert any("r=2 vs r=16: forgets more" in ln for ln in lines)
     assert fg.report_lines(frame.assign(run_dir=None), ["lora.r"]) == []  # no benchmarks: no section
+
+
+def _full_arm(tmp_path, forgets=(0.20, 0.18, 0.19), em=(0.70, 0.72, 0.71)):
+    rows = []
+    for seed, (f, e) in enumerate(zip(forgets, em)):
+        d = tmp_path / "trials" / f"full{seed}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"status": "complete", "forgetting": f, "benchmarks": {"arc_easy": 0.6 - f},
+                                                   "baseline_benchmarks": {"arc_easy": 0.6}}))
+        rows.append({"trial": 100 + seed, "seed": seed, "lora.r": np.nan, "method": "full", "status": "complete",
+                     "accuracy": e, "flops": 1e12, "run_dir": str(d), "train.lr": 5e-5})
+    return pd.DataFrame(rows)
+
+
+def test_each_lora_arm_against_full_fine_tuning_paired_over_seeds_with_holm(frame, tmp_path):
+    from scipy import stats as st
+    refs = fg.benchmark_columns(_full_arm(tmp_path))
+    out = fg.reference_comparisons(fg.benchmark_columns(frame), refs, ["lora.r"])
+    assert len(out) == 6 and set(out["quantity"]) == {"forgetting", "accuracy"}
+    r2 = out[(out["lora"] == "r=2") & (out["quantity"] == "forgetting")].iloc[0]
+    lora_f, full_f = np.array([0.02, 0.01, 0.03]), np.array([0.20, 0.18, 0.19])
+    assert r2["diff"] == pytest.approx((lora_f - full_f).mean())  # LoRA − reference
+    p = st.ttest_rel(lora_f, full_f).pvalue
+    assert r2["p_t"] == pytest.approx(p, rel=1e-6)
+    fam = out[out["quantity"] == "forgetting"].sort_values("p_t")
+    holm = np.minimum(1, np.maximum.accumulate([(3 - i) * q for i, q in enumerate(fam["p_t"])]))  # by hand
+    assert fam["p_holm"].to_numpy() == pytest.approx(holm)
+    assert r2["verdict"] == "forgets less"
+    acc8 = out[(out["lora"] == "r=8") & (out["quantity"] == "accuracy")].iloc[0]
+    assert acc8["verdict"] == "learns less" and acc8["diff"] == pytest.approx(0.45 - 0.71)
+    same = fg.reference_comparisons(fg.benchmark_columns(frame), fg.benchmark_columns(
+        _full_arm(tmp_path / "same", forgets=(0.02, 0.01, 0.03), em=(0.50, 0.52, 0.48))), ["lora.r"])
+    row = same[(same["lora"] == "r=2") & (same["quantity"] == "forgetting")].iloc[0]
+    assert row["diff"] == pytest.approx(0, abs=1e-12) and row["verdict"].startswith("undecided")  # no difference: no claim either way
+    lines = fg.report_lines(frame, ["lora.r"], _full_arm(tmp_path / "again"))
+    assert any(ln.startswith("- r=2 vs full fine-tune") and "forgetting" in ln and "**forgets less**" in ln for ln in lines)
+    assert any("(reference arm): forgetting +0.1900" in ln for ln in lines)
