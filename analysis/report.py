@@ -162,6 +162,21 @@ def score_lines(cmp: pd.DataFrame) -> list[str]:
     return out
 
 
+def _best_vs_reference(work: pd.DataFrame, configs: pd.DataFrame, ref: pd.DataFrame) -> list[str]:
+    """The best configuration against a reference arm, paired over their shared seeds (stats.paired): how far
+    LoRA is from full fine-tuning or the probe. One line, not a test family: the best is chosen on these seeds."""
+    if configs.empty or "seed" not in ref:
+        return []
+    top = stats.best(configs)
+    d = stats.paired(ref.groupby("seed")["accuracy"].mean(),
+                     work[work["trial"].isin(top["trials"])].groupby("seed")["accuracy"].mean())
+    if d["n"] < 2:
+        return []
+    return [f"  - {top['label']} (the best configuration) − this arm: {verdicts.points(d['diff'])} points [95% CI "
+            f"{verdicts.points(d['lo'])}, {verdicts.points(d['hi'])}] over {d['n']} shared seeds, paired t p = "
+            f"{d['p_t']:.4f} (the best is picked on these seeds, so the difference leans its way)"]
+
+
 def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01, cost: str = "flops",
           tune: str | None = None, margin: float = verdicts.MARGIN) -> tuple[str, list[str], pd.DataFrame]:
     """The report as Markdown, the recommendation lines and the comparisons (both also printed on the console)."""
@@ -221,6 +236,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
             m, h, n = stats.t_interval(g["accuracy"])
             md.append(f"- {reference_name(method, g)}: {verdicts.accuracy_text(m, h, n, test_items(g))}, "
                       f"{g['flops'].mean():.3g} FLOPs, {g['trainable_params'].mean():,.0f} trainable parameters")
+            md += _best_vs_reference(work, configs, g)
         md.append("")
     md += forgetting.report_lines(lora, axes, refs)  # eval.benchmarks: base vs tuned, forgetting, LoRA vs full
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]

@@ -103,3 +103,22 @@ def test_tune_keeps_each_arm_at_its_best_value():
     assert axes == ["lora.targets"]
     assert dict(zip(picked["lora.targets"], picked["train.lr"])) == {"qv": 1e-2, "all": 1e-3}
     assert len(kept) == 6 and set(zip(kept["lora.targets"], kept["train.lr"])) == {("qv", 1e-2), ("all", 1e-3)}
+
+
+def test_the_best_configuration_is_paired_with_each_reference_arm_over_seeds():
+    from scipy import stats as st
+
+    from analysis import report, stats
+    from analysis.plotting import split
+
+    lora, refs, axes = split(_synthetic())
+    configs = stats.configurations(lora, axes)
+    top = stats.best(configs)
+    assert top["label"] == "targets=all_linear, n=400"
+    full = refs[refs["method"] == "full"]
+    (line,) = report._best_vs_reference(lora, configs, full)
+    best = lora[lora["trial"].isin(top["trials"])].sort_values("seed")["accuracy"].to_numpy()
+    diff, p = 100 * (best - 0.85).mean(), st.ttest_rel(best, np.full(3, 0.85)).pvalue  # by hand
+    assert line.startswith("  - targets=all_linear, n=400 (the best configuration) − this arm: ")
+    assert f"{diff:+.2f} points" in line and f"paired t p = {p:.4f}" in line and "over 3 shared seeds" in line
+    assert report._best_vs_reference(lora, configs, full[full["seed"] == 0]) == []  # one shared seed: no line
