@@ -9,6 +9,7 @@ Distributions come from scipy.stats; only Holm's step-down (a sort and a running
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -250,8 +251,14 @@ def saturating_fit(sizes, values, at: float | None = None, n_draws: int = 500, s
     largest size) with a 95% bootstrap band: refits on the trials resampled within each size (the seeds), or,
     where a size has one trial, on the fitted curve plus resampled residuals. Refits, not draws from the
     parameters' covariance: a, b and c are strongly correlated and the normal approximation gave bands
-    past accuracy 1 on a curve whose points are ±1 point apart. None when the fit does not converge."""
-    x, y = np.asarray(sizes, float), np.asarray(values, float)
+    past accuracy 1 on a curve whose points are ±1 point apart. None when the fit does not converge.
+    The result is shared between calls on the same trials: treat it as read-only."""
+    return _saturating_fit(tuple(np.asarray(sizes, float)), tuple(np.asarray(values, float)), at, n_draws, seed)
+
+
+@functools.lru_cache(maxsize=16)  # the figure (at both widths), the recommendation and "How much data" fit the same trials
+def _saturating_fit(xs: tuple, ys: tuple, at: float | None, n_draws: int, seed: int) -> dict | None:
+    x, y = np.array(xs, float), np.array(ys, float)
     if len(np.unique(x)) < 3:
         return None
     popt = _fit_saturating(x, y, (y.max(), 1.0, 0.5))
