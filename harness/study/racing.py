@@ -21,6 +21,14 @@ would be less conservative but needs the looks' joint distribution, and a paired
 freedom with data-chosen leaders makes that approximate; with 3-5 seeds, L <= 3, so Bonferroni costs
 little. The bound is per race (with tune, per arm).
 
+Unstable configurations: at a look, before the tests, a configuration whose every seed so far (at least
+min_seeds) collapsed or diverged (harness/metrics/convergence.py; the analysis sets such trials aside)
+is stopped by that rule, not by a test: collapsed seeds score exactly chance (0.5 on balanced data), so
+their differences to a steady leader can have no spread, and the t test, undefined there, would keep
+them forever (the 2026-12-07 qlora_targets run: all_linear r=8 lr=4e-3, 0.5 at seeds 0 and 1). The
+rule sits outside the confidence bound above: it stops the truly best configuration only if that one
+degenerated in each of its first min_seeds seeds, a configuration no researcher would be recommended.
+
 stop_when: decided: at each look k in 2 .. len(seeds) - 1 the comparisons the sweep names
 (harness/study/verdict.py) are tested on the look's seeds, Holm across them at alpha / (len(seeds) - 2)
 (Bonferroni over the looks that may stop the study: P(any false verdict at the look that stops it) <=
@@ -114,6 +122,7 @@ class Rules:
 class Cell:
     state: str
     value: float | None = None
+    degenerate: str | None = None  # "collapsed" / "diverged" (harness/metrics/convergence.py), every attempt
 
 
 @dataclass
@@ -124,10 +133,15 @@ class Stop:
     shared: int             # seeds the test paired with the leader
     leader: str
     diff: float             # mean of (configuration - leader) over the shared seeds
-    p: float                # one-sided paired t
-    alpha: float            # the threshold p was below
+    p: float | None         # one-sided paired t (None: stopped as unstable, no test)
+    alpha: float | None     # the threshold p was below
+    unstable: str | None = None  # "collapsed" / "diverged": every seed so far degenerate (the rule, not a test)
 
     def why(self, configs: dict) -> str:
+        if self.unstable:
+            return (f"unstable: {self.unstable} in every one of its {self.n} seeds after round {self.look} "
+                    f"(harness/metrics/convergence.py; a rule, not a test: {100 * abs(self.diff):.2f} points below "
+                    f"{vd.label(configs[self.leader], vd.shown(configs))})")
         return (f"worse than {vd.label(configs[self.leader], vd.shown(configs))} by {100 * abs(self.diff):.2f} points over "
                 f"{self.shared} shared seeds after round {self.look} (one-sided paired t p = {self.p:.2g} < "
                 f"{self.alpha:.2g})")
@@ -169,9 +183,11 @@ def cells_of(trials, seeds: list, max_retry: int, grace_s: float, now: datetime 
         attempts.setdefault((k, seed), []).append(t)
     cells = {k: {s: Cell(ABSENT) for s in seeds} for k in configs}
     for (k, s), ts in attempts.items():
-        vals = [t.values[0] for t in ts if t.state == S.COMPLETE and t.values]
-        if vals:
-            cells[k][s] = Cell(COMPLETE, sum(vals) / len(vals))
+        done = [t for t in ts if t.state == S.COMPLETE and t.values]
+        if done:
+            bad = {t.user_attrs.get("degenerate") for t in done}
+            cells[k][s] = Cell(COMPLETE, sum(t.values[0] for t in done) / len(done),
+                               next(iter(bad)) if len(bad) == 1 else None)
         elif any(t.state in (S.WAITING, S.RUNNING) for t in ts):
             cells[k][s] = Cell(PENDING)
         elif any(t.state == S.FAIL and t.number not in retried and not _settled(t, max_retry, grace_s, now) for t in ts):
@@ -209,12 +225,33 @@ def race(configs: dict, cells: dict, rules: Rules) -> State:
         values = {c: {s: cells[c][s].value for s in rules.seeds[:k] if cells[c][s].state == COMPLETE} for c in configs}
         if rules.min_seeds is not None and rules.min_seeds <= k < n_seeds:
             for members in groups.values():
-                _eliminate(st, [c for c in members if c in active], len(members), values, k, rules)
+                _set_aside_unstable(st, [c for c in members if c in active], values, k, rules)
+                _eliminate(st, [c for c in members if c in active and c not in st.stopped], len(members), values, k,
+                           rules)
         if rules.stop_when == "decided" and k >= 2:
             _decide(st, values, k, rules)
             if st.decided is not None:
                 break
     return st
+
+
+def _set_aside_unstable(st: State, active: list[str], values: dict, k: int, rules: Rules) -> None:
+    """Stop a configuration whose every seed so far (>= min_seeds) collapsed or diverged.
+    Why a rule: identical collapsed values (0.5 at every seed on balanced data) give paired differences
+    without spread, where the t test is undefined and would never stop them."""
+    stable = [c for c in active if not _unstable(st, c, values, rules)]
+    leader = vd.best_of(stable or active, values, rules.direction)
+    for c in active:
+        kind = _unstable(st, c, values, rules)
+        if kind and leader is not None and c != leader:
+            shared = [s for s in values[c] if s in values[leader]]
+            diff = sum(values[c][s] - values[leader][s] for s in shared) / max(len(shared), 1)
+            st.stopped[c] = Stop(k, len(values[c]), len(shared), leader, diff, None, None, kind)
+
+
+def _unstable(st: State, c: str, values: dict, rules: Rules) -> str | None:
+    kinds = {st.cells[c][s].degenerate for s in values[c]}
+    return "/".join(sorted(kinds)) if len(values[c]) >= rules.min_seeds and None not in kinds else None
 
 
 def _eliminate(st: State, active: list[str], size: int, values: dict, k: int, rules: Rules) -> None:
