@@ -239,10 +239,9 @@ def _set_aside_unstable(st: State, active: list[str], values: dict, k: int, rule
     """Stop a configuration whose every seed so far (>= min_seeds) collapsed or diverged.
     Why a rule: identical collapsed values (0.5 at every seed on balanced data) give paired differences
     without spread, where the t test is undefined and would never stop them."""
-    stable = [c for c in active if not _unstable(st, c, values, rules)]
-    leader = vd.best_of(stable or active, values, rules.direction)
-    for c in active:
-        kind = _unstable(st, c, values, rules)
+    kinds = {c: _unstable(st, c, values, rules) for c in active}
+    leader = vd.best_of([c for c in active if not kinds[c]] or active, values, rules.direction)
+    for c, kind in kinds.items():
         if kind and leader is not None and c != leader:
             shared = [s for s in values[c] if s in values[leader]]
             diff = sum(values[c][s] - values[leader][s] for s in shared) / max(len(shared), 1)

@@ -43,14 +43,17 @@ class FormulaRunner(InProcess):
         self.ran: list[tuple[int, float, int]] = []  # (lora.r, train.lr, seed)
         self.lock = threading.Lock()
 
+    def record(self, r: int, lr: float, seed: int) -> dict:
+        return {"status": "complete", "accuracy": accuracy(r, lr, seed), "flops": 1e9 * r, "device_seconds": 1.0,
+                "tokens": 100}
+
     def run(self, tcfg, run_dir, slot, started, beat, every):
         started(12345)
         beat()
         r, lr, seed = tcfg.lora.r, tcfg.train.lr, tcfg.seed
         with self.lock:
             self.ran.append((r, lr, seed))
-        rec = {"status": "complete", "accuracy": accuracy(r, lr, seed), "flops": 1e9 * r, "device_seconds": 1.0,
-               "tokens": 100}
+        rec = self.record(r, lr, seed)
         write_config(tcfg, Path(run_dir))
         return Ended(0, TrialRecord.model_validate(rec), Path(run_dir) / "log.txt")
 

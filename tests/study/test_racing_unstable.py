@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
-from harness.record import TrialRecord
-from harness.runners import Ended
-from harness.runners.process import write_config
 from harness.study import racing
 from harness.study import verdict as vd
-from test_racing import SEEDS, FormulaRunner, _driver
+from tests.study.test_racing import SEEDS, FormulaRunner, _driver
 
 CONFIGS = {vd.config_key({"r": r}): {"r": r} for r in (2, 8, 32)}
 RULES = racing.Rules(SEEDS, "maximize", ["r"], 2, 0.95, "budget", 0.01, None)
@@ -53,16 +49,11 @@ def test_one_learned_seed_keeps_a_configuration_racing_and_a_mix_of_kinds_is_sti
 class CollapsingRunner(FormulaRunner):
     """r=2 collapses to exactly chance at every seed (the record says so); the others learn."""
 
-    def run(self, tcfg, run_dir, slot, started, beat, every):
-        if tcfg.lora.r != 2:
-            return super().run(tcfg, run_dir, slot, started, beat, every)
-        started(12345)
-        with self.lock:
-            self.ran.append((2, tcfg.train.lr, tcfg.seed))
-        rec = {"status": "complete", "accuracy": 0.5, "flops": 2e9, "device_seconds": 1.0, "tokens": 100,
-               "degenerate": "collapsed"}
-        write_config(tcfg, Path(run_dir))
-        return Ended(0, TrialRecord.model_validate(rec), Path(run_dir) / "log.txt")
+    def record(self, r: int, lr: float, seed: int) -> dict:
+        if r != 2:
+            return super().record(r, lr, seed)
+        return {"status": "complete", "accuracy": 0.5, "flops": 2e9, "device_seconds": 1.0, "tokens": 100,
+                "degenerate": "collapsed"}
 
 
 def test_the_driver_reads_collapsed_records_from_the_storage_and_stops_them_after_the_minimum_seeds(tmp_path, capsys):
