@@ -68,6 +68,17 @@ def _margin(args, cfg) -> float:
     return float(value) if value is not None else 0.01
 
 
+def _claims(cfg) -> list[dict]:
+    """The sweep file's sweep.claims, validated against its space (harness/config/sweep.py ClaimCfg), as dicts;
+    raises ConfigError for a claim that names no searched axis or value."""
+    from harness.config.schema import validate
+
+    sweep = cfg.get("sweep") if cfg is not None else None
+    if not (sweep is not None and hasattr(sweep, "get") and sweep.get("claims")):
+        return []
+    return [c.model_dump() for c in validate(cfg).sweep.claims]
+
+
 def _err(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
@@ -108,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return _err(str(e))
 
     margin = _margin(args, cfg)
+    try:
+        claim_list = _claims(cfg)
+    except ConfigError as e:
+        return _err(" ".join(str(e).split()))
     if not 0 < margin < 1:
         return _err(f"sweep.margin is a fraction of accuracy (0.01 = 1 point), above 0 and below 1; got {margin}")
     from analysis import items, verdicts
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.report:
             paths, rec, cmp = report.write(loaded, overrides, root, epsilon=args.epsilon / 100, cost=args.cost,
-                                           tune=args.tune, margin=margin)
+                                           tune=args.tune, margin=margin, claim_list=claim_list)
             written += paths
         else:
             lora, _, axes = plotting.split(loaded)
@@ -169,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             carried = [x for x in tuned.report_lines(lora, axes, args.tune, margin) if x.startswith("- conclusion")]
             print(f"\ndoes the best {args.tune} carry over between arms? (the report's section of that name)\n"
                   + "\n".join(carried))
+        if claim_list and not lora.empty:
+            from analysis import claims
+
+            found = claims.for_study(lora, axes, args.tune, claim_list, margin, cmp if args.report else None)
+            print("\nclaims (sweep.claims; the report's Claims section):\n" + "\n".join(claims.console_lines(found)))
         print("\nrecommendation:\n" + "\n".join(rec))
     if args.publish:
         from analysis.publish import publish

@@ -63,7 +63,7 @@ def status(loaded) -> pd.DataFrame:
         good = g[~bad]
         gains = per_seed_values(good, "last_quarter_gain") if "last_quarter_gain" in good else np.array([])
         mean, half, n = t_interval(gains)
-        rows.append({"label": config_label(g.iloc[0], named), "trials": len(g), "n": len(good),
+        rows.append({"label": config_label(g.iloc[0], named), "trials": len(g), "trial_ids": set(g["trial"]), "n": len(good),
                      "set_aside": ", ".join(f"{c} {k}" for k, c in kinds.items()),
                      "unstable": 2 * int(bad.sum()) >= len(g), "gain": mean, "gain_ci": half, "gain_n": n,
                      "learning": convergence.verdict(mean if n else None, half)})
@@ -92,11 +92,20 @@ def report_lines(loaded) -> list[str]:
     return out
 
 
+def _climbing(r) -> bool:
+    return bool(r["gain_n"]) and not r["unstable"] and convergence.converged(r["gain"]) is False
+
+
 def not_converged(loaded) -> set[str]:
     """Labels of the configurations whose mean gain over the last 25% of steps exceeds the tolerance."""
     st = status(loaded)
-    return set() if st.empty else {r["label"] for _, r in st.iterrows()
-                                    if r["gain_n"] and not r["unstable"] and convergence.converged(r["gain"]) is False}
+    return set() if st.empty else {r["label"] for _, r in st.iterrows() if _climbing(r)}
+
+
+def not_converged_trials(loaded) -> set:
+    """The trials of those configurations (a claim names its arms by their trials: analysis/claims.py)."""
+    st = status(loaded)
+    return set() if st.empty else set().union(*[r["trial_ids"] for _, r in st.iterrows() if _climbing(r)])
 
 
 def standard_error_line(loaded) -> str:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis import forgetting
 from harness.record import read_record
-from analysis import budget, curves, data_size, planner, race, stats, tuned, verdicts
+from analysis import budget, claims, curves, data_size, planner, race, stats, tuned, verdicts
 from analysis.items import test_items
 from analysis.plotting import reference_name, split
 from analysis.tables import best_configs, comparison_table, to_latex
@@ -178,7 +178,8 @@ def _best_vs_reference(work: pd.DataFrame, configs: pd.DataFrame, ref: pd.DataFr
 
 
 def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01, cost: str = "flops",
-          tune: str | None = None, margin: float = verdicts.MARGIN) -> tuple[str, list[str], pd.DataFrame]:
+          tune: str | None = None, margin: float = verdicts.MARGIN,
+          claim_list: list[dict] = ()) -> tuple[str, list[str], pd.DataFrame]:
     """The report as Markdown, the recommendation lines and the comparisons (both also printed on the console)."""
     lora, refs, axes = split(loaded)
     study = loaded.trials["study"].iloc[0]
@@ -209,6 +210,10 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
                f"best mean: " + "; ".join(f"{r['label']}" for _, r in picked.iterrows()), ""]
         md += tuned.report_lines(lora, axes, tune, margin)  # the claim about the argmax itself
     cmp = verdicts.compare(work, work_axes, margin) if work_axes and not work.empty else pd.DataFrame()
+    if claim_list:  # what the study set out to show, before the pairs it is tested over
+        results = claims.for_study(lora, axes, tune, list(claim_list), margin, cmp)
+        md += claims.report_lines(results, margin, tune if tune in axes else None,
+                                  claims.climbing_labels(loaded, work, work_axes))
     md += ["## Comparisons", "Pairs of configurations that differ in one searched axis, read from the first-named "
            "one (b − a).", *verdicts.method_lines(margin)]
     md += [""] + (comparison_sentences(cmp, margin) if not cmp.empty else ["- no two configurations differ in exactly "

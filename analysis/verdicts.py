@@ -222,7 +222,7 @@ def compare(df: pd.DataFrame, axes: list[str], margin: float = MARGIN, alpha: fl
                      alpha, n_boot, seed)
         rows.append({"axis": axis, "b_name": stats.label(b, [axis]), "a_name": stats.label(a, [axis]),
                      "a": stats.label(a, axes), "b": stats.label(b, axes), "a_value": a[axis], "b_value": b[axis],
-                     "held": stats.label(a, held) if held else "", **e})
+                     "held": stats.label(a, held) if held else "", "at": {k: a[k] for k in axes if k != axis}, **e})
     return judge(pd.DataFrame(rows), margin, alpha)
 
 

@@ -74,6 +74,39 @@ class RacingCfg(_Strict):
     statistic: Literal["paired_t"] = "paired_t"  # one-sided paired t over the shared seeds (the verdicts' test)
 
 
+def _same_number(v, x) -> bool:
+    try:
+        return float(v) == float(x)
+    except (TypeError, ValueError):
+        return False
+
+
+class ClaimCfg(_Strict):
+    """One of `sweep.claims`: what the study sets out to show, tested as worded (analysis/claims.py).
+    not_worse: b is at most sweep.margin below a ("matches or beats"); better: b above a; equivalent:
+    within ±margin (b and a, or without them every pair of the axis's values). `at` limits it to the
+    arms with these values of the other axes."""
+    says: str                                   # the claim in words, as the report quotes it
+    axis: str
+    test: Literal["not_worse", "better", "equivalent"]
+    b: Scalar | None = None
+    a: Scalar | None = None
+    at: dict[str, Scalar] = {}
+    # when it was written down relative to the data, e.g. "before the study ran" (a claim stated after
+    # seeing results is weaker evidence, and the report says which)
+    stated: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.b is None) != (self.a is None) or (self.b is None and self.test != "equivalent"):
+            raise ValueError(f"claim {self.says!r}: test={self.test} needs both b and a (two values of {self.axis})"
+                             if self.test != "equivalent" else
+                             f"claim {self.says!r}: give both b and a, or neither (every pair of {self.axis}'s values)")
+        if self.b is not None and str(self.b) == str(self.a):
+            raise ValueError(f"claim {self.says!r}: b and a are the same value ({self.b})")
+        return self
+
+
 class SweepCfg(_Strict):
     """The `sweep:` block of sweeps/<name>.yaml: where to search and how (see harness/study/driver.py)."""
     name: str | None = None        # filled in by load(): the sweep group option
@@ -119,6 +152,8 @@ class SweepCfg(_Strict):
     # at their own best values, pairwise one axis apart; `carry_over` for every arm the value that is best at
     # another arm against the arm's own best (the claim "the best lr does not depend on the rank")
     compare: Literal["arms", "carry_over"] = "arms"
+    # what the study sets out to show, each tested as worded by `python -m analysis` (analysis/claims.py)
+    claims: list[ClaimCfg] = []
 
     @field_validator("racing", mode="before")
     @classmethod
@@ -158,12 +193,31 @@ class SweepCfg(_Strict):
             raise ValueError(f"sampler={self.sampler} needs a budget: set sweep.n_trials and/or sweep.timeout (seconds)")
         return self
 
+    def _claim_values(self, c: ClaimCfg) -> None:
+        """A claim names searched axes and values they take (a typo would test nothing, silently)."""
+        where = f"claim {c.says!r}"
+        if c.axis not in self.space or c.axis == self.tune:
+            raise ValueError(f"{where}: axis {c.axis} is not a searched axis other than sweep.tune (the space has "
+                             f"{', '.join(self.space)})")
+        for key in c.at:
+            if key not in self.space or key in (c.axis, self.tune):
+                raise ValueError(f"{where}: at.{key} is not another searched axis (nor sweep.tune; the space has "
+                                 f"{', '.join(self.space)})")
+        for key, values in ((c.axis, [v for v in (c.b, c.a) if v is not None]), *((k, [v]) for k, v in c.at.items())):
+            choices = self.space[key].choices
+            bad = [v for v in values if choices is not None and str(v) not in {str(x) for x in choices}
+                   and not any(_same_number(v, x) for x in choices)]
+            if bad:
+                raise ValueError(f"{where}: {key}={bad[0]} is not one of its choices {choices}")
+
     def _racing_combinations(self) -> None:
         if self.tune is not None and self.tune not in self.space:
             raise ValueError(f"tune={self.tune} is not a searched axis (the space has {', '.join(self.space)})")
         if self.compare == "carry_over" and (self.tune is None or len(self.space) < 2):
             raise ValueError("compare=carry_over needs sweep.tune and another searched axis: it carries each arm's best "
                              "tuned value over to the other arms")
+        for c in self.claims:
+            self._claim_values(c)
         wants = [w for w, on in (("racing", self.racing is not None), ("stop_when=decided", self.stop_when == "decided"))
                  if on]
         for w in wants:

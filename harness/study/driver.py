@@ -90,6 +90,9 @@ class Driver:
                 out = classify(ended, list(self.sw.objectives))  # the driver, not the runner, knows the objectives
         except ConfigError as e:
             out = Outcome("FAIL", reason=f"config: {e}")
+            if self._base_no_longer_loads():  # an edit on disk broke the files, not this trial's point: stop, and
+                self.changed = [f"the files no longer load: {' '.join(str(e).split())[:300]}"]  # it runs again
+                self.stopping.set()
         except Exception as e:  # noqa: BLE001 - one broken trial never stops the study
             out = Outcome("FAIL", reason=f"driver: {type(e).__name__}: {e}")
         interrupted = self.stopping.is_set() and out.state == "FAIL"
@@ -97,6 +100,16 @@ class Driver:
             out.reason = "interrupted: the driver was stopped; rerun the command to retry this configuration"
         s.tell(trial, out, attrs, interrupted)
         return out.state, {**attrs, "number": n, "values": out.values, "reference": trial.user_attrs.get("reference")}
+
+    def _base_no_longer_loads(self) -> bool:
+        """Whether the study's own config (without any trial's point) fails to load now: it loaded when the
+        study opened, so the sweep or config files were edited since. A FAIL then would be settled, spend
+        the trial's seed and feed racing and stop_when a hole that is no result of the experiment."""
+        try:
+            complete(load_with_choices(list(self.session.base))[0])
+        except ConfigError:
+            return True
+        return False
 
     # -- the loop
     def run(self) -> int:

@@ -233,6 +233,33 @@ def test_a_sweep_file_edited_mid_study_stops_the_driver_and_the_trial_runs_again
     assert sorted(r for _, r, _ in d.runner.ran + again.runner.ran) == [2, 4, 8]
 
 
+def test_a_sweep_file_broken_mid_study_stops_the_driver_and_no_seed_is_spent(tmp_path, capsys):
+    """An edit that makes the sweep file invalid (found live: a key the running code did not know yet) must not
+    FAIL every queued trial for good: the driver stops, the trial is retried once the file loads again."""
+    (tmp_path / "sweep").mkdir()
+    sweep = tmp_path / "sweep" / "broken.yaml"
+    text = "# @package _global_\nsweep:\n  space:\n    lora.r: {choices: [2, 4, 8]}\n  sampler: grid\n"
+    sweep.write_text(text)
+
+    class BreakingRunner(InProcessRunner):
+        def run(self, tcfg, *a):
+            sweep.write_text(text + "  not_a_setting: 1\n")  # the user's edit, invalid for this code
+            return super().run(tcfg, *a)
+
+    ov = [*TINY, "sweep=broken", f"hydra.searchpath=[file://{tmp_path}]", f"out_dir={tmp_path}/runs", "study=b"]
+    d = Driver(complete(load(ov)), ov, runner=BreakingRunner())
+    assert d.run() == 2
+    err = capsys.readouterr().err
+    assert "no longer load" in err and "not_a_setting" in err and len(d.runner.ran) == 1
+    failed = [t for t in d.session.study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith("interrupted")
+    assert failed[0].user_attrs["settled"] is False  # racing waits for its retry instead of counting a hole
+    sweep.write_text(text)
+    again = Driver(complete(load(ov)), ov, runner=InProcessRunner())
+    assert again.run() == 0
+    assert sorted(r for _, r, _ in d.runner.ran + again.runner.ran) == [2, 4, 8]
+
+
 def test_a_resume_ignores_settings_added_since_that_are_off_and_names_every_real_change():
     """A study created before a setting existed resumes when the new setting is null (off); any value that
     differs, or a setting that is on, is named."""
