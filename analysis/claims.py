@@ -36,15 +36,10 @@ from scipy import stats as sps
 
 from analysis import stats, verdicts
 from harness.study import verdict as seeds_verdict
+from harness.config.sweep import same_value
+from harness.study.claims import sides  # the driver's test: stop_when and the report agree
 
 WORDS = ("holds", "refuted", "undecided")
-
-
-def _same(x, y) -> bool:
-    try:
-        return float(x) == float(y)
-    except (TypeError, ValueError):
-        return str(x) == str(y)
 
 
 def components(cmp: pd.DataFrame, claim: dict) -> list[tuple[pd.Series, bool]]:
@@ -53,13 +48,13 @@ def components(cmp: pd.DataFrame, claim: dict) -> list[tuple[pd.Series, bool]]:
         return []
     out = []
     for _, r in cmp[cmp["axis"] == claim["axis"]].iterrows():
-        if not all(k in r["at"] and _same(r["at"][k], v) for k, v in (claim.get("at") or {}).items()):
+        if not all(k in r["at"] and same_value(r["at"][k], v) for k, v in (claim.get("at") or {}).items()):
             continue
         if claim.get("b") is None:
             out.append((r, False))
-        elif _same(r["b_value"], claim["b"]) and _same(r["a_value"], claim["a"]):
+        elif same_value(r["b_value"], claim["b"]) and same_value(r["a_value"], claim["a"]):
             out.append((r, False))
-        elif _same(r["b_value"], claim["a"]) and _same(r["a_value"], claim["b"]):
+        elif same_value(r["b_value"], claim["a"]) and same_value(r["a_value"], claim["b"]):
             out.append((r, True))
     return out
 
@@ -78,16 +73,6 @@ def seeds_to_reach(sd: float, margin: float, test: str, alpha: float = stats.ALP
     if not sd > 0:
         return None
     return next((n for n in range(2, cap + 1) if reach(sd, n, test, alpha) <= margin), None)
-
-
-def _sides(test: str, mean, se, n: int, margin: float):
-    """(p of the claim, p of its opposite) from the paired t; elementwise over arrays of mean and se."""
-    t = sps.t(n - 1)
-    if test == "equivalent":
-        return np.maximum(t.sf((mean + margin) / se), t.cdf((mean - margin) / se)), \
-            np.minimum(1.0, 2 * np.minimum(t.cdf((mean + margin) / se), t.sf((mean - margin) / se)))
-    z = (mean + (margin if test == "not_worse" else 0.0)) / se
-    return t.sf(z), t.cdf(z)
 
 
 def _boot_sides(test: str, draws: np.ndarray, margin: float) -> tuple[float, float]:
@@ -117,7 +102,7 @@ def component(r: pd.Series, flipped: bool, data: dict, test: str, margin: float,
     if draws is not None:
         out["p_boot"] = _boot_sides(test, draws, margin)[0]
     if n >= 2 and not math.isnan(se):
-        out["p"], out["p_opp"] = (float(x) for x in _sides(test, mean, se, n, margin))
+        out["p"], out["p_opp"] = (float(x) for x in sides(test, mean, se, n, margin))
         crit = sps.t.ppf(1 - alpha, n - 1) * se  # one-sided (1 − α) bounds; both: TOST's 1 − 2α interval
         out["bound"] = (mean - crit, mean + crit if test == "equivalent" else np.inf)
         out["test"] = "paired t"

@@ -74,11 +74,12 @@ class RacingCfg(_Strict):
     statistic: Literal["paired_t"] = "paired_t"  # one-sided paired t over the shared seeds (the verdicts' test)
 
 
-def _same_number(v, x) -> bool:
+def same_value(x, y) -> bool:
+    """2 == 2.0 == '2' for the axis values a claim names (YAML and the storage type them differently)."""
     try:
-        return float(v) == float(x)
+        return float(x) == float(y)
     except (TypeError, ValueError):
-        return False
+        return str(x) == str(y)
 
 
 class ClaimCfg(_Strict):
@@ -150,8 +151,9 @@ class SweepCfg(_Strict):
     tune: str | None = None
     # which comparisons stop_when: decided (and the analysis's first section) name, with tune: `arms` the arms
     # at their own best values, pairwise one axis apart; `carry_over` for every arm the value that is best at
-    # another arm against the arm's own best (the claim "the best lr does not depend on the rank")
-    compare: Literal["arms", "carry_over"] = "arms"
+    # another arm against the arm's own best (the claim "the best lr does not depend on the rank"); `claims`
+    # sweep.claims, each decided as worded (harness/study/claims.py)
+    compare: Literal["arms", "carry_over", "claims"] = "arms"
     # what the study sets out to show, each tested as worded by `python -m analysis` (analysis/claims.py)
     claims: list[ClaimCfg] = []
 
@@ -205,8 +207,7 @@ class SweepCfg(_Strict):
                                  f"{', '.join(self.space)})")
         for key, values in ((c.axis, [v for v in (c.b, c.a) if v is not None]), *((k, [v]) for k, v in c.at.items())):
             choices = self.space[key].choices
-            bad = [v for v in values if choices is not None and str(v) not in {str(x) for x in choices}
-                   and not any(_same_number(v, x) for x in choices)]
+            bad = [v for v in values if choices is not None and not any(same_value(v, x) for x in choices)]
             if bad:
                 raise ValueError(f"{where}: {key}={bad[0]} is not one of its choices {choices}")
 
@@ -218,6 +219,8 @@ class SweepCfg(_Strict):
                              "tuned value over to the other arms")
         for c in self.claims:
             self._claim_values(c)
+        if self.compare == "claims" and not self.claims:
+            raise ValueError("compare=claims needs sweep.claims: the claims stop_when: decided waits for")
         wants = [w for w, on in (("racing", self.racing is not None), ("stop_when=decided", self.stop_when == "decided"))
                  if on]
         for w in wants:

@@ -79,6 +79,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
+from harness.study import claims as claims_mod
 from harness.study import verdict as vd
 
 PENDING, COMPLETE, NOVALUE, SKIPPED, ABSENT = "pending", "complete", "novalue", "skipped", "absent"
@@ -97,6 +98,7 @@ class Rules:
     tune: str | None
     futility: float = 0.0          # stop_when: give up a comparison whose chance of a verdict is below this
     compare: str = "arms"          # with tune: the arms at their best, or each arm's best carried over (verdict.py)
+    claims: list = field(default_factory=list)  # compare="claims": sweep.claims, decided as worded (claims.py)
 
     @classmethod
     def of(cls, sw) -> Rules:
@@ -104,7 +106,8 @@ class Rules:
         return cls(list(sw.seeds), next(iter(sw.objectives.values())), list(sw.space),
                    None if r is None else int(r.min_seeds), 0.95 if r is None else float(r.confidence),
                    sw.get("stop_when", "budget"), float(sw.get("margin", 0.01)), sw.get("tune"),
-                   float(sw.get("futility", 0.1)), sw.get("compare", "arms"))
+                   float(sw.get("futility", 0.1)), sw.get("compare", "arms"),
+                   claims_mod.plain(sw.get("claims")) if sw.get("compare") == "claims" else [])
 
     @property
     def on(self) -> bool:
@@ -115,7 +118,7 @@ class Rules:
         return {"racing": None if self.min_seeds is None else {"min_seeds": self.min_seeds,
                                                               "confidence": self.confidence},
                 "stop_when": self.stop_when, "margin": self.margin, "tune": self.tune, "futility": self.futility,
-                "compare": self.compare}
+                "compare": self.compare, **({"claims": self.claims} if self.compare == "claims" else {})}
 
 
 @dataclass
@@ -282,7 +285,9 @@ def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
     alpha = vd.ALPHA / max(n_seeds - 2, 1)
     survivors = {c for c in st.configs if c not in st.stopped}
     pairs, picked = vd.comparisons(st.configs, values, rules.axes, rules.tune, rules.direction, among=survivors,
-                                   compare=rules.compare)
+                                   compare="arms" if rules.compare == "claims" else rules.compare)
+    if rules.compare == "claims":
+        return _decide_claims(st, values, k, rules, pairs, alpha)
     st.verdicts = vd.verdicts(values, pairs, st.configs, rules.margin, alpha, rules.direction, rules.tune)
     if not st.verdicts or k >= n_seeds:
         return
@@ -308,14 +313,36 @@ def _decide(st: State, values: dict, k: int, rules: Rules) -> None:
                   "verdicts": [v.sentence(st.configs, rules.margin) for v in st.verdicts]}
 
 
+def _more(st: State, a: str, b: str, later: list) -> int:
+    """The later seeds both configurations can still get (queued, running or done but after the look)."""
+    return sum(1 for s in later if all(c not in st.stopped and st.cells[c][s].state in (PENDING, COMPLETE)
+                                       for c in (a, b)))
+
+
 def _chance(st: State, v, values: dict, later: list, rules: Rules) -> float:
     """The predictive probability that comparison v ends with a verdict once the later seeds both of its
     configurations can still get are in (verdict.chance_of_a_verdict; with tune, at today's picks)."""
     shared = [s for s in values[v.a] if s in values[v.b]]
-    more = sum(1 for s in later if all(c not in st.stopped and st.cells[c][s].state in (PENDING, COMPLETE)
-                                       for c in (v.a, v.b)))
     d = [values[v.b][s] - values[v.a][s] for s in shared]
-    return vd.chance_of_a_verdict(d, len(shared) + more, rules.margin)
+    return vd.chance_of_a_verdict(d, len(shared) + _more(st, v.a, v.b, later), rules.margin)
+
+
+def _decide_claims(st: State, values: dict, k: int, rules: Rules, pairs: list, alpha: float) -> None:
+    """compare=claims: decided once every claim holds or is refuted, or none left undecided is likely to be
+    (harness/study/claims.py's bound below sweep.futility; NaN keeps it open)."""
+    sign = vd.DIRECTIONS[rules.direction]
+    signed = {c: {s: sign * x for s, x in v.items()} for c, v in values.items()}  # "b not worse" reads higher = better
+    found = claims_mod.judge(rules.claims, signed, pairs, st.configs, rules.margin, alpha)
+    st.verdicts = found
+    if not found or k >= len(rules.seeds):
+        return
+    later = rules.seeds[k:]
+    bounds = [claims_mod.chance_of_a_claim(v, [len(d) + _more(st, a, b, later) for d, (a, b) in zip(v.diffs, v.parts)],
+                                           rules.margin) for v in found if v.word == "undecided"]
+    if any(not c < rules.futility for c in bounds):
+        return
+    st.decided = {"look": k, "why": claims_mod.why_stopped(found, bounds, k, rules.futility), "alpha": alpha,
+                  "verdicts": [v.sentence() for v in found]}
 
 
 # ---------------------------------------------------------------------------- claiming

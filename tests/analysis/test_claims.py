@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis import claims
+from harness.study.claims import sides
 from tests.analysis.test_verdicts_study import write_study
 
 
@@ -18,12 +19,12 @@ from tests.analysis.test_verdicts_study import write_study
 def test_the_one_sided_tests_are_scipys(seed):
     d = np.random.default_rng(seed).normal(0.004, 0.01, size=5)
     mean, se, n, m = d.mean(), d.std(ddof=1) / np.sqrt(5), 5, 0.01
-    p, opp = claims._sides("not_worse", mean, se, n, m)
+    p, opp = sides("not_worse", mean, se, n, m)
     assert p == pytest.approx(sps.ttest_1samp(d + m, 0, alternative="greater").pvalue, rel=1e-9)
     assert opp == pytest.approx(sps.ttest_1samp(d + m, 0, alternative="less").pvalue, rel=1e-9)
-    p, opp = claims._sides("better", mean, se, n, m)
+    p, opp = sides("better", mean, se, n, m)
     assert p == pytest.approx(sps.ttest_1samp(d, 0, alternative="greater").pvalue, rel=1e-9)
-    p, _ = claims._sides("equivalent", mean, se, n, m)
+    p, _ = sides("equivalent", mean, se, n, m)
     assert p == pytest.approx(max(sps.ttest_1samp(d + m, 0, alternative="greater").pvalue,
                                   sps.ttest_1samp(d - m, 0, alternative="less").pvalue), rel=1e-9)
 
@@ -31,7 +32,7 @@ def test_the_one_sided_tests_are_scipys(seed):
 def _rejections(test, true_diff, margin, sd, n, sims=20000, seed=0):
     d = np.random.default_rng(seed).normal(true_diff, sd, size=(sims, n))
     mean, se = d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(n)
-    return float(np.mean(claims._sides(test, mean, se, n, margin)[0] < 0.05))
+    return float(np.mean(sides(test, mean, se, n, margin)[0] < 0.05))
 
 
 @pytest.mark.parametrize("test", ["not_worse", "equivalent"])
