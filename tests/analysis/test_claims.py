@@ -133,3 +133,15 @@ def test_a_bad_claim_is_one_line_and_exit_2(tmp_path, capsys, bad, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_the_intersection_union_test_keeps_alpha_when_one_component_sits_on_the_boundary():
+    """Two components, one at the null's boundary (b − a = −δ) and one far inside the claim: the claim's p is
+    the larger, so it holds in at most α of 20,000 simulated studies (Berger 1982), with no correction."""
+    rng, n, sd, margin = np.random.default_rng(2), 5, 0.01, 0.01
+    ps = []
+    for true in (-margin, 0.03):
+        d = rng.normal(true, sd, size=(20000, n))
+        ps.append(sides("not_worse", d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(n), n, margin)[0])
+    holds = np.maximum(*ps) < 0.05
+    assert holds.mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 20000) and holds.mean() > 0.03  # near α, not far below
