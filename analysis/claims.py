@@ -199,8 +199,9 @@ def report_lines(results: list[dict], margin: float, tune: str | None = None,
 
 
 def console_lines(results: list[dict]) -> list[str]:
-    return [f"- {c['claim']['says']}: {c['verdict']} (p = {verdicts._p(c['p_holm'])} Holm; reach "  # noqa: SLF001
-            f"{verdicts.points(c['reach'], False)} points)" for c in results]
+    return [f"- {c['claim']['says']}: {c['verdict']}{' on this test set only' if c['test_set_only'] else ''} (p = "
+            f"{verdicts._p(c['p_holm'])} Holm; reach {verdicts.points(c['reach'], False)} points)"  # noqa: SLF001
+            for c in results]
 
 
 def for_study(lora: pd.DataFrame, axes: list[str], tune: str | None, claims: list[dict], margin: float,

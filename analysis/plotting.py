@@ -71,8 +71,19 @@ def split(loaded) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     axes = [a for a in loaded.axes if a != "method"]
     everyone = loaded.trials
     lora_all = everyone[everyone["method"].fillna("lora") == "lora"] if "method" in everyone else everyone
-    lora = df[method == "lora"]
-    return lora.drop(unstable_trials(lora_all, axes), errors="ignore"), df[method != "lora"], axes
+    lora = df[method == "lora"].drop(unstable_trials(lora_all, axes), errors="ignore")
+    return lora.assign(set_aside_seeds=_set_aside_counts(lora, lora_all, axes)), df[method != "lora"], axes
+
+
+def _set_aside_counts(lora: pd.DataFrame, lora_all: pd.DataFrame, axes: list[str]) -> list[int]:
+    """Per trial, how many trials of its configuration were set aside as degenerate (stats.best reads it:
+    a mean over a configuration's surviving seeds is conditioned on not collapsing)."""
+    aside = lora_all[lora_all["status"].astype(str).str.startswith("set aside")] if "status" in lora_all else lora_all[:0]
+    if aside.empty or lora.empty:
+        return [0] * len(lora)
+    key = lambda row: tuple(str(row[a]) for a in axes)  # noqa: E731
+    counts = aside.apply(key, axis=1).value_counts() if axes else pd.Series({(): len(aside)})
+    return [int(counts.get(key(r), 0)) for _, r in lora.iterrows()]
 
 
 def match(df: pd.DataFrame, row, keys) -> pd.DataFrame:

@@ -76,7 +76,8 @@ def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", 
                      "cost": float(g[cost].mean()) if cost in g else np.nan,
                      **{c: float(g[c].mean()) for c in ("flops", "device_hours", "cost_usd", "trainable_params")
                         if c in g},
-                     "seeds": sorted(int(s) for s in g["seed"].dropna()), "trials": sorted(int(t) for t in g["trial"])})
+                     "seeds": sorted(int(s) for s in g["seed"].dropna()), "trials": sorted(int(t) for t in g["trial"]),
+                     "set_aside": int(g["set_aside_seeds"].max()) if "set_aside_seeds" in g else 0})
     out = pd.DataFrame(rows)
     if not out.empty:
         out["label"] = [label(r, axes) for _, r in out.iterrows()]
@@ -84,7 +85,12 @@ def configurations(df: pd.DataFrame, axes: list[str], metric: str = "accuracy", 
 
 
 def best(configs: pd.DataFrame) -> pd.Series:
-    """The configuration with the best mean; ties go to the lower compute (the driver's order)."""
+    """The configuration with the best mean; ties go to the lower compute (the driver's order). Among those
+    with no seed set aside as degenerate, where any: the mean of a configuration whose other seeds collapsed
+    is over the seeds that did not, and beats a stable one's by survivorship (the driver's pick, on every
+    seed's value, collapsed ones included, also counts the collapses against it)."""
+    if "set_aside" in configs and (configs["set_aside"] == 0).any() and (configs["set_aside"] > 0).any():
+        configs = configs[configs["set_aside"] == 0]
     keys = [seeds.rank_key([m], ["maximize"], c) for m, c in zip(configs["mean"], configs["cost"])]
     return configs.iloc[min(range(len(keys)), key=keys.__getitem__)]
 

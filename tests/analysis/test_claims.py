@@ -103,7 +103,7 @@ def test_claims_hold_are_refuted_and_take_the_largest_component_p(tmp_path, caps
     first = blocks[0]
     assert first.count("  - at r=") == 2  # one component per rank, read as worded (peft_default − attn_qv > 0)
     assert all(float(x) > 0 for x in re.findall(r"at r=\d+: \+?(-?[\d.]+) points", first))
-    assert "stated before" in section and "peft_default matches attn_qv: holds" in printed
+    assert "stated before" in section and "peft_default matches attn_qv: holds (p =" in printed
 
 
 def test_a_claim_no_comparison_covers_says_so(tmp_path, capsys):

@@ -181,3 +181,25 @@ def test_report_with_tune_says_whether_the_best_lr_carries_over(tmp_path, capsys
     section = md.split("## Does the best train.lr carry over between arms?")[1].split("\n## ")[0]
     assert "same grid point (0.01)" in section and "grid's edge" in section  # 1e-2 is the highest of the two
     assert "same grid point (0.01)" in printed.split("carry over between arms?")[1]
+
+
+def test_a_configuration_with_collapsed_seeds_is_not_an_arms_best_by_its_survivors(tmp_path, capsys):
+    """lr 1e-2 collapses in 2 of 5 seeds (set aside) and its other 3 average a hair above lr 1e-4, which trains
+    in all 5: the mean over survivors is conditioned on not collapsing, so --tune picks 1e-4 (stats.best), as
+    the driver's pick over every seed's value does; without the rule it would be 1e-2."""
+    from harness.record import TrialRecord
+
+    if "degenerate" not in TrialRecord.model_fields:
+        pytest.skip("no `degenerate` record field")
+    spec = [({"lora.targets": t, "train.lr": lr}, [0, 1, 2, 3, 4]) for t in ("attn_qv", "peft_default")
+            for lr in (1e-2, 1e-4)]
+    collapsed = {(1e-2, 1), (1e-2, 3)}
+    acc = lambda c, s: 30 if (c["train.lr"], s) in collapsed else (45 + s % 2 if c["train.lr"] == 1e-2 else 44 + s % 2)  # noqa: E731
+    order = [(c["train.lr"], s) for c, seeds in spec for s in seeds]
+    write_study(tmp_path / "runs", "aside", spec, LR_TARGETS, acc,
+                degenerate=lambda t: "collapsed" if order[t] in collapsed else None)
+    _run(["study=aside", f"out_dir={tmp_path / 'runs'}", "--out", str(tmp_path / "out"), "--report", "--tune",
+          "train.lr"], capsys)
+    md = (tmp_path / "out" / "report.md").read_text()
+    picks = md.split("## Each arm at its own best train.lr")[1].split("\n## ")[0]
+    assert "targets=attn_qv, lr=0.0001" in picks and "lr=0.01" not in picks
