@@ -94,8 +94,9 @@ def component(r: pd.Series, flipped: bool, data: dict, test: str, margin: float,
     mean, se, n = seeds_verdict.paired_t(d)
     sd = float(np.std(d, ddof=1)) if n > 1 else np.nan
     names = (r["a_name"], r["b_name"]) if flipped else (r["b_name"], r["a_name"])
-    out = {"where": r["held"], "pair": f"{names[0]} vs {names[1]}", "a": a_lab, "b": b_lab, "n": n, "diff": mean, "p": np.nan, "p_opp": np.nan,
-           "p_boot": np.nan, "bound": (np.nan, np.nan), "test": "none", "reach": reach(sd, n, test, alpha),
+    out = {"where": r["held"], "pair": f"{names[0]} vs {names[1]}", "a": a_lab, "b": b_lab, "n": n, "diff": mean,
+           "p": np.nan, "p_opp": np.nan, "p_boot": np.nan, "bound": (np.nan, np.nan), "test": "none",
+           "reach": reach(sd, n, test, alpha),
            "seeds": seeds_to_reach(sd, margin, test, alpha) if n > 1 else None}
     m = verdicts._items_matrix(ia, ib, shared)  # noqa: SLF001 (the verdicts' own item alignment, one package)
     draws = verdicts.bootstrap_draws(m[1] - m[0]) if m is not None else None
