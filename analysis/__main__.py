@@ -153,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     written = figures.write_all(loaded, root / "figures", say=lambda m: print(f"note: {m}"))
     written += tables.write_all(loaded, root / "tables", say=lambda m: print(f"note: {m}"), margin=margin)
     best = tables.best_configs(loaded)
-    rec, cmp = [], None
+    rec, cmp, found = [], None, None
     if args.report or not best.empty:
         from analysis import report
 
         if args.report:
-            paths, rec, cmp = report.write(loaded, overrides, root, epsilon=args.epsilon / 100, cost=args.cost,
+            paths, rec, cmp, found = report.write(loaded, overrides, root, epsilon=args.epsilon / 100, cost=args.cost,
                                            tune=args.tune, margin=margin, claim_list=claim_list)
             written += paths
         else:
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if claim_list and not lora.empty:
             from analysis import claims
 
-            found = claims.for_study(lora, axes, args.tune, claim_list, margin, cmp if args.report else None)
+            if found is None:  # no report: the claims on the arms as the report would compare them
+                found = claims.for_study(lora, axes, args.tune, claim_list, margin)
             print("\nclaims (sweep.claims; the report's Claims section):\n" + "\n".join(claims.console_lines(found)))
         print("\nrecommendation:\n" + "\n".join(rec))
     if args.publish:

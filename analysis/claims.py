@@ -34,33 +34,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis import stats, verdicts
+from analysis import planner, stats, verdicts
 from harness.study import verdict as seeds_verdict
-from harness.config.sweep import same_value
+from harness.study import claims as study_claims
 from harness.study.claims import sides  # the driver's test: stop_when and the report agree
 
-WORDS = ("holds", "refuted", "undecided")
-
-
 def components(cmp: pd.DataFrame, claim: dict) -> list[tuple[pd.Series, bool]]:
-    """(comparison row, flipped) for every comparison the claim covers; flipped: the row reads a − b."""
-    if cmp.empty:
-        return []
+    """(comparison row, flipped) for every comparison the claim covers; flipped: the row reads a − b. The
+    driver's matching rule (harness/study/claims.py), on each row's two configurations."""
     out = []
-    for _, r in cmp[cmp["axis"] == claim["axis"]].iterrows():
-        if not all(k in r["at"] and same_value(r["at"][k], v) for k, v in (claim.get("at") or {}).items()):
-            continue
-        if claim.get("b") is None:
-            out.append((r, False))
-        elif same_value(r["b_value"], claim["b"]) and same_value(r["a_value"], claim["a"]):
-            out.append((r, False))
-        elif same_value(r["b_value"], claim["a"]) and same_value(r["a_value"], claim["b"]):
-            out.append((r, True))
+    for _, r in cmp.iterrows() if not cmp.empty else ():
+        configs = {"a": {r["axis"]: r["a_value"], **r["at"]}, "b": {r["axis"]: r["b_value"], **r["at"]}}
+        out += [(r, a == "b") for a, _ in study_claims.components(claim, [("a", "b", r["axis"])], configs)]
     return out
 
 
 def reach(sd: float, n: int, test: str, alpha: float = stats.ALPHA, power: float = stats.POWER) -> float:
-    """The margin (difference, for `better`) n seeds show with this power at a true difference of 0 (Chow et al.)."""
+    """The margin (difference, for `better`) n seeds show with this power at a true difference of 0 (Chow et al.):
+    the closed-form inverse of analysis/planner.py's tost_power at a true 0 (and, one-sided, of its one side)."""
     if n < 2 or not sd > 0:
         return np.nan
     beta = 1 - power
@@ -68,11 +59,11 @@ def reach(sd: float, n: int, test: str, alpha: float = stats.ALPHA, power: float
     return float((sps.t.ppf(1 - alpha, n - 1) + q) * sd / math.sqrt(n))
 
 
-def seeds_to_reach(sd: float, margin: float, test: str, alpha: float = stats.ALPHA, cap: int = 1000) -> int | None:
-    """The shared seeds whose reach is within the margin (None above cap)."""
+def seeds_to_reach(sd: float, margin: float, test: str, alpha: float = stats.ALPHA) -> int | None:
+    """The shared seeds whose reach is within the margin (None above the planner's cap)."""
     if not sd > 0:
         return None
-    return next((n for n in range(2, cap + 1) if reach(sd, n, test, alpha) <= margin), None)
+    return planner.smallest_n(lambda n: reach(sd, n, test, alpha) <= margin)
 
 
 def _boot_sides(test: str, draws: np.ndarray, margin: float) -> tuple[float, float]:
@@ -205,15 +196,12 @@ def console_lines(results: list[dict]) -> list[str]:
             for c in results]
 
 
-def for_study(lora: pd.DataFrame, axes: list[str], tune: str | None, claims: list[dict], margin: float,
-              cmp: pd.DataFrame | None = None) -> list[dict]:
-    """evaluate() on the study's arms (each at its own best `tune` value, as the report compares them);
-    cmp: the report's comparisons of those arms, when already computed."""
+def for_study(lora: pd.DataFrame, axes: list[str], tune: str | None, claims: list[dict], margin: float) -> list[dict]:
+    """evaluate() on the study's arms, each at its own best `tune` value, as the report compares them."""
     if not claims or lora.empty:
         return []
     work, work_axes = stats.tune(lora, axes, tune)[:2] if tune and tune in axes else (lora, axes)
-    if cmp is None:
-        cmp = verdicts.compare(work, work_axes, margin) if work_axes else pd.DataFrame()
+    cmp = verdicts.compare(work, work_axes, margin) if work_axes else pd.DataFrame()
     return evaluate(cmp, work, work_axes, claims, margin)
 
 

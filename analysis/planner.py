@@ -39,7 +39,7 @@ def tost_power(sd: float, n: int, margin: float, alpha: float = stats.ALPHA, tru
     return float(max(0.0, t.cdf((margin - true_diff) / se - crit) + t.cdf((margin + true_diff) / se - crit) - 1))
 
 
-def _smallest(ok, cap: int = CAP) -> int | None:
+def smallest_n(ok, cap: int = CAP) -> int | None:
     """The smallest n in [2, cap] with ok(n), for ok monotone in n (bisection); None above cap."""
     if not ok(cap):
         return None
@@ -57,7 +57,7 @@ def seeds_to_decide(sd: float, margin: float, alpha: float = stats.ALPHA, target
         return None
     if sd == 0:
         return 2
-    return _smallest(lambda n: stats.power(margin, sd, n, alpha) >= target and
+    return smallest_n(lambda n: stats.power(margin, sd, n, alpha) >= target and
                      tost_power(sd, n, margin, alpha) >= target, cap)
 
 

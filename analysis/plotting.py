@@ -75,15 +75,14 @@ def split(loaded) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     return lora.assign(set_aside_seeds=_set_aside_counts(lora, lora_all, axes)), df[method != "lora"], axes
 
 
-def _set_aside_counts(lora: pd.DataFrame, lora_all: pd.DataFrame, axes: list[str]) -> list[int]:
+def _set_aside_counts(lora: pd.DataFrame, lora_all: pd.DataFrame, axes: list[str]) -> pd.Series:
     """Per trial, how many trials of its configuration were set aside as degenerate (stats.best reads it:
     a mean over a configuration's surviving seeds is conditioned on not collapsing)."""
-    aside = lora_all[lora_all["status"].astype(str).str.startswith("set aside")] if "status" in lora_all else lora_all[:0]
-    if aside.empty or lora.empty:
-        return [0] * len(lora)
-    key = lambda row: tuple(str(row[a]) for a in axes)  # noqa: E731
-    counts = aside.apply(key, axis=1).value_counts() if axes else pd.Series({(): len(aside)})
-    return [int(counts.get(key(r), 0)) for _, r in lora.iterrows()]
+    aside = lora_all["status"].astype(str).str.startswith("set aside") if "status" in lora_all else \
+        pd.Series(False, index=lora_all.index)
+    per = aside.groupby([lora_all[a].astype(str) for a in axes]).transform("sum") if axes else \
+        pd.Series(int(aside.sum()), index=lora_all.index)
+    return per.reindex(lora.index, fill_value=0).astype(int)
 
 
 def match(df: pd.DataFrame, row, keys) -> pd.DataFrame:

@@ -179,8 +179,9 @@ def _best_vs_reference(work: pd.DataFrame, configs: pd.DataFrame, ref: pd.DataFr
 
 def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01, cost: str = "flops",
           tune: str | None = None, margin: float = verdicts.MARGIN,
-          claim_list: list[dict] = ()) -> tuple[str, list[str], pd.DataFrame]:
-    """The report as Markdown, the recommendation lines and the comparisons (both also printed on the console)."""
+          claim_list: list[dict] = ()) -> tuple[str, list[str], pd.DataFrame, list[dict]]:
+    """The report as Markdown, the recommendation lines, the comparisons and the claims (all but the first also
+    printed on the console)."""
     lora, refs, axes = split(loaded)
     study = loaded.trials["study"].iloc[0]
     flags = "".join([f" --tune {tune}" if tune else "", f" --epsilon {100 * epsilon:g}" if epsilon != 0.01 else "",
@@ -210,10 +211,9 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
                f"best mean: " + "; ".join(f"{r['label']}" for _, r in picked.iterrows()), ""]
         md += tuned.report_lines(lora, axes, tune, margin)  # the claim about the argmax itself
     cmp = verdicts.compare(work, work_axes, margin) if work_axes and not work.empty else pd.DataFrame()
-    if claim_list:  # what the study set out to show, before the pairs it is tested over
-        results = claims.for_study(lora, axes, tune, list(claim_list), margin, cmp)
-        md += claims.report_lines(results, margin, tune if tune in axes else None,
-                                  claims.climbing_labels(loaded, work, work_axes))
+    found = claims.evaluate(cmp, work, work_axes, list(claim_list), margin) if claim_list and not work.empty else []
+    md += claims.report_lines(found, margin, tune if tune in axes else None,  # before the pairs they are tested over
+                              claims.climbing_labels(loaded, work, work_axes) if found else set())
     md += ["## Comparisons", "Pairs of configurations that differ in one searched axis, read from the first-named "
            "one (b − a).", *verdicts.method_lines(margin)]
     md += [""] + (comparison_sentences(cmp, margin) if not cmp.empty else ["- no two configurations differ in exactly "
@@ -245,7 +245,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
         md.append("")
     md += forgetting.report_lines(lora, axes, refs)  # eval.benchmarks: base vs tuned, forgetting, LoRA vs full
     md += ["## Test items most configurations get wrong", *hard_items(lora, axes), ""]
-    return "\n".join(md), rec, cmp
+    return "\n".join(md), rec, cmp, found
 
 
 def _tex_escape(s: str) -> str:
@@ -290,8 +290,8 @@ def to_tex(md: str, loaded, figures_dir: Path, cmp: pd.DataFrame | None = None,
     return "\n".join(out) + "\n"
 
 
-def write(loaded, overrides: list[str], root: Path, **kw) -> tuple[list[Path], list[str], pd.DataFrame]:
-    md, rec, cmp = build(loaded, overrides, root / "figures", **kw)
+def write(loaded, overrides: list[str], root: Path, **kw) -> tuple[list[Path], list[str], pd.DataFrame, list[dict]]:
+    md, rec, cmp, found = build(loaded, overrides, root / "figures", **kw)
     (root / "report.md").write_text(md + "\n")
     (root / "report.tex").write_text(to_tex(md, loaded, root / "figures", cmp, kw.get("margin", verdicts.MARGIN)))
-    return [root / "report.md", root / "report.tex"], rec, cmp
+    return [root / "report.md", root / "report.tex"], rec, cmp, found

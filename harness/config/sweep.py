@@ -103,7 +103,7 @@ class ClaimCfg(_Strict):
             raise ValueError(f"claim {self.says!r}: test={self.test} needs both b and a (two values of {self.axis})"
                              if self.test != "equivalent" else
                              f"claim {self.says!r}: give both b and a, or neither (every pair of {self.axis}'s values)")
-        if self.b is not None and str(self.b) == str(self.a):
+        if self.b is not None and same_value(self.b, self.a):
             raise ValueError(f"claim {self.says!r}: b and a are the same value ({self.b})")
         return self
 
