@@ -108,6 +108,18 @@ class ClaimCfg(_Strict):
         return self
 
 
+class FollowCfg(_Strict):
+    """One of `sweep.follow`: a config key set from a searched axis's value instead of searched itself, e.g.
+    each rank at the lr an earlier study picked for it: `train.lr: {axis: lora.r, values: {2: 1.0e-3, 8: 5.0e-4}}`.
+    A confirmatory study fixes what an exploratory one tuned this way, so its seeds test, not select."""
+    axis: str
+    values: dict[Scalar, Scalar]
+
+    def value_at(self, x):
+        """The followed key's value where the axis is x (None where the file gives none)."""
+        return next((v for k, v in self.values.items() if same_value(k, x)), None)
+
+
 class SweepCfg(_Strict):
     """The `sweep:` block of sweeps/<name>.yaml: where to search and how (see harness/study/driver.py)."""
     name: str | None = None        # filled in by load(): the sweep group option
@@ -156,6 +168,8 @@ class SweepCfg(_Strict):
     compare: Literal["arms", "carry_over", "claims"] = "arms"
     # what the study sets out to show, each tested as worded by `python -m analysis` (analysis/claims.py)
     claims: list[ClaimCfg] = []
+    # config keys set from an axis's value, not searched (FollowCfg): each configuration of the axis at its own value
+    follow: dict[str, FollowCfg] = {}
 
     @field_validator("racing", mode="before")
     @classmethod
@@ -191,9 +205,27 @@ class SweepCfg(_Strict):
         if not self.objectives:
             raise ValueError("objectives is empty: e.g. {accuracy: maximize}")
         self._racing_combinations()
+        self._follows()
         if self.sampler != "grid" and self.n_trials is None and self.timeout is None:
             raise ValueError(f"sampler={self.sampler} needs a budget: set sweep.n_trials and/or sweep.timeout (seconds)")
         return self
+
+    def _follows(self) -> None:
+        """A followed key is set by exactly one value per choice of a searched categorical axis."""
+        for key, f in self.follow.items():
+            where = f"follow.{key}"
+            if key in self.space or key == "lora.alpha" and "lora.alpha_over_r" in self.space:
+                raise ValueError(f"{where}: {key} is searched (sweep.space); a key is searched or follows an axis")
+            if f.axis not in self.space or self.space[f.axis].choices is None:
+                raise ValueError(f"{where}: axis {f.axis} is not a searched axis with choices (the space has "
+                                 f"{', '.join(self.space)})")
+            choices = self.space[f.axis].choices
+            missing = [c for c in choices if f.value_at(c) is None]
+            extra = [k for k in f.values if not any(same_value(k, c) for c in choices)]
+            if missing or extra:
+                raise ValueError(f"{where}: give one value for each of {f.axis}'s choices {choices}"
+                                 + (f"; none for {missing}" if missing else "")
+                                 + (f"; {extra} are not choices" if extra else ""))
 
     def _claim_values(self, c: ClaimCfg) -> None:
         """A claim names searched axes and values they take (a typo would test nothing, silently)."""

@@ -29,6 +29,12 @@ def check(cfg: DictConfig, base: list[str]) -> None:
         if any(o.split("=", 1)[0].lstrip("+~") == target for o in base):
             raise ConfigError(f"{where_}: sweep.space.{key} is searched, but the command line also sets {target}; "
                               "drop it from the command line (or copy the sweep file and change its space)")
+    for key in space_mod.follows(cfg):
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>" or key.split(".")[0] in ("sweep", "trial"):
+            raise ConfigError(f"{where_}: sweep.follow.{key}: no such config key `{key}` (see `python -m harness --cfg`)")
+        if any(o.split("=", 1)[0].lstrip("+~") == key for o in base):
+            raise ConfigError(f"{where_}: sweep.follow.{key} is set per configuration, but the command line also sets "
+                              f"{key}; drop it from the command line")
     if "seed" in sw.space:
         raise ConfigError(f"{where_}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
     for metric in sw.objectives:
@@ -79,9 +85,9 @@ NOT_THE_EXPERIMENT = ("study", "trial", "out_dir", "storage", "tracking", "launc
 
 
 def experiment_config(cfg: DictConfig) -> dict:
-    """The base config that defines the study's experiment, flat: everything but the searched axes,
-    the seed (set per trial) and NOT_THE_EXPERIMENT. A resume must match it."""
-    searched = {space_mod.VIRTUAL.get(k, k) for k in cfg.sweep.space}
+    """The base config that defines the study's experiment, flat: everything but the searched axes (and
+    the keys that follow them), the seed (set per trial) and NOT_THE_EXPERIMENT. A resume must match it."""
+    searched = {space_mod.VIRTUAL.get(k, k) for k in cfg.sweep.space} | set(space_mod.follows(cfg))
     return {k: v for k, v in space_mod.flat(OmegaConf.to_container(cfg, resolve=True)).items()
             if k not in searched and not any(k == x or k.startswith(x + ".") for x in NOT_THE_EXPERIMENT)}
 

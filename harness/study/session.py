@@ -94,7 +94,10 @@ class Session:
     def open(self):
         import optuna
 
-        space_spec = json.dumps(OmegaConf.to_container(self.sw.space), sort_keys=True)
+        space = OmegaConf.to_container(self.sw.space)
+        follow = OmegaConf.to_container(self.sw.follow) if self.sw.get("follow") else None
+        # the followed keys are part of where the study searches (a study without them keeps its old spec)
+        space_spec = json.dumps({"space": space, "follow": follow} if follow else space, sort_keys=True, default=str)
         trials_dir = self.root / "trials"  # looked at before the names: another worker may be creating both
         if (trials_dir.is_dir() and any(trials_dir.iterdir())
                 and self.cfg.study not in optuna.get_all_study_names(self.storage)):

@@ -14,6 +14,8 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.sweep import FollowCfg
+
 VIRTUAL = {"lora.alpha_over_r": "lora.alpha"}  # virtual axis -> the config key it sets
 
 
@@ -57,7 +59,17 @@ def resolve(params: dict, cfg: DictConfig) -> dict:
     if "lora.alpha_over_r" in params:
         r = out.get("lora.r", cfg.lora.r)
         out["lora.alpha"] = float(r * params["lora.alpha_over_r"])
+    for key, f in follows(cfg).items():
+        if f.axis in params:
+            out[key] = f.value_at(params[f.axis])
     return out
+
+
+def follows(cfg: DictConfig) -> dict[str, FollowCfg]:
+    """sweep.follow of a composed config (validated by the schema already), as FollowCfg."""
+    sw = cfg.get("sweep") if isinstance(cfg, DictConfig) else None
+    f = sw.get("follow") if sw is not None else None
+    return {k: FollowCfg(**OmegaConf.to_container(v)) for k, v in f.items()} if f else {}
 
 
 def to_overrides(params: dict, cfg: DictConfig) -> list[str]:
