@@ -45,6 +45,7 @@ def what_was_run(loaded, overrides: list[str], flags: str = "") -> list[str]:
     rec = _record(lora[lora["status"] == "complete"]) or _record(df)  # a LoRA trial's budget, not a reference arm's
     cfg, prov = rec.get("config") or {}, rec.get("provenance") or {}
     sweep, train, data, model = (cfg.get(k) or {} for k in ("sweep", "train", "data", "model"))
+    follow = sweep.get("follow") or {}
     ov = " ".join(shlex.quote(o) for o in overrides)
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
     shas = sorted(set(df["git_sha"].dropna())) if "git_sha" in df else []
@@ -57,7 +58,11 @@ def what_was_run(loaded, overrides: list[str], flags: str = "") -> list[str]:
         f"- trials: {len(df)} ({counts}); trial wall time {wall / 60:.1f} min in total "
         f"({df['wall_seconds'].median():.0f} s median)",
         f"- budget: {train.get('max_steps')} steps × batch {train.get('batch_size')} × accum {train.get('grad_accum')}, "
-        f"lr {train.get('lr')}, eval every {train.get('eval_every') or '— (final only)'}",
+        f"lr {'per configuration (below)' if 'train.lr' in follow else train.get('lr')}, eval every "
+        f"{train.get('eval_every') or '— (final only)'}",
+        *([f"- set per configuration, not searched (`sweep.follow`): " + "; ".join(
+            f"{key} by {f.get('axis')}: " + ", ".join(f"{k} → {v}" for k, v in (f.get("values") or {}).items())
+            for key, f in follow.items())] if follow else []),
         f"- model: {model.get('name')} ({model.get('source')}), quant {(cfg.get('quant') or {}).get('mode')}; data: "
         f"{data.get('name')}, train {data.get('train_size')}, test {data.get('test_size')}",
         *(["- reference arms (`sweep.references`, run by the study command): "

@@ -149,3 +149,63 @@ def test_tpe_and_pruner_defaults_are_the_benchmarked_ones_and_sweep_args_overrid
     assert sh._min_resource == 16  # 3/8 of 80 = 30, down to an eval step
     med = make_pruner(complete(load([*base, "sweep.pruner=median", "+sweep.pruner_args.n_warmup_steps=5"])))
     assert med._n_warmup_steps == 5
+
+
+# ---------------------------------------------------------------------------- sweep.follow
+
+def test_a_followed_key_takes_the_value_its_axis_names_and_is_not_part_of_the_fixed_experiment():
+    from harness.study.checks import experiment_config
+
+    cfg = complete(load(["sweep=qlora_rank_confirm"]))
+    picks = {2: 1e-3, 8: 5e-4, 32: 2.5e-4}  # the file's values, typed in again: a test of the lookup, not a copy
+    for r, lr in picks.items():
+        assert space.to_overrides({"lora.r": r, "lora.alpha_over_r": 2}, cfg) == \
+            [f"lora.r={r}", f"lora.alpha={2.0 * r}", f"train.lr={lr!r}"]
+    assert space.to_overrides({"lora.alpha_over_r": 2}, cfg) == [f"lora.alpha={2.0 * cfg.lora.r}"]  # no r: no lr
+    assert "train.lr" not in experiment_config(cfg) and "lora.targets" in experiment_config(cfg)
+
+
+FOLLOW = """\
+# @package _global_
+# python -m harness sweep=bad
+study: bad
+sweep:
+  space: {{lora.r: {{choices: [2, 8]}}, lora.targets: {{choices: [attn_qv, all_linear]}}}}
+  follow: {follow}
+  sampler: grid
+"""
+
+
+@pytest.mark.parametrize("follow,needles", [
+    ("{train.lr: {axis: lora.r, values: {2: 0.001}}}", ["follow.train.lr", "none for [8]"]),
+    ("{train.lr: {axis: lora.r, values: {2: 0.001, 8: 0.002, 16: 0.003}}}", ["follow.train.lr", "[16] are not choices"]),
+    ("{lora.r: {axis: lora.targets, values: {attn_qv: 2, all_linear: 8}}}", ["follow.lora.r", "is searched"]),
+    ("{train.lr: {axis: lora.alpha, values: {2: 0.001}}}", ["follow.train.lr", "axis lora.alpha is not a searched"]),
+    ("{train.rate: {axis: lora.r, values: {2: 0.001, 8: 0.002}}}", ["sweep.follow.train.rate", "no such config key"]),
+    ("{train.lr: {axis: lora.r, values: {2: 0.001, 8: -1}}}", ["sweep.space.lora.r value 8", "train.lr"]),
+])
+def test_a_bad_follow_block_is_one_error_naming_the_key_before_any_trial(tmp_path, capsys, follow, needles):
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "bad.yaml").write_text(FOLLOW.format(follow=follow))
+    rc = main(["sweep=bad", f"hydra.searchpath=[file://{tmp_path}]", f"out_dir={tmp_path}/runs"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_resume_with_other_followed_values_is_refused(tiny_cfg, tmp_path):
+    from harness.study.session import Session
+
+    over = ["sweep=qlora_rank_confirm", "sweep.seeds=[5,6,7]", "train.early_stopping.patience=0"]
+    new = Session(tiny_cfg(*over), over)
+    assert new.open() is True
+    assert Session(tiny_cfg(*over), over).open() is False  # the same file resumes
+    text = (ROOT / "sweeps" / "qlora_rank_confirm.yaml").read_text()
+    assert "8: 5.0e-4" in text
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "edited.yaml").write_text(text.replace("8: 5.0e-4", "8: 2.0e-3"))
+    changed = [*over[1:], "sweep=edited", f"hydra.searchpath=[file://{tmp_path}]"]
+    with pytest.raises(ConfigError, match="another search space"):
+        Session(tiny_cfg(*changed), changed).open()

@@ -59,15 +59,18 @@ sweep:
   space:
     train.lr: {choices: [1.0e-2, 1.0e-3, 1.0e+30]}
     model.tiny.num_attention_heads: {choices: [2, 3]}
+    train.max_steps: {choices: [6, 5000]}
   objectives: {accuracy: maximize, flops: minimize}
   sampler: nsga2
   n_trials: 4
   parallel: 2
   enqueue:
-    - {train.lr: 1.0e-2, model.tiny.num_attention_heads: 2}   # fine
-    - {train.lr: 1.0e+30, model.tiny.num_attention_heads: 2}  # loss goes non-finite
-    - {train.lr: 1.0e-2, model.tiny.num_attention_heads: 3}   # raises in the trial: 3 heads do not split 32
-    - {train.lr: 1.0e-3, model.tiny.num_attention_heads: 2}   # killed from outside below
+    - {train.lr: 1.0e-2, model.tiny.num_attention_heads: 2, train.max_steps: 6}   # fine
+    - {train.lr: 1.0e+30, model.tiny.num_attention_heads: 2, train.max_steps: 6}  # loss goes non-finite
+    - {train.lr: 1.0e-2, model.tiny.num_attention_heads: 3, train.max_steps: 6}   # raises in the trial: 3 heads do not split 32
+    # killed from outside below; long, so the killer's polls find it running (a 6-step trial could end between
+    # a poll that reads its pid and the kill, and complete)
+    - {train.lr: 1.0e-3, model.tiny.num_attention_heads: 2, train.max_steps: 5000}
 """)
     killed = []
 
