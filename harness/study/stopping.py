@@ -1,0 +1,94 @@
+"""stop_when: decided, the look after each round of seeds (harness/study/racing.py runs the looks).
+
+At each look k in 2 .. len(seeds) - 1 the comparisons the sweep names
+(harness/study/verdict.py) are tested on the look's seeds, Holm across them at alpha / (len(seeds) - 2)
+(Bonferroni over the looks that may stop the study: P(any false verdict at the look that stops it) <=
+alpha per family). The study ends at the first look where every comparison is decided, has no seed
+left that could change it, or is given up: its predictive probability of ending better / worse /
+equivalent once the seeds left are in (verdict.chance_of_a_verdict) is below `sweep.futility` (0.1;
+0 = the literal "no seed left"). Giving up never makes a false verdict more likely (it only takes
+chances to reject away), so the stated error rate holds; what it costs is power: under the projection's
+model a given-up comparison would have reached a verdict with probability < futility (racing.json's
+replay measures how often the full grid's verdicts are kept). The analysis re-tests the finished study
+(analysis/verdicts.py, fixed-n Holm at alpha, items and bootstrap too).
+
+With `compare: claims` the claims are decided instead (harness/study/claims.py): each at the same alpha, done
+once every claim holds or is refuted or none left undecided is likely to be.
+"""
+from __future__ import annotations
+
+from harness.study import claims as claims_mod
+from harness.study import verdict as vd
+
+
+def _seeds_left(st, keys: list[str], later: list) -> bool:
+    """Whether a configuration still racing has a seed after the look (queued, running or done: seen
+    from the look, its data are still to come), so the comparison could still change."""
+    return any(c not in st.stopped and st.cells[c][s].to_come() for c in keys for s in later)
+
+
+def decide(st, values: dict, k: int, rules) -> None:
+    """At look k (its seeds' values): record in st.verdicts the comparisons' (or claims') verdicts, and in
+    st.decided the study's stop where it is decided."""
+    n_seeds = len(rules.seeds)
+    alpha = vd.ALPHA / max(n_seeds - 2, 1)
+    survivors = {c for c in st.configs if c not in st.stopped}
+    pairs, picked = vd.comparisons(st.configs, values, rules.axes, rules.tune, rules.direction, among=survivors,
+                                   compare="arms" if rules.compare == "claims" else rules.compare)
+    if rules.compare == "claims":
+        return _decide_claims(st, values, k, rules, pairs, alpha)
+    st.verdicts = vd.verdicts(values, pairs, st.configs, rules.margin, alpha, rules.direction, rules.tune)
+    if not st.verdicts or k >= n_seeds:
+        return
+    arm_of = {c: arm for arm, cs in vd.arms(st.configs, rules.tune).items() for c in cs}
+    members = vd.arms(st.configs, rules.tune)
+    later = rules.seeds[k:]
+    left = [v for v in st.verdicts if v.word == "undecided"
+            and (_seeds_left(st, members[arm_of[v.a]], later) or _seeds_left(st, members[arm_of[v.b]], later))]
+    chances = [_chance(st, v, values, later, rules) for v in left]
+    if any(not c < rules.futility for c in chances):  # NaN (no SD yet) keeps it open
+        return
+    undecided = sum(v.word == "undecided" for v in st.verdicts)
+    words = {}
+    for v in st.verdicts:
+        words[v.word] = words.get(v.word, 0) + 1
+    tally = ", ".join(f"{n} {w}" for w, n in words.items() if w != "undecided")
+    futile = f"; {len(left)} given up: a verdict's predictive probability with the seeds left " \
+             f"{', '.join(f'{c:.2f}' for c in chances)} < {rules.futility:g}" if left else ""
+    why = (f"every comparison decided after round {k} ({tally})" if not undecided else
+           f"after round {k} every comparison is decided ({tally or 'none'}) or has no seed left that could change it "
+           f"({undecided} undecided{futile})")
+    st.decided = {"look": k, "why": why, "alpha": alpha,
+                  "verdicts": [v.sentence(st.configs, rules.margin) for v in st.verdicts]}
+
+
+def _more(st, a: str, b: str, later: list) -> int:
+    """The later seeds both configurations can still get (queued, running or done but after the look)."""
+    return sum(1 for s in later if all(c not in st.stopped and st.cells[c][s].to_come()
+                                       for c in (a, b)))
+
+
+def _chance(st, v, values: dict, later: list, rules) -> float:
+    """The predictive probability that comparison v ends with a verdict once the later seeds both of its
+    configurations can still get are in (verdict.chance_of_a_verdict; with tune, at today's picks)."""
+    shared = [s for s in values[v.a] if s in values[v.b]]
+    d = [values[v.b][s] - values[v.a][s] for s in shared]
+    return vd.chance_of_a_verdict(d, len(shared) + _more(st, v.a, v.b, later), rules.margin)
+
+
+def _decide_claims(st, values: dict, k: int, rules, pairs: list, alpha: float) -> None:
+    """compare=claims: decided once every claim holds or is refuted, or none left undecided is likely to be
+    (harness/study/claims.py's bound below sweep.futility; NaN keeps it open)."""
+    sign = vd.DIRECTIONS[rules.direction]
+    signed = {c: {s: sign * x for s, x in v.items()} for c, v in values.items()}  # "b not worse" reads higher = better
+    found = claims_mod.judge(rules.claims, signed, pairs, st.configs, rules.margin, alpha)
+    st.verdicts = found
+    if not found or k >= len(rules.seeds):
+        return
+    later = rules.seeds[k:]
+    bounds = [claims_mod.chance_of_a_claim(v, [len(d) + _more(st, a, b, later) for d, (a, b) in zip(v.diffs, v.parts)],
+                                           rules.margin) for v in found if v.word == "undecided"]
+    if any(not c < rules.futility for c in bounds):
+        return
+    st.decided = {"look": k, "why": claims_mod.why_stopped(found, bounds, k, rules.futility), "alpha": alpha,
+                  "verdicts": [v.sentence() for v in found]}
