@@ -57,7 +57,16 @@ def report_lines(optuna_study) -> list[str]:
                    "resumes it).")
     elif f.get("stop_when") == "decided":
         out.append("`stop_when: decided`: the seeds ran out before every named comparison was decided.")
+    if f.get("stop_when") == "decided":
+        out.append(LOOKS_COST)
     return out + [""]
+
+
+# bench/stop_when_alpha.py measures it (BENCHMARKS.md "What stopping early costs in error rate")
+LOOKS_COST = ("The verdicts below are tested at α with no correction for the looks at which the study could have "
+              "stopped: the union bound allows a false verdict in up to 2α of such studies; simulated at the null's "
+              "boundary (bench/stop_when_alpha.py, 20,000 studies a design, seed SDs 0.5-2.5 points) the rate was at "
+              "most 0.080 with 5 seeds and 0.068 with 17, against 0.05 for a fixed number of seeds.")
 
 
 def console_lines(optuna_study) -> list[str]:

@@ -21,6 +21,11 @@ from harness.study import claims as claims_mod
 from harness.study import verdict as vd
 
 
+def look_alpha(n_seeds: int) -> float:
+    """Each look's level: Bonferroni over the looks 2 .. n_seeds - 1 that may stop the study."""
+    return vd.ALPHA / max(n_seeds - 2, 1)
+
+
 def _seeds_left(st, keys: list[str], later: list) -> bool:
     """Whether a configuration still racing has a seed after the look (queued, running or done: seen
     from the look, its data are still to come), so the comparison could still change."""
@@ -31,7 +36,7 @@ def decide(st, values: dict, k: int, rules) -> None:
     """At look k (its seeds' values): record in st.verdicts the comparisons' (or claims') verdicts, and in
     st.decided the study's stop where it is decided."""
     n_seeds = len(rules.seeds)
-    alpha = vd.ALPHA / max(n_seeds - 2, 1)
+    alpha = look_alpha(n_seeds)
     survivors = {c for c in st.configs if c not in st.stopped}
     pairs, picked = vd.comparisons(st.configs, values, rules.axes, rules.tune, rules.direction, among=survivors,
                                    compare="arms" if rules.compare == "claims" else rules.compare)

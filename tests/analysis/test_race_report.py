@@ -52,6 +52,7 @@ def test_a_study_stopped_when_decided_says_so_and_a_plain_one_has_no_section(tmp
     assert "The study stopped because every comparison decided after round 2 (1 better)" in section
     assert "- lora.r=32 vs lora.r=2: " in section and "4 queued trials were left unrun" in section
     assert "4 queued" in md.split("- trials: ")[1].split("\n")[0] and "running" not in md.split("## Racing")[0]  # WAITING
+    assert "no correction for the looks" in section  # what the looks cost in error rate, said where they happened
     _study(tmp_path / "b")
     assert analysis_main(["sweep=lora_rank", f"out_dir={tmp_path / 'b'}", "study=race", "--report"]) == 0
     assert "## Racing and stopping" not in (tmp_path / "b" / "race" / "report.md").read_text()
