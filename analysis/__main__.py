@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in race.console_lines(loaded.optuna_study):  # racing's stops and the study's own stop
         print(f"note: {line.removeprefix('- ')}")
     root = args.out or study.dir
+    alpha = race.level(loaded.optuna_study)[0]  # a study that could stop early: what its looks left
     if args.plan:
         from analysis import planner
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lora, _, axes = plotting.split(loaded)
             rec = report.recommendation(lora, axes, args.epsilon / 100, args.cost)
-            cmp = verdicts.compare(lora, axes, margin) if axes and not lora.empty else None
+            cmp = verdicts.compare(lora, axes, margin, alpha) if axes and not lora.empty else None
     for path in written:
         print(f"wrote    {path}")
     if not best.empty:
@@ -181,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune and axes != [args.tune] and not lora.empty:
             from analysis import tuned
 
-            carried = [x for x in tuned.report_lines(lora, axes, args.tune, margin) if x.startswith("- conclusion")]
+            carried = [x for x in tuned.report_lines(lora, axes, args.tune, margin, alpha) if x.startswith("- conclusion")]
             print(f"\ndoes the best {args.tune} carry over between arms? (the report's section of that name)\n"
                   + "\n".join(carried))
         if claim_list and not lora.empty:
             from analysis import claims
 
             if found is None:  # no report: the claims on the arms as the report would compare them
-                found = claims.for_study(lora, axes, args.tune, claim_list, margin)
+                found = claims.for_study(lora, axes, args.tune, claim_list, margin, alpha)
             print("\nclaims (sweep.claims; the report's Claims section):\n" + "\n".join(claims.console_lines(found)))
         print("\nrecommendation:\n" + "\n".join(rec))
     if args.publish:

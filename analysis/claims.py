@@ -165,7 +165,7 @@ def _part_line(p: dict, claim: dict, margin: float, climbing: set[str], alpha: f
 
 
 def report_lines(results: list[dict], margin: float, tune: str | None = None,
-                 climbing: set[str] = frozenset()) -> list[str]:
+                 climbing: set[str] = frozenset(), alpha: float = stats.ALPHA) -> list[str]:
     """The report's "Claims" section (empty without sweep.claims)."""
     if not results:
         return []
@@ -174,7 +174,7 @@ def report_lines(results: list[dict], margin: float, tune: str | None = None,
            f"over the comparisons below{tuned} (analysis/claims.py): **holds** where every component rejects its "
            f"null (intersection-union: the claim's p is the largest component p; Holm across the {len(results)} "
            f"claims), **refuted** where a component shows the opposite (Holm across every component), else "
-           f"**undecided**; α = {stats.ALPHA}.", ""]
+           f"**undecided**; α = {alpha:g}.", ""]
     for c in results:
         claim = c["claim"]
         if not c["parts"]:
@@ -186,7 +186,7 @@ def report_lines(results: list[dict], margin: float, tune: str | None = None,
         out.append(f"- *{claim['says']}* ({_worded(claim, margin)}, {len(c['parts'])} component(s){stated}): "
                    f"**{c['verdict']}**{only} (intersection-union {p}; the design's reach: "
                    f"{verdicts.points(c['reach'], False)} points at 80% power)")
-        out += [_part_line(x, claim, margin, climbing) for x in c["parts"]]
+        out += [_part_line(x, claim, margin, climbing, alpha) for x in c["parts"]]
     return out + [""]
 
 
@@ -196,13 +196,14 @@ def console_lines(results: list[dict]) -> list[str]:
             for c in results]
 
 
-def for_study(lora: pd.DataFrame, axes: list[str], tune: str | None, claims: list[dict], margin: float) -> list[dict]:
+def for_study(lora: pd.DataFrame, axes: list[str], tune: str | None, claims: list[dict], margin: float,
+              alpha: float = stats.ALPHA) -> list[dict]:
     """evaluate() on the study's arms, each at its own best `tune` value, as the report compares them."""
     if not claims or lora.empty:
         return []
     work, work_axes = stats.tune(lora, axes, tune)[:2] if tune and tune in axes else (lora, axes)
-    cmp = verdicts.compare(work, work_axes, margin) if work_axes else pd.DataFrame()
-    return evaluate(cmp, work, work_axes, claims, margin)
+    cmp = verdicts.compare(work, work_axes, margin, alpha) if work_axes else pd.DataFrame()
+    return evaluate(cmp, work, work_axes, claims, margin, alpha)
 
 
 def climbing_labels(loaded, work: pd.DataFrame, axes: list[str]) -> set[str]:

@@ -9,6 +9,8 @@ and why, so a reader does not take its fewer seeds (or the PRUNED rows) for fail
 """
 from __future__ import annotations
 
+from harness.study import stopping
+from harness.study import verdict as vd
 from harness.study.racing import SKIP_ATTR
 
 
@@ -58,15 +60,39 @@ def report_lines(optuna_study) -> list[str]:
     elif f.get("stop_when") == "decided":
         out.append("`stop_when: decided`: the seeds ran out before every named comparison was decided.")
     if f.get("stop_when") == "decided":
-        out.append(LOOKS_COST)
+        out.append(level(optuna_study)[1])
     return out + [""]
 
 
 # bench/stop_when_alpha.py measures it (BENCHMARKS.md "What stopping early costs in error rate")
 LOOKS_COST = ("The verdicts below are tested at α with no correction for the looks at which the study could have "
-              "stopped: the union bound allows a false verdict in up to 2α of such studies; simulated at the null's "
+              "stopped (it stopped at one under the rule before the interim budget, which spent all of α on the "
+              "looks): the union bound allows a false verdict in up to 2α of such studies; simulated at the null's "
               "boundary (bench/stop_when_alpha.py, 20,000 studies a design, seed SDs 0.5-2.5 points) the rate was at "
               "most 0.080 with 5 seeds and 0.068 with 17, against 0.05 for a fixed number of seeds.")
+
+
+def level(optuna_study) -> tuple[float, str | None]:
+    """The α the analysis tests a study at, and the sentence that says why (None: a study with a fixed number of
+    seeds, at α). A study that could stop at each look (stop_when: decided) and ran to its last seed is tested at
+    what the looks left (harness/study/stopping.py FINAL_ALPHA); one that stopped at a look, at that look's level.
+    A study created before the interim budget that never stopped took the path the budget would have (its looks
+    were more lenient and stopped nothing), so it is tested the same way; one that stopped under it cannot be."""
+    f = facts(optuna_study)
+    if f.get("stop_when") != "decided":
+        return vd.ALPHA, None
+    st = f["stopped"]  # only ever set at an interim look: the last look ends a study by its budget
+    if st is not None and "interim_alpha" not in (optuna_study.user_attrs.get("racing_rules") or {}):
+        return vd.ALPHA, LOOKS_COST
+    if st is not None:
+        return float(st["alpha"]), (f"The verdicts below are tested at α = {st['alpha']:.3g}, the level of the look "
+                                    "that stopped the study (harness/study/stopping.py), so that wherever a study "
+                                    f"stops, its false verdicts stay within {vd.ALPHA}.")
+    return stopping.FINAL_ALPHA, (f"The verdicts below are tested at α = {stopping.FINAL_ALPHA:g}: {vd.ALPHA} less the "
+                                  f"{stopping.INTERIM_ALPHA:g} its interim looks could spend (harness/study/stopping.py), "
+                                  f"so that wherever a study stops, its false verdicts stay within {vd.ALPHA} (tested "
+                                  f"at {vd.ALPHA} after the looks, simulated studies reported up to 0.08: "
+                                  "bench/stop_when_alpha.py).")
 
 
 def console_lines(optuna_study) -> list[str]:

@@ -189,6 +189,7 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
     printed on the console)."""
     lora, refs, axes = split(loaded)
     study = loaded.trials["study"].iloc[0]
+    alpha = race.level(loaded.optuna_study)[0]  # a study that could stop early: what its looks left
     flags = "".join([f" --tune {tune}" if tune else "", f" --epsilon {100 * epsilon:g}" if epsilon != 0.01 else "",
                      f" --cost {cost}" if cost != "flops" else "", f" --margin {margin:g}" if margin != 0.01 else ""])
     md = [f"# Findings: study `{study}`", "", "## What was run", *what_was_run(loaded, overrides, flags),
@@ -214,13 +215,14 @@ def build(loaded, overrides: list[str], figures_dir: Path, epsilon: float = 0.01
         md += [f"## Each arm at its own best {tune}",
                f"Comparisons and the recommendation below use, for each setting of the other axes, the {tune} with the "
                f"best mean: " + "; ".join(f"{r['label']}" for _, r in picked.iterrows()), ""]
-        md += tuned.report_lines(lora, axes, tune, margin)  # the claim about the argmax itself
-    cmp = verdicts.compare(work, work_axes, margin) if work_axes and not work.empty else pd.DataFrame()
-    found = claims.evaluate(cmp, work, work_axes, list(claim_list), margin) if claim_list and not work.empty else []
+        md += tuned.report_lines(lora, axes, tune, margin, alpha)  # the claim about the argmax itself
+    cmp = verdicts.compare(work, work_axes, margin, alpha) if work_axes and not work.empty else pd.DataFrame()
+    found = claims.evaluate(cmp, work, work_axes, list(claim_list), margin, alpha) if claim_list and not work.empty \
+        else []
     md += claims.report_lines(found, margin, tune if tune in axes else None,  # before the pairs they are tested over
-                              claims.climbing_labels(loaded, work, work_axes) if found else set())
+                              claims.climbing_labels(loaded, work, work_axes) if found else set(), alpha)
     md += ["## Comparisons", "Pairs of configurations that differ in one searched axis, read from the first-named "
-           "one (b − a).", *verdicts.method_lines(margin)]
+           "one (b − a).", *verdicts.method_lines(margin, alpha)]
     md += [""] + (comparison_sentences(cmp, margin) if not cmp.empty else ["- no two configurations differ in exactly "
                                                                            "one searched axis."]) + [""]
     climbing = sorted(curves.not_converged(loaded))  # issue 23: a comparison of arms still climbing says so

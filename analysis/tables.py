@@ -95,7 +95,10 @@ def comparison_table(loaded, margin: float = verdicts.MARGIN, cmp: pd.DataFrame 
     """The comparisons as a table: the same names, numbers and verdict words as the report's sentences."""
     if cmp is None:
         lora, _, axes = split(loaded)
-        cmp = verdicts.compare(lora, axes, margin) if axes and not lora.empty else pd.DataFrame()
+        from analysis import race
+
+        cmp = verdicts.compare(lora, axes, margin, race.level(loaded.optuna_study)[0]) if axes and not lora.empty \
+            else pd.DataFrame()
     if cmp.empty:
         return cmp
     pts = verdicts.points

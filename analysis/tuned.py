@@ -128,14 +128,15 @@ def conclusion(reg: pd.DataFrame, picked: pd.DataFrame, axis: str, margin: float
             f"({len(reg)} of {len(reg)}, Holm; selection makes this conservative).")
 
 
-def report_lines(df: pd.DataFrame, axes: list[str], axis: str, margin: float = verdicts.MARGIN) -> list[str]:
+def report_lines(df: pd.DataFrame, axes: list[str], axis: str, margin: float = verdicts.MARGIN,
+                 alpha: float = stats.ALPHA) -> list[str]:
     """The report's section (empty when the study has no other axis to carry the value across)."""
     others = [a for a in axes if a != axis]
     if not others or df.empty:
         return []
     configs = stats.configurations(df, axes)
     _, _, picked = stats.tune(df, axes, axis)
-    reg = regrets(df, axes, axis, margin)
+    reg = regrets(df, axes, axis, margin, alpha=alpha)
     short = stats.LABELS.get(axis, axis)
     out = [f"## Does the best {axis} carry over between arms?",
            f"For each arm, the {short} that is best at another arm, against the arm's own best {short}: the regret "

@@ -110,7 +110,8 @@ class Rules:
         return {"racing": None if self.min_seeds is None else {"min_seeds": self.min_seeds,
                                                               "confidence": self.confidence},
                 "stop_when": self.stop_when, "margin": self.margin, "tune": self.tune, "futility": self.futility,
-                "compare": self.compare, **({"claims": self.claims} if self.compare == "claims" else {})}
+                "compare": self.compare, **({"claims": self.claims} if self.compare == "claims" else {}),
+                **({"interim_alpha": stopping.INTERIM_ALPHA} if self.stop_when == "decided" else {})}
 
 
 @dataclass

@@ -164,6 +164,15 @@ class Session:
         if old is None:  # a study from before racing: it ran by the budget
             old = {**new, "racing": None, "stop_when": "budget"}
         old = {"futility": 0.0, "compare": "arms", **old}  # before these rules: no futility, the arms compared
+        if old["stop_when"] == "decided" and "interim_alpha" not in old and "interim_alpha" in new:
+            # created when every look spent all of alpha: the interim budget is stricter, so a study that has not
+            # stopped made every decision the budget would have, and goes on under it; a stopped one keeps its
+            # record (the analysis says what its looks cost) and has nothing left to decide
+            old = {**old, "interim_alpha": new["interim_alpha"]}
+            if self.study.user_attrs.get("stopped") is None:
+                self.study.set_user_attr("racing_rules", new)
+                self.notes.append(f"racing rules: the interim looks now spend {new['interim_alpha']} of alpha "
+                                  "(harness/study/stopping.py); this study had not stopped, so no decision changes")
         if old != new and (self.rules.on or old["racing"] is not None or old["stop_when"] != "budget"):
             raise ConfigError(f"study {self.cfg.study} was created with racing/stop_when {old}; the sweep asks for "
                               f"{new}: resuming would change decisions already made. Set study=<new name>")

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from analysis.__main__ import main as analysis_main
 from harness.config.schema import complete, load
 from harness.runners import Ended
+from harness.study import stopping
 from harness.study.driver import Driver
 from tests.study.test_racing import SEEDS, TINY, FormulaRunner
 from conftest import LORA_RANK_TINY
@@ -52,7 +53,32 @@ def test_a_study_stopped_when_decided_says_so_and_a_plain_one_has_no_section(tmp
     assert "The study stopped because every comparison decided after round 2 (1 better)" in section
     assert "- lora.r=32 vs lora.r=2: " in section and "4 queued trials were left unrun" in section
     assert "4 queued" in md.split("- trials: ")[1].split("\n")[0] and "running" not in md.split("## Racing")[0]  # WAITING
-    assert "no correction for the looks" in section  # what the looks cost in error rate, said where they happened
+    assert f"tested at α = {stopping.look_alpha(len(SEEDS)):.3g}, the level of the look that stopped" in section
     _study(tmp_path / "b")
     assert analysis_main(["sweep=lora_rank", f"out_dir={tmp_path / 'b'}", "study=race", "--report"]) == 0
     assert "## Racing and stopping" not in (tmp_path / "b" / "race" / "report.md").read_text()
+
+
+def test_the_level_a_study_is_tested_at_is_what_its_looks_left():
+    """Fixed seeds: α. stop_when: decided run to its last seed: α less the interim budget; stopped at a look: that
+    look's level; created before the budget (its looks spent all of α) and stopped: α, with what that costs."""
+    import optuna
+
+    from analysis import race
+
+    def study(rules: dict, stopped: dict | None = None):
+        s = optuna.create_study()
+        s.set_user_attr("racing_rules", rules)
+        if stopped:
+            s.set_user_attr("stopped", stopped)
+        return s
+
+    decided = {"racing": None, "stop_when": "decided", "interim_alpha": 0.005}
+    assert race.level(study({"racing": None, "stop_when": "budget"})) == (0.05, None)
+    alpha, why = race.level(study(decided))
+    assert alpha == 0.045 and "tested at α = 0.045: 0.05 less the 0.005" in why
+    stop = {"look": 3, "why": "planted", "alpha": 0.00125, "verdicts": []}
+    assert race.level(study(decided, stop))[0] == 0.00125
+    old = {k: v for k, v in decided.items() if k != "interim_alpha"}
+    assert race.level(study(old))[0] == 0.045  # never stopped: the path the budget would have taken
+    assert race.level(study(old, stop)) == (0.05, race.LOOKS_COST)

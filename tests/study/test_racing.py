@@ -20,6 +20,7 @@ from harness.record import TrialRecord
 from harness.runners import Ended, InProcess
 from harness.runners.process import write_config
 from harness.study import racing
+from harness.study import stopping
 from harness.study import verdict as vd
 from harness.study.driver import Driver
 from conftest import LORA_RANK_TINY
@@ -167,7 +168,7 @@ def test_stop_when_decided_waits_while_a_comparison_is_open_and_seeds_are_left()
                      for i, s in enumerate(seeds)} for c in configs}
         st = racing.race(configs, cells, rules)
         assert st.looks_done == k and st.decided is None and [v.word for v in st.verdicts] == ["undecided"]
-        d = [vals[b][i] - vals[a][i] for i in range(k)]  # by hand: Holm over 1 comparison at 0.05 / 2 looks
+        d = [vals[b][i] - vals[a][i] for i in range(k)]  # by hand: Holm over 1 comparison at 0.005 / 2 looks
         assert st.verdicts[0].p_diff == pytest.approx(stats.ttest_rel(vals[b][:k], vals[a][:k]).pvalue)
         assert st.verdicts[0].p_diff > 0.025 and st.verdicts[0].diff == pytest.approx(sum(d) / k)
 
@@ -200,7 +201,7 @@ def test_stop_when_decided_gives_up_a_comparison_the_seeds_left_are_unlikely_to_
     vals = {a: [0.80, 0.75], b: [0.78, 0.80]}
     cells = {c: {s: racing.Cell(racing.COMPLETE, vals[c][i]) if i < 2 else racing.Cell(racing.PENDING)
                  for i, s in enumerate(seeds)} for c in configs}
-    chance = vd.chance_of_a_verdict([-0.02, 0.05], 4, 0.01)
+    chance = vd.chance_of_a_verdict([-0.02, 0.05], 4, 0.01, stopping.FINAL_ALPHA)  # the level of the final test
     assert chance < 0.01
     st = racing.race(configs, cells, racing.Rules(seeds, "maximize", ["r"], None, 0.95, "decided", 0.01, None, 0.1))
     assert st.decided is not None and st.decided["look"] == 2
@@ -237,18 +238,20 @@ def _carry_state(vals: dict, k: int, compare: str):
 def test_carry_over_compares_each_arms_best_lr_with_the_other_arms_best():
     """r=8 peaks at lr 1e-3, r=32 at 2e-3, each 0.1 point below its best at the other's: compare=carry_over
     names the two regrets (same arm, the other arm's best lr), and both are equivalent within ±1 point at
-    look 2 (TOST by hand), which ends the study there; compare=arms names the one pair of arms instead."""
+    look 3 (TOST by hand; at 1 df not yet below the interim 0.0025), which ends the study there; compare=arms
+    names the one pair of arms instead."""
     vals = {(8, 1e-3): [0.800, 0.790, 0.810, 0.8], (8, 2e-3): [0.799, 0.7885, 0.8095, 0.8],
             (32, 2e-3): [0.805, 0.795, 0.815, 0.8], (32, 1e-3): [0.8035, 0.7945, 0.8145, 0.8]}
     st = _carry_state(vals, 3, "carry_over")
     got = {(st.configs[v.a]["r"], st.configs[v.a]["lr"], st.configs[v.b]["lr"]): v for v in st.verdicts}
     assert set(got) == {(8, 1e-3, 2e-3), (32, 2e-3, 1e-3)}
     v8 = got[8, 1e-3, 2e-3]
-    d = [vals[8, 2e-3][i] - vals[8, 1e-3][i] for i in range(2)]
+    d = [vals[8, 2e-3][i] - vals[8, 1e-3][i] for i in range(3)]
     assert v8.diff == pytest.approx(np.mean(d)) and v8.p_eq == pytest.approx(vd.p_tost(d, 0.01))
-    assert all(v.word == "equivalent within ±1 point" for v in st.verdicts) and st.decided["look"] == 2
+    assert vd.p_tost(d[:2], 0.01) > stopping.look_alpha(4) > vd.p_tost(d, 0.01)
+    assert all(v.word == "equivalent within ±1 point" for v in st.verdicts) and st.decided["look"] == 3
     assert v8.sentence(st.configs, 0.01).startswith(f"lr=0.002 vs lr=0.001 (at r=8): {100 * np.mean(d):+.2f} points "
-                                                    "over 2 shared seeds")
+                                                    "over 3 shared seeds")
     arms = _carry_state(vals, 3, "arms")
     assert [(arms.configs[v.a]["r"], arms.configs[v.b]["r"]) for v in arms.verdicts] == [(8, 32)]
 
@@ -358,3 +361,24 @@ def test_an_interrupted_stop_when_study_says_it_is_not_decided_yet_not_out_of_se
         "stop_when=decided: not decided yet; 2 queued trials remain (rerun the command to resume)"]
     assert racing.summary_lines({}, rules, [done]) == [
         "stop_when=decided: the seeds ran out before every comparison was decided"]
+
+
+def test_a_study_from_before_the_interim_budget_goes_on_under_it_unless_it_stopped(tmp_path):
+    """Its looks spent all of alpha; the budget's are stricter, so one that has not stopped made every decision
+    the budget would have and resumes under it (recorded); one that stopped keeps its record, and resumes."""
+    d = _driver(tmp_path, "sweep.stop_when=decided")
+    assert d.session.open() is True
+    study = d.session.study
+    new = study.user_attrs["racing_rules"]
+    assert new["interim_alpha"] == stopping.INTERIM_ALPHA == 0.005 and stopping.FINAL_ALPHA == 0.045
+    old = {k: v for k, v in new.items() if k != "interim_alpha"}
+    study.set_user_attr("racing_rules", old)
+    again = _driver(tmp_path, "sweep.stop_when=decided")
+    assert again.session.open() is False
+    assert study.user_attrs["racing_rules"] == new and "now spend 0.005 of alpha" in again.session.notes[0]
+    study.set_user_attr("racing_rules", old)
+    study.set_user_attr("stopped", {"look": 2, "why": "planted", "alpha": 0.025, "verdicts": []})
+    assert _driver(tmp_path, "sweep.stop_when=decided").session.open() is False
+    assert study.user_attrs["racing_rules"] == old  # the rule it stopped under stands
+    with pytest.raises(ConfigError, match="created with racing"):  # any other change is still refused
+        _driver(tmp_path, "sweep.stop_when=decided", "sweep.futility=0.3").session.open()

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from harness.config.schema import ConfigError
-from harness.study import claims, racing
+from harness.study import claims, racing, stopping
 from harness.study import verdict as vd
 from tests.study.test_racing import SEEDS, _driver, accuracy
 
@@ -30,23 +30,26 @@ def _state(vals: dict, k: int, claim: dict, futility: float = 0.0, seeds=(0, 1, 
 
 
 def test_a_claim_that_holds_stops_the_study_at_its_look():
-    """all is ~1 point above attn with 0.1-point noise: after 2 seeds the one-sided t against -1 point is
-    (mean + 0.01) / se at 1 df, p below the look's 0.05 / (4 - 2): holds, and the study stops."""
+    """all is ~1 point above attn with 0.1-point noise: after 2 seeds the one-sided t against -1 point at 1 df
+    is above the interim look's 0.005 / (4 - 2); after 3 it is below: holds, and the study stops at look 3."""
     vals = {"attn": [0.800, 0.790, 0.81, 0.80], "all": [0.811, 0.799, 0.82, 0.81]}
     st = _state(vals, 3, NOT_WORSE)
-    d = [vals["all"][i] - vals["attn"][i] for i in range(2)]
-    t = (np.mean(d) + 0.01) / (np.std(d, ddof=1) / math.sqrt(2))
-    assert st.verdicts[0].p == pytest.approx(stats.t.sf(t, 1)) and stats.t.sf(t, 1) < 0.025
-    assert st.verdicts[0].word == "holds" and st.decided["look"] == 2
-    assert st.decided["why"] == "every claim decided after round 2 (1 holds)"
+    p = {}
+    for k in (2, 3):
+        d = [vals["all"][i] - vals["attn"][i] for i in range(k)]
+        p[k] = stats.t.sf((np.mean(d) + 0.01) / (np.std(d, ddof=1) / math.sqrt(k)), k - 1)
+    assert p[2] > stopping.look_alpha(4) == 0.0025 > p[3]
+    assert st.verdicts[0].p == pytest.approx(p[3])
+    assert st.verdicts[0].word == "holds" and st.decided["look"] == 3
+    assert st.decided["why"] == "every claim decided after round 3 (1 holds)"
     assert st.decided["verdicts"] == [f"all matches attn: holds (1 component(s), b − a {100 * np.mean(d):+.2f} points; "
-                                      f"p = {stats.t.sf(t, 1):.4f})"]
+                                      f"p = {p[3]:.4f})"]
 
 
 def test_a_claim_shown_false_is_refuted_and_one_still_open_keeps_the_study_going():
     worse = {"attn": [0.80, 0.79, 0.81, 0.80], "all": [0.75, 0.739, 0.76, 0.75]}  # 5 points below: b − a < −δ
     st = _state(worse, 3, NOT_WORSE)
-    assert st.verdicts[0].word == "refuted" and st.decided["look"] == 2
+    assert st.verdicts[0].word == "refuted" and st.decided["look"] == 3  # at 1 df p = 0.004 > 0.0025; at 2, below
     noisy = {"attn": [0.80, 0.79, 0.81, 0.80], "all": [0.80, 0.80, 0.78, 0.83]}  # +0.5 points, 1-point noise
     st = _state(noisy, 2, NOT_WORSE)
     assert st.verdicts[0].word == "undecided" and st.decided is None  # futility 0: seeds are left
@@ -58,7 +61,7 @@ def test_a_claim_the_seeds_left_cannot_decide_is_given_up_below_futility():
     """+0.5 points with a 5-point seed SD after 2 of 4 seeds: the claim's chance bound is far below 0.1."""
     vals = {"attn": [0.80, 0.75], "all": [0.78, 0.78]}
     d = [vals["all"][i] - vals["attn"][i] for i in range(2)]
-    hold, refute = claims.chances("not_worse", d, 4, 0.01)
+    hold, refute = claims.chances("not_worse", d, 4, 0.01, stopping.FINAL_ALPHA)  # the final test's level
     assert hold + refute < 0.1
     st = _state(vals, 2, NOT_WORSE, futility=0.1)
     assert st.decided is not None and st.decided["look"] == 2
@@ -85,29 +88,30 @@ def test_the_chances_match_a_simulation_of_the_seeds_to_come(test):
     assert got[0] == pytest.approx(hold.mean(), abs=0.01) and got[1] == pytest.approx(refute.mean(), abs=0.01)
 
 
-def _claim_driver(tmp_path, claim: str):
+def _claim_driver(tmp_path, claim: str, seeds=SEEDS):
     return _driver(tmp_path, "sweep.stop_when=decided", "sweep.compare=claims", f"sweep.claims=[{claim}]",
-                   "sweep.futility=0")
+                   "sweep.futility=0", f"sweep.seeds={list(seeds)}")
 
 
 def test_the_driver_stops_a_study_once_its_claim_holds_and_a_resume_keeps_the_claim(tmp_path, capsys):
     """r=32 and r=8 are planted equal (0.80; noise 0.2 points), r=2 collapsed: 'r=32 not worse than r=8'
-    holds at the first look whose one-sided t clears 0.05 / (4 - 2); the queued seeds after it never run."""
+    holds at the first look whose one-sided t clears 0.005 / (6 - 2); the queued seeds after it never run."""
     claim = "{says: 'r32 matches r8', axis: lora.r, test: not_worse, b: 32, a: 8}"
-    d = _claim_driver(tmp_path, claim)
+    seeds = list(range(6))  # 4 interim looks: a 1-point margin at 0.2-point noise clears 0.00125 by the 4th seed
+    d = _claim_driver(tmp_path, claim, seeds)
     assert d.run() == 0
     lr = d.runner.ran[0][1]  # the sweep's lr: the formula's noise is keyed by it
-    diffs = [accuracy(32, lr, s) - accuracy(8, lr, s) for s in SEEDS]
-    looks = [k for k in range(2, len(SEEDS)) if
-             stats.t.sf((np.mean(diffs[:k]) + 0.01) / (np.std(diffs[:k], ddof=1) / math.sqrt(k)), k - 1) < 0.025]
+    diffs = [accuracy(32, lr, s) - accuracy(8, lr, s) for s in seeds]
+    looks = [k for k in range(2, len(seeds)) if stats.t.sf((np.mean(diffs[:k]) + 0.01) /
+                                                           (np.std(diffs[:k], ddof=1) / math.sqrt(k)), k - 1) < 0.00125]
     stopped = d.session.study.user_attrs["stopped"]
     assert looks and stopped["look"] == looks[0] and stopped["verdicts"][0].startswith("r32 matches r8: holds")
     ran = sorted({s for _, _, s in d.runner.ran})
-    assert ran == SEEDS[:looks[0]]  # every configuration ran exactly the seeds up to that look
-    assert sum(t.state == TrialState.WAITING for t in d.session.study.trials) == 3 * (len(SEEDS) - looks[0])
+    assert ran == seeds[:looks[0]]  # every configuration ran exactly the seeds up to that look
+    assert sum(t.state == TrialState.WAITING for t in d.session.study.trials) == 3 * (len(seeds) - looks[0])
     assert "study stopped: every claim decided after round" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="created with racing"):  # the claim is part of the study's rules
-        _claim_driver(tmp_path, claim.replace("b: 32, a: 8", "b: 32, a: 2")).session.open()
+        _claim_driver(tmp_path, claim.replace("b: 32, a: 8", "b: 32, a: 2"), seeds).session.open()
 
 
 def test_compare_claims_needs_claims(tmp_path):
