@@ -148,8 +148,9 @@ def _part_line(p: dict, claim: dict, margin: float, climbing: set[str], alpha: f
     if p["n"] < 2:
         return f"  - {where}: {p['n']} shared seed(s): nothing to test (one seed says nothing of seed noise)"
     lo, hi = p["bound"]
-    bound = "" if not np.isfinite(lo) else (f", 90% interval [{verdicts.points(lo)}, {verdicts.points(hi)}]"
-                                            if test == "equivalent" else f", one-sided 95% lower bound {verdicts.points(lo)}")
+    bound = "" if not np.isfinite(lo) else (f", {100 * (1 - 2 * alpha):g}% interval [{verdicts.points(lo)}, "
+                                            f"{verdicts.points(hi)}]" if test == "equivalent" else
+                                            f", one-sided {100 * (1 - alpha):g}% lower bound {verdicts.points(lo)}")
     against = {"not_worse": f"against −{verdicts.margin_words(margin).lstrip('±')}", "better": "against 0",
                "equivalent": f"TOST {verdicts.margin_words(margin)}"}[test]
     reach_words = "smallest true difference these seeds show with 80% power" if test == "better" else \

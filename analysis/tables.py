@@ -107,7 +107,8 @@ def comparison_table(loaded, margin: float = verdicts.MARGIN, cmp: pd.DataFrame 
         "items": cmp["items"].map(lambda v: v or "—"), "b − a (points)": cmp["diff"].map(pts),
         "95% CI, seeds (t)": [f"[{pts(lo)}, {pts(hi)}]" if pd.notna(lo) else ("1 seed, no interval" if n == 1 else "—")
                               for lo, hi, n in zip(cmp["lo"], cmp["hi"], cmp["n"])],
-        "95% CI, seeds × items": [f"[{pts(lo)}, {pts(hi)}]" if pd.notna(lo) else "—"
+        f"{100 * (1 - cmp['level'].iloc[0]):g}% CI, seeds × items": [f"[{pts(lo)}, {pts(hi)}]" if pd.notna(lo)
+                                                                    else "—"
                                   for lo, hi in zip(cmp["boot_lo"], cmp["boot_hi"])],
         "test": cmp["test"], "p (difference)": cmp["p_diff"].map(_p), "p (Holm)": cmp["p_diff_holm"].map(_p),
         f"p (TOST ±{100 * margin:g}, Holm)": cmp["p_eq_holm"].map(_p), "verdict": cmp["verdict"] + np.where(

@@ -136,7 +136,7 @@ def evidence(va: pd.Series, vb: pd.Series, ia: dict, ib: dict, margin: float, al
     shared = sorted(set(va.dropna().index) & set(vb.dropna().index))
     d = np.array([vb[s] - va[s] for s in shared], float)
     n = len(d)
-    out = {**r, "p_tost_t": np.nan, "items": 0, "boot_lo": np.nan, "boot_hi": np.nan, "boot_se": np.nan,
+    out = {**r, "level": alpha, "p_tost_t": np.nan, "items": 0, "boot_lo": np.nan, "boot_hi": np.nan, "boot_se": np.nan,
            "p_boot": np.nan, "p_tost_boot": np.nan, "only_a": np.nan, "only_b": np.nan, "p_mcnemar": np.nan,
            "discordance": np.nan, "flip_var": np.nan, "score_diff": np.nan, "score_median": np.nan, "score_items": 0,
            "score_p": np.nan}
@@ -309,14 +309,15 @@ def sentence(r, margin: float) -> str:
     else:
         ev.append("no shared seeds")
     if r["items"]:
-        ev.append(f"seeds × items bootstrap 95% [{points(r['boot_lo'])}, {points(r['boot_hi'])}] over {r['items']} items")
+        ev.append(f"seeds × items bootstrap {100 * (1 - r.get('level', 0.05)):g}% [{points(r['boot_lo'])}, "
+                  f"{points(r['boot_hi'])}] over {r['items']} items")
         if r["test"].startswith("seeds × items"):
             ev.append(f"bootstrap p = {_p(r['p_diff'])} (Holm {_p(r['p_diff_holm'])}), TOST p = {_p(r['p_eq'])} "
                       f"(Holm {_p(r['p_eq_holm'])})")
     ev.append(f"MDE {points(r['mde'], False)} points" if np.isfinite(r["mde"]) else
               "MDE not computable (no variation to scale it by)")
     tail = " (this test set only: the seeds × items bootstrap does not support it)" if r["this_test_set_only"] else ""
-    if r["verdict"] == equivalent_word(margin) and r["p_diff_holm"] < 0.05:
+    if r["verdict"] == equivalent_word(margin) and r["p_diff_holm"] < r.get("level", 0.05):
         tail += f" (a real difference below the margin: {points(r['diff'])} points)"
     decide = f" — {r['decide']}" if r["decide"] else ""
     return f"{head}: {'; '.join(ev)}: **{r['verdict']}**{tail}{decide}."
