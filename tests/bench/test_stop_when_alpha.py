@@ -1,5 +1,6 @@
-"""bench/stop_when_alpha.py: its tests are scipy's, a fixed number of seeds keeps α, and the driver's looks
-(harness/study/stopping.py's look_alpha) raise the rate above it, well beyond simulation noise."""
+"""bench/stop_when_alpha.py: its tests are scipy's, a fixed number of seeds keeps α, the looks of the rule before
+the interim budget raised the rate well beyond simulation noise, and the budget's (harness/study/stopping.py)
+keep it within α."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,9 +21,12 @@ def test_the_vectorised_tests_are_scipys():
 
 
 @pytest.mark.parametrize("test,true", [(sw.p_diff, 0.0), (sw.p_tost, sw.MARGIN)])
-def test_fixed_seeds_keep_alpha_and_the_looks_add_to_it(test, true):
-    r = sw.rates(test, true, 5, 0.5, np.random.default_rng(0), sims=20000)
+def test_fixed_seeds_keep_alpha_the_old_looks_add_to_it_and_the_budget_does_not(test, true):
     se = np.sqrt(0.05 * 0.95 / 20000)
-    assert abs(r["fixed n"] - 0.05) < 4 * se          # the boundary of each null: level α exactly
-    assert r["reported"] > r["fixed n"] + 8 * se      # a study that may stop early reports more false verdicts
-    assert r["reported"] <= 2 * 0.05 + 4 * se          # but no more than the union bound allows
+    old = sw.rates(test, true, 5, 0.5, np.random.default_rng(0), sims=20000, rule=sw.RULES[list(sw.RULES)[1]])
+    assert abs(old["fixed n at 0.05"] - 0.05) < 4 * se      # the boundary of each null: level α exactly
+    assert old["reported"] > old["fixed n at 0.05"] + 8 * se  # looks at 0.05/(n-2), then 0.05: more false verdicts
+    assert old["reported"] <= 2 * 0.05 + 4 * se              # but no more than the union bound allows
+    now = sw.rates(test, true, 5, 0.5, np.random.default_rng(0), sims=20000)
+    assert (now["look alpha"], now["final alpha"]) == (0.005 / 3, 0.045)
+    assert now["reported"] <= 0.05 + 4 * se                  # the interim budget keeps the union bound at α
