@@ -78,11 +78,12 @@ def level(optuna_study) -> tuple[float, str | None]:
     what the looks left (harness/study/stopping.py FINAL_ALPHA); one that stopped at a look, at that look's level.
     A study created before the interim budget that never stopped took the path the budget would have (its looks
     were more lenient and stopped nothing), so it is tested the same way; one that stopped under it cannot be."""
-    f = facts(optuna_study)
-    if f.get("stop_when") != "decided":
+    attrs = optuna_study.user_attrs if optuna_study is not None else {}  # the attrs only: no read of the trials
+    rules = attrs.get("racing_rules") or {}
+    if rules.get("stop_when") != "decided":
         return vd.ALPHA, None
-    st = f["stopped"]  # only ever set at an interim look: the last look ends a study by its budget
-    if st is not None and "interim_alpha" not in (optuna_study.user_attrs.get("racing_rules") or {}):
+    st = attrs.get("stopped")  # only ever set at an interim look: the last look ends a study by its budget
+    if st is not None and "interim_alpha" not in rules:
         return vd.ALPHA, LOOKS_COST
     if st is not None:
         return float(st["alpha"]), (f"The verdicts below are tested at α = {st['alpha']:.3g}, the level of the look "

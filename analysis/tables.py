@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import verdicts
+from analysis import race, verdicts
 from analysis.items import test_items
 from analysis.plotting import complete, reference_name, split
 from analysis.stats import LABELS, configurations, fmt, pareto_mask, t_interval
@@ -95,8 +95,6 @@ def comparison_table(loaded, margin: float = verdicts.MARGIN, cmp: pd.DataFrame 
     """The comparisons as a table: the same names, numbers and verdict words as the report's sentences."""
     if cmp is None:
         lora, _, axes = split(loaded)
-        from analysis import race
-
         cmp = verdicts.compare(lora, axes, margin, race.level(loaded.optuna_study)[0]) if axes and not lora.empty \
             else pd.DataFrame()
     if cmp.empty:

@@ -309,7 +309,7 @@ def sentence(r, margin: float) -> str:
     else:
         ev.append("no shared seeds")
     if r["items"]:
-        ev.append(f"seeds × items bootstrap {100 * (1 - r.get('level', 0.05)):g}% [{points(r['boot_lo'])}, "
+        ev.append(f"seeds × items bootstrap {100 * (1 - r.get('level', stats.ALPHA)):g}% [{points(r['boot_lo'])}, "
                   f"{points(r['boot_hi'])}] over {r['items']} items")
         if r["test"].startswith("seeds × items"):
             ev.append(f"bootstrap p = {_p(r['p_diff'])} (Holm {_p(r['p_diff_holm'])}), TOST p = {_p(r['p_eq'])} "
@@ -317,7 +317,7 @@ def sentence(r, margin: float) -> str:
     ev.append(f"MDE {points(r['mde'], False)} points" if np.isfinite(r["mde"]) else
               "MDE not computable (no variation to scale it by)")
     tail = " (this test set only: the seeds × items bootstrap does not support it)" if r["this_test_set_only"] else ""
-    if r["verdict"] == equivalent_word(margin) and r["p_diff_holm"] < r.get("level", 0.05):
+    if r["verdict"] == equivalent_word(margin) and r["p_diff_holm"] < r.get("level", stats.ALPHA):
         tail += f" (a real difference below the margin: {points(r['diff'])} points)"
     decide = f" — {r['decide']}" if r["decide"] else ""
     return f"{head}: {'; '.join(ev)}: **{r['verdict']}**{tail}{decide}."

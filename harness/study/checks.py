@@ -19,22 +19,11 @@ def check(cfg: DictConfig, base: list[str]) -> None:
     sw, where_ = cfg.sweep, where(cfg)
     for key in sw.space:
         target = space_mod.VIRTUAL.get(key, key)
-        if OmegaConf.select(cfg, target, default="<absent>") == "<absent>" or target.split(".")[0] in ("sweep", "trial"):
-            close = difflib.get_close_matches(target, space_mod.flat(OmegaConf.to_container(cfg)), n=1)
-            hint = f"did you mean `{close[0]}`? " if close else ""
-            raise ConfigError(f"{where_}: sweep.space.{key}: no such config key `{target}`; {hint}search spaces use "
-                              f"the config's dotted names (see `python -m harness --cfg`)")
+        _settable(cfg, base, f"{where_}: sweep.space.{key}", target, "is searched")
         if target in sw.space and target != key:
             raise ConfigError(f"{where_}: sweep.space has both {key} and {target}; keep one")
-        if any(o.split("=", 1)[0].lstrip("+~") == target for o in base):
-            raise ConfigError(f"{where_}: sweep.space.{key} is searched, but the command line also sets {target}; "
-                              "drop it from the command line (or copy the sweep file and change its space)")
     for key in space_mod.follows(cfg):
-        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>" or key.split(".")[0] in ("sweep", "trial"):
-            raise ConfigError(f"{where_}: sweep.follow.{key}: no such config key `{key}` (see `python -m harness --cfg`)")
-        if any(o.split("=", 1)[0].lstrip("+~") == key for o in base):
-            raise ConfigError(f"{where_}: sweep.follow.{key} is set per configuration, but the command line also sets "
-                              f"{key}; drop it from the command line")
+        _settable(cfg, base, f"{where_}: sweep.follow.{key}", key, "is set per configuration")
     if "seed" in sw.space:
         raise ConfigError(f"{where_}: sweep.space.seed: list seeds in sweep.seeds instead (one trial per seed)")
     for metric in sw.objectives:
@@ -67,6 +56,18 @@ def check(cfg: DictConfig, base: list[str]) -> None:
             complete(load_with_choices([*base, *reference_overrides(ref)])[0])
         except ConfigError as e:
             raise ConfigError(f"{where_}: sweep.references[{i}] gives an invalid config:\n{e}") from None
+
+
+def _settable(cfg: DictConfig, base: list[str], where: str, target: str, how: str) -> None:
+    """A key the sweep sets per trial (searched or followed) exists, and the command line does not also set it."""
+    if OmegaConf.select(cfg, target, default="<absent>") == "<absent>" or target.split(".")[0] in ("sweep", "trial"):
+        close = difflib.get_close_matches(target, space_mod.flat(OmegaConf.to_container(cfg)), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise ConfigError(f"{where}: no such config key `{target}`; {hint}search spaces use the config's dotted names "
+                          "(see `python -m harness --cfg`)")
+    if any(o.split("=", 1)[0].lstrip("+~") == target for o in base):
+        raise ConfigError(f"{where} {how}, but the command line also sets {target}; drop it from the command line (or "
+                          "copy the sweep file and change it)")
 
 
 def reference_overrides(ref) -> list[str]:
