@@ -38,6 +38,7 @@ from analysis import planner, stats, verdicts
 from harness.study import verdict as seeds_verdict
 from harness.study import claims as study_claims
 from harness.study.claims import sides  # the driver's test: stop_when and the report agree
+from harness.study.stopping import FINAL_ALPHA  # the level a stop_when study's last look is tested at
 
 def components(cmp: pd.DataFrame, claim: dict) -> list[tuple[pd.Series, bool]]:
     """(comparison row, flipped) for every comparison the claim covers; flipped: the row reads a − b. The
@@ -88,7 +89,9 @@ def component(r: pd.Series, flipped: bool, data: dict, test: str, margin: float,
     out = {"where": r["held"], "pair": f"{names[0]} vs {names[1]}", "a": a_lab, "b": b_lab, "n": n, "diff": mean,
            "p": np.nan, "p_opp": np.nan, "p_boot": np.nan, "bound": (np.nan, np.nan), "test": "none",
            "reach": reach(sd, n, test, alpha),
-           "seeds": seeds_to_reach(sd, margin, test, alpha) if n > 1 else None}
+           # a stopped study is tested at its look's level; the reach at the final level says how far the design was
+           "reach_final": reach(sd, n, test, FINAL_ALPHA) if alpha < FINAL_ALPHA else np.nan,
+           "seeds": seeds_to_reach(sd, margin, test, max(alpha, FINAL_ALPHA)) if n > 1 else None}
     m = verdicts._items_matrix(ia, ib, shared)  # noqa: SLF001 (the verdicts' own item alignment, one package)
     draws = verdicts.bootstrap_draws(m[1] - m[0]) if m is not None else None
     if draws is not None:
@@ -119,6 +122,7 @@ def evaluate(cmp: pd.DataFrame, work: pd.DataFrame, axes: list[str], claims: lis
         bs = [p["p_boot"] for p in c["parts"]]
         c["p_boot"] = max(bs) if bs and not any(math.isnan(p) for p in bs) else np.nan
         c["reach"] = max((p["reach"] for p in c["parts"]), default=np.nan)
+        c["reach_final"] = max((p["reach_final"] for p in c["parts"]), default=np.nan)
     for key in ("p", "p_boot"):
         for c, h in zip(out, stats.holm([c[key] for c in out])):
             c[key + "_holm"] = h
@@ -162,7 +166,12 @@ def _part_line(p: dict, claim: dict, margin: float, climbing: set[str], alpha: f
     return (f"  - {where}: {verdicts.points(p['diff'])} points{bound} over {p['n']} shared seeds; {p['test']} {against} "
             f"p = {verdicts._p(p['p'])}, refuted there: Holm p = {verdicts._p(p['p_opp_holm'])}; seeds × items "  # noqa: SLF001
             f"bootstrap p = {verdicts._p(p['p_boot'])}; {reach_words}: "  # noqa: SLF001
-            f"{verdicts.points(p['reach'], False)} points{seeds}{note}")
+            f"{verdicts.points(p['reach'], False)} points{_at_final(p)}{seeds}{note}")
+
+
+def _at_final(x: dict) -> str:
+    r = x.get("reach_final", np.nan)
+    return f"; {verdicts.points(r, False)} at the final α {FINAL_ALPHA:g}" if np.isfinite(r) else ""
 
 
 def report_lines(results: list[dict], margin: float, tune: str | None = None,
@@ -175,7 +184,7 @@ def report_lines(results: list[dict], margin: float, tune: str | None = None,
            f"over the comparisons below{tuned} (analysis/claims.py): **holds** where every component rejects its "
            f"null (intersection-union: the claim's p is the largest component p; Holm across the {len(results)} "
            f"claims), **refuted** where a component shows the opposite (Holm across every component), else "
-           f"**undecided**; α = {alpha:g}.", ""]
+           f"**undecided**; α = {alpha:.3g}.", ""]
     for c in results:
         claim = c["claim"]
         if not c["parts"]:
@@ -186,7 +195,7 @@ def report_lines(results: list[dict], margin: float, tune: str | None = None,
         stated = f"; stated {claim['stated']}" if claim.get("stated") else ""
         out.append(f"- *{claim['says']}* ({_worded(claim, margin)}, {len(c['parts'])} component(s){stated}): "
                    f"**{c['verdict']}**{only} (intersection-union {p}; the design's reach: "
-                   f"{verdicts.points(c['reach'], False)} points at 80% power)")
+                   f"{verdicts.points(c['reach'], False)} points at 80% power{_at_final(c)})")
         out += [_part_line(x, claim, margin, climbing, alpha) for x in c["parts"]]
     return out + [""]
 

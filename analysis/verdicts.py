@@ -42,6 +42,7 @@ from scipy import stats as sps
 from analysis import items as item_data
 from analysis import stats
 from harness.study import verdict as seeds_verdict
+from harness.study.stopping import FINAL_ALPHA  # the level a stop_when study's last look is tested at
 from harness.study.verdict import margin_words  # '±1 point': the driver's words too
 
 N_BOOT = 2000
@@ -233,13 +234,17 @@ def judge(out: pd.DataFrame, margin: float, alpha: float = stats.ALPHA) -> pd.Da
     if out.empty:
         return out
     out["mde"] = [mde(r, alpha) for _, r in out.iterrows()]
+    # a study stopped at a look is tested at that look's level; what its seeds reach at the level a study that
+    # runs on is tested at is the number that says how far the design was from a verdict
+    out["mde_final"] = [mde(r, FINAL_ALPHA) if alpha < FINAL_ALPHA else np.nan for _, r in out.iterrows()]
     for col in ("p_diff", "p_eq", "score_p", "p_boot", "p_tost_boot"):
         out[col + "_holm"] = stats.holm(out[col])
     out["verdict"] = [verdict(r, margin, alpha) for _, r in out.iterrows()]
     out["this_test_set_only"] = [_test_set_only(r, margin, alpha) for _, r in out.iterrows()]
     out["agreement"] = [agreement(r, alpha) for _, r in out.iterrows()]
     pooled = planner.pooled_sd(out)
-    out["decide"] = [planner.what_decides(r, margin, pooled, alpha) if r["verdict"] == "undecided" else ""
+    # the seeds a next study needs: it is tested at its last look's level, not at the level this one stopped at
+    out["decide"] = [planner.what_decides(r, margin, pooled, max(alpha, FINAL_ALPHA)) if r["verdict"] == "undecided" else ""
                      for _, r in out.iterrows()]
     return out
 
@@ -314,7 +319,9 @@ def sentence(r, margin: float) -> str:
         if r["test"].startswith("seeds × items"):
             ev.append(f"bootstrap p = {_p(r['p_diff'])} (Holm {_p(r['p_diff_holm'])}), TOST p = {_p(r['p_eq'])} "
                       f"(Holm {_p(r['p_eq_holm'])})")
-    ev.append(f"MDE {points(r['mde'], False)} points" if np.isfinite(r["mde"]) else
+    final = r.get("mde_final", np.nan)
+    final = f" ({points(final, False)} at the final α {FINAL_ALPHA:g})" if final is not None and np.isfinite(final) else ""
+    ev.append(f"MDE {points(r['mde'], False)} points{final}" if np.isfinite(r["mde"]) else
               "MDE not computable (no variation to scale it by)")
     tail = " (this test set only: the seeds × items bootstrap does not support it)" if r["this_test_set_only"] else ""
     if r["verdict"] == equivalent_word(margin) and r["p_diff_holm"] < r.get("level", stats.ALPHA):
@@ -333,15 +340,16 @@ def score_sentence(r) -> str:
 def method_lines(margin: float, alpha: float = stats.ALPHA) -> list[str]:
     """How the verdicts are made, for the report (the module docstring, short)."""
     return [f"Verdicts: **better** / **worse** (b − a differs from 0), **{equivalent_word(margin)}** (TOST: the "
-            f"difference lies within {margin_words(margin)}), or **undecided**; α = {alpha}, Holm across the study's "
+            f"difference lies within {margin_words(margin)}), or **undecided**; α = {alpha:.3g}, Holm across the study's "
             "comparisons once for the difference tests and once for the equivalence tests (each family's error rate "
-            f"≤ {alpha}; any false claim of either kind ≤ {2 * alpha:g}). With ≥ 2 shared seeds the test is the "
+            f"≤ {alpha:.3g}; any false claim of either kind ≤ {2 * alpha:.3g}). With ≥ 2 shared seeds the test is the "
             "paired t over seeds; seed differences without spread use the seeds × items bootstrap; one shared "
             "seed uses McNemar's exact test on the test items (better/worse only: one seed cannot show equivalence). "
             f"The seeds × items bootstrap ({N_BOOT} resamples, numpy seed {BOOT_SEED}; seeds, then the test items, "
             "resampled) also treats the items as a sample of the task; where it does not support a verdict the "
             "sentence says \"this test set only\". MDE: the difference the verdict's test detects with 80% power at "
-            "α before Holm."]
+            "α before Holm" + (f" (where the study stopped at a look, also at the final α {FINAL_ALPHA:g} its last look "
+                               "would have been tested at)." if alpha < FINAL_ALPHA else ".")]
 
 
 def _p(v) -> str:

@@ -145,3 +145,29 @@ def test_the_intersection_union_test_keeps_alpha_when_one_component_sits_on_the_
         ps.append(sides("not_worse", d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(n), n, margin)[0])
     holds = np.maximum(*ps) < 0.05
     assert holds.mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 20000) and holds.mean() > 0.03  # near α, not far below
+
+
+def test_a_study_stopped_at_a_look_also_gets_its_reach_and_seeds_at_the_final_level():
+    """A study stopped at an interim look is tested at that look's level; its reach at the final level (what the
+    design was short of) is printed beside it, and the seeds a next study needs are counted at the final level.
+    Hand-computed: reach = (t(1 − α, n − 1) + t(0.9, n − 1)) sd / √n for TOST at 80% power."""
+    import pandas as pd
+
+    from harness.study.stopping import FINAL_ALPHA
+
+    a = pd.Series([0.80, 0.79, 0.81, 0.80, 0.78, 0.82])
+    d = pd.Series([0.012, -0.020, 0.031, -0.005, 0.010, -0.018])
+    row = pd.Series({"a": "A", "b": "B", "a_name": "A", "b_name": "B", "held": ""})
+    data = {"A": (a, {}), "B": (a + d, {})}
+    sd, n = float(d.std(ddof=1)), 6
+    by_hand = (sps.t.ppf(1 - FINAL_ALPHA, n - 1) + sps.t.ppf(0.9, n - 1)) * sd / np.sqrt(n)
+    stopped = {**claims.component(row, False, data, "equivalent", 0.01, alpha=0.005 / 15), "p_opp_holm": 1.0}
+    assert stopped["reach_final"] == pytest.approx(by_hand, rel=1e-9) and stopped["reach"] > 2 * by_hand
+    assert stopped["seeds"] == claims.seeds_to_reach(sd, 0.01, "equivalent", FINAL_ALPHA)
+    assert "at the final α 0.045" in claims._part_line(stopped, {"test": "equivalent", "b": None}, 0.01, set(),  # noqa: SLF001
+                                                       alpha=0.005 / 15)
+    ran_on = {**claims.component(row, False, data, "equivalent", 0.01, alpha=FINAL_ALPHA), "p_opp_holm": 1.0}
+    assert np.isnan(ran_on["reach_final"]) and ran_on["reach"] == pytest.approx(by_hand, rel=1e-9)
+    assert "final α" not in claims._part_line(ran_on, {"test": "equivalent", "b": None}, 0.01, set(),  # noqa: SLF001
+                                              alpha=FINAL_ALPHA)
+

@@ -160,3 +160,17 @@ def test_log_probability_line_and_where_it_disagrees_with_accuracy():
     assert verdicts.agreement({**row, "verdict": "undecided"}) == "only log-probability separates them"
     assert verdicts.agreement({**row, "score_p_holm": 0.5, "verdict": "better"}) == "only accuracy separates them"
     assert verdicts.agreement({"score_items": 0, "score_p_holm": np.nan, "verdict": "better"}) == ""
+
+
+def test_a_comparison_of_a_stopped_study_also_gets_its_mde_at_the_final_level():
+    """The comparisons' side of the same: MDE at the stop look's level and at the final level (stats' own MDE)."""
+    from harness.study.stopping import FINAL_ALPHA
+
+    a = pd.Series([0.80, 0.79, 0.81, 0.80, 0.78, 0.82])
+    d = pd.Series([0.012, -0.020, 0.031, -0.005, 0.010, -0.018])
+    ev = {**verdicts.evidence(a, a + d, {}, {}, 0.01, 0.005 / 15), "a_name": "A", "b_name": "B", "held": ""}
+    row = verdicts.judge(pd.DataFrame([ev]), 0.01, 0.005 / 15).iloc[0]
+    assert row["mde_final"] == pytest.approx(stats.min_detectable_effect(float(d.std(ddof=1)), 6, FINAL_ALPHA))
+    assert row["mde"] > 2 * row["mde_final"] and "at the final α 0.045" in verdicts.sentence(row, 0.01)
+    ran_on = verdicts.judge(pd.DataFrame([{**ev, "level": FINAL_ALPHA}]), 0.01, FINAL_ALPHA).iloc[0]
+    assert np.isnan(ran_on["mde_final"]) and "final α" not in verdicts.sentence(ran_on, 0.01)
