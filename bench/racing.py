@@ -26,8 +26,11 @@ the driver's rounds go with a barrier between them (what parallel=1 does): a con
 charged its cached device-seconds when the race gives it that seed. The comparisons are the sweep's
 with `tune: train.lr`: each arm (r x targets) at its own best lr, arms differing in one axis.
 "The full grid's verdicts" and the raced study's verdicts are the verdicts a finished study gets
-(harness/study/verdict.py at alpha = 0.05, Holm over the comparisons, one look: what the analysis's
-paired-t path computes on the final data), each on the data it holds. An ordering is a permutation of
+(harness/study/verdict.py, Holm over the comparisons: what the analysis's paired-t path computes on the
+final data), each on the data it holds, with collapsed / diverged cells set aside where the source
+recorded them (as the analysis does). The full grid is one look, at alpha = 0.05; a raced study is tested at
+the level the analysis would use (analysis/race.py level): 0.05 without `stop_when`, the stop look's level
+where `stop_when: decided` stopped it, what the looks left (0.045) where it ran to its last seed. An ordering is a permutation of
 the seeds (which one is round 1, 2, ...); every permutation is replayed.
 Target (issue 25): the same verdicts in >= 9 of 10 orderings with <= 50% of the device-seconds.
 """
@@ -49,7 +52,7 @@ STEPS = ["train.max_steps=40", "train.eval_every=0", "eval.max_examples=200", "e
 QUICK_SPACE = {"train.lr": [1e-3, 3e-2], "lora.r": [4, 8]}
 QUICK_SEEDS = [0, 1, 2]
 QUICK_STEPS = [*QUICK, "train.max_steps=6", "train.eval_every=0", "eval.baseline=false", "tracking.mode=disabled"]
-KEEP = ("status", "reason", "accuracy", "device_seconds", "wall_seconds")
+KEEP = ("status", "reason", "accuracy", "device_seconds", "wall_seconds", "degenerate")
 WARM: dict = {}  # the loaded base model across cells, as a warm trial worker keeps it (harness/trial/worker.py)
 
 
@@ -109,26 +112,30 @@ def run_grid(space: dict, seeds: list[int], base: list[str], cache_path: Path, d
 # ---------------------------------------------------------------------------- the replay
 
 
-def grid_values(space: dict, seeds: list[int], cache: dict) -> tuple[dict, dict, dict]:
-    """(configs, values, seconds): config key -> params; -> {seed: accuracy} (failed cells left out);
-    -> {seed: device-seconds}."""
+def grid_values(space: dict, seeds: list[int], cache: dict) -> tuple[dict, dict, dict, dict]:
+    """(configs, values, seconds, degenerate): config key -> params; -> {seed: accuracy} (failed cells left
+    out); -> {seed: device-seconds}; -> {seed: "collapsed" / "diverged"} where the cell recorded it (a cache
+    written before 2026-12-07 has no such field: its collapsed cells count as plain values)."""
     from harness.study import verdict as vd
 
-    configs, values, seconds = {}, {}, {}
+    configs, values, seconds, bad = {}, {}, {}, {}
     for p in points(space):
         k = vd.config_key(p)
-        configs[k], values[k], seconds[k] = p, {}, {}
+        configs[k], values[k], seconds[k], bad[k] = p, {}, {}, {}
         for s in seeds:
             e = cache[key({**p, "seed": s})]
             seconds[k][s] = float(e["device_seconds"] or 0.0)
             if e["accuracy"] is not None:
                 values[k][s] = float(e["accuracy"])
-    return configs, values, seconds
+            if e.get("degenerate"):
+                bad[k][s] = e["degenerate"]
+    return configs, values, seconds, bad
 
 
-def replay_race(configs: dict, values: dict, seconds: dict, order: list[int], rules) -> dict:
+def replay_race(configs: dict, values: dict, seconds: dict, order: list[int], rules, bad: dict | None = None) -> dict:
     """Racing round by round on cached cells, as the driver runs it with parallel=1: round k gives
-    every configuration still in the race its seed order[k-1]; harness/study/racing.py decides."""
+    every configuration still in the race its seed order[k-1]; harness/study/racing.py decides (its
+    unstable rule too: a cell carries its degenerate kind, as the driver's cells_of reads it)."""
     from harness.study import racing
 
     cells = {k: {s: racing.Cell(racing.PENDING) for s in order} for k in configs}
@@ -139,7 +146,8 @@ def replay_race(configs: dict, values: dict, seconds: dict, order: list[int], ru
             if k in stopped:
                 continue
             v = values[k].get(s)
-            cells[k][s] = racing.Cell(racing.COMPLETE, v) if v is not None else racing.Cell(racing.NOVALUE)
+            cells[k][s] = racing.Cell(racing.COMPLETE, v, (bad or {}).get(k, {}).get(s)) if v is not None else \
+                racing.Cell(racing.NOVALUE)
             spent += seconds[k][s]
             trials += 1
         st = racing.race(configs, cells, rules)
@@ -147,17 +155,36 @@ def replay_race(configs: dict, values: dict, seconds: dict, order: list[int], ru
             break
     ran = {k: {s: c.value for s, c in cells[k].items() if c.state == racing.COMPLETE} for k in configs}
     return {"values": ran, "seconds": spent, "trials": trials, "stopped": {k: v.look for k, v in st.stopped.items()},
-            "decided_at": st.decided["look"] if st.decided else None}
+            "unstable": sum(1 for v in st.stopped.values() if v.unstable),
+            "decided_at": st.decided["look"] if st.decided else None,
+            "alpha": level(rules, st.decided)}
 
 
-def final_verdicts(configs: dict, values: dict, axes: list[str], tune: str | None, margin: float) -> dict:
-    """What a finished study's data says (the analysis's paired-t path: Holm at 0.05 over the
-    comparisons, one look): (arm a, arm b, axis) -> (verdict, the configurations compared)."""
+def level(rules, decided: dict | None) -> float:
+    """The α the analysis tests the raced study's data at (analysis/race.py level): the stop look's where
+    stop_when stopped it, what the looks left where it ran to its last seed, α for a study without looks."""
+    from harness.study import stopping
+    from harness.study import verdict as vd
+
+    if rules.stop_when != "decided":
+        return vd.ALPHA
+    return float(decided["alpha"]) if decided else stopping.FINAL_ALPHA
+
+
+def kept(values: dict, bad: dict) -> dict:
+    """The values the analysis compares: collapsed and diverged cells set aside (analysis/__main__.py)."""
+    return {k: {s: v for s, v in vs.items() if s not in bad.get(k, {})} for k, vs in values.items()}
+
+
+def final_verdicts(configs: dict, values: dict, axes: list[str], tune: str | None, margin: float,
+                   alpha: float | None = None) -> dict:
+    """What a finished study's data says (the analysis's paired-t path: Holm at alpha, 0.05 for a study
+    with one look, over the comparisons): (arm a, arm b, axis) -> (verdict, the configurations compared)."""
     from harness.study import verdict as vd
 
     pairs, _ = vd.comparisons(configs, values, axes, tune, "maximize")
     out, shown = {}, vd.shown(configs)
-    for v in vd.verdicts(values, pairs, configs, margin, vd.ALPHA, "maximize", tune):
+    for v in vd.verdicts(values, pairs, configs, margin, vd.ALPHA if alpha is None else alpha, "maximize", tune):
         arm = lambda c: vd.label(configs[c], [a for a in shown if a != tune])  # noqa: E731
         out[f"{arm(v.b)} vs {arm(v.a)}"] = {"verdict": v.word, "b": vd.label(configs[v.b], shown),
                                             "a": vd.label(configs[v.a], shown),
@@ -201,7 +228,8 @@ def study_grid(storage: str, name: str) -> tuple[dict, list[int], dict]:
         cache[key({**params, "seed": seed})] = {
             "params": params, "seed": seed, "status": "complete" if ok else "failed",
             "accuracy": float(t.values[0]) if ok else None,
-            "device_seconds": t.user_attrs.get("device_seconds"), "trial": t.number}
+            "device_seconds": t.user_attrs.get("device_seconds"), "trial": t.number,
+            "degenerate": t.user_attrs.get("degenerate")}
     space: dict = {}
     for e in cache.values():
         for axis, v in e["params"].items():
@@ -222,7 +250,7 @@ def replay_main(space: dict, seeds: list[int], base: list[str], cache: dict, qui
     if missing:
         raise SystemExit(f"{len(missing)} cells are not cached yet (first: {missing[0]}); run --grid-only, or "
                          f"replay fewer seeds with --seeds N")
-    configs, values, seconds = grid_values(space, seeds, cache)
+    configs, values, seconds, bad = grid_values(space, seeds, cache)
     axes = list(space)
     full_seconds = sum(sum(v.values()) for v in seconds.values())
     orders = [list(o) for o in itertools.permutations(seeds)]
@@ -230,16 +258,16 @@ def replay_main(space: dict, seeds: list[int], base: list[str], cache: dict, qui
     rows, detail = [], {}
     n_cells = len(configs) * len(seeds)
     for name, (min_seeds, confidence, stop_when, tune, futility) in VARIANTS.items():
-        full = final_verdicts(configs, values, axes, tune, margin)
+        full = final_verdicts(configs, kept(values, bad), axes, tune, margin)
         runs = []
         for order in orders:
             rules = racing.Rules(order, "maximize", axes, min_seeds, confidence, stop_when, margin, tune, futility)
-            r = replay_race(configs, values, seconds, order, rules)
-            got = final_verdicts(configs, r["values"], axes, tune, margin)
+            r = replay_race(configs, values, seconds, order, rules, bad)
+            got = final_verdicts(configs, kept(r["values"], bad), axes, tune, margin, r["alpha"])
             same = all(got.get(c, {}).get("verdict") == v["verdict"] for c, v in full.items())
-            runs.append({"order": order, "same": same, "share": r["seconds"] / full_seconds,
+            runs.append({"order": order, "same": same, "share": r["seconds"] / full_seconds, "alpha": r["alpha"],
                          "trial_share": r["trials"] / n_cells,
-                         "stopped": len(r["stopped"]), "decided_at": r["decided_at"],
+                         "stopped": len(r["stopped"]), "stopped_unstable": r["unstable"], "decided_at": r["decided_at"],
                          "differs": {c: [full[c]["verdict"], got.get(c, {}).get("verdict")] for c in full
                                      if got.get(c, {}).get("verdict") != full[c]["verdict"]}})
         shares = sorted(x["share"] for x in runs)

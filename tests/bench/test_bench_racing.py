@@ -51,3 +51,26 @@ def test_replay_of_a_study_stops_the_planted_bad_configuration(tmp_path, monkeyp
     assert row["median trial share"] == pytest.approx(5 / 6)
     full = out["variants"]["racing"]["full_grid_verdicts"]
     assert [v["verdict"] for v in full.values()] == ["worse"]
+
+
+def test_replay_reads_collapsed_cells_stops_them_by_the_unstable_rule_and_sets_them_aside(tmp_path, monkeypatch):
+    """A configuration whose every seed collapsed (user attr `degenerate`, as the driver records it) is stopped
+    after min_seeds by racing's unstable rule in every ordering, as the driver would, and its collapsed seeds are
+    left out of the verdicts, as the analysis leaves them out: its comparison has no shared seed."""
+    monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = optuna.create_study(study_name="c", storage=url, direction="maximize")
+    for seed in range(4):
+        for lr, acc, bad in ((GOOD, 0.80 + 0.003 * (seed % 2), None), (BAD, 0.50, "collapsed")):
+            study.add_trial(create_trial(state=TrialState.COMPLETE, value=acc, params={}, distributions={},
+                                         user_attrs={"point": json.dumps({"train.lr": lr, "seed": seed}),
+                                                     "device_seconds": 10.0, "degenerate": bad}))
+    space, seeds, cache = br.study_grid(url, "c")
+    assert cache[br.key({"train.lr": BAD, "seed": 0})]["degenerate"] == "collapsed"
+    assert br.replay_main(space, seeds, [], cache, False, out="racing_c") == 0
+    out = json.loads((tmp_path / "racing_c.json").read_text())
+    racing_runs = out["variants"]["racing"]["runs"]
+    assert len(racing_runs) == 24 and all(r["stopped"] == r["stopped_unstable"] == 1 for r in racing_runs)
+    assert {r["variant"]: r for r in out["rows"]}["racing"]["median trial share"] == pytest.approx(6 / 8)
+    full = out["variants"]["racing"]["full_grid_verdicts"]  # its seeds set aside: nothing left to pair with
+    assert [(v["n"], v["verdict"]) for v in full.values()] == [(0, "undecided")]
