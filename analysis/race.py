@@ -89,11 +89,31 @@ def level(optuna_study) -> tuple[float, str | None]:
         return float(st["alpha"]), (f"The verdicts below are tested at α = {st['alpha']:.3g}, the level of the look "
                                     "that stopped the study (harness/study/stopping.py), so that wherever a study "
                                     f"stops, its false verdicts stay within {vd.ALPHA}.")
+    going = _in_progress(optuna_study)
+    if going:
+        n_seeds, left = going
+        a = stopping.look_alpha(n_seeds)
+        return a, (f"The study is still running ({left} trial{'s' if left != 1 else ''} queued or running): this analysis "
+                   f"is an interim look, so the verdicts below are tested at α = {a:.3g}, the level of the driver's own "
+                   f"looks (0.005 / ({n_seeds} seeds − 2); harness/study/stopping.py), not at the final "
+                   f"{stopping.FINAL_ALPHA:g}: a look at the final level before the last seed is not in the design and "
+                   f"would raise the error rate. Rerun the analysis once the study has finished.")
     return stopping.FINAL_ALPHA, (f"The verdicts below are tested at α = {stopping.FINAL_ALPHA:g}: {vd.ALPHA} less the "
                                   f"{stopping.INTERIM_ALPHA:g} its interim looks could spend (harness/study/stopping.py), "
                                   f"so that wherever a study stops, its false verdicts stay within {vd.ALPHA} (tested "
                                   f"at {vd.ALPHA} after the looks, simulated studies reported up to 0.08: "
                                   "bench/stop_when_alpha.py).")
+
+
+def _in_progress(optuna_study) -> tuple[int, int] | None:
+    """(the study's seeds, its trials queued or running) for a study with trials still to run, else None."""
+    from optuna.trial import TrialState
+
+    left = optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    if not left:
+        return None
+    seeds = {t.user_attrs.get("seed") for t in optuna_study.get_trials(deepcopy=False)} - {None}
+    return len(seeds), len(left)
 
 
 def console_lines(optuna_study) -> list[str]:

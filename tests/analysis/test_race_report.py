@@ -82,3 +82,29 @@ def test_the_level_a_study_is_tested_at_is_what_its_looks_left():
     old = {k: v for k, v in decided.items() if k != "interim_alpha"}
     assert race.level(study(old))[0] == 0.045  # never stopped: the path the budget would have taken
     assert race.level(study(old, stop)) == (0.05, race.LOOKS_COST)
+
+
+def test_a_study_still_running_is_tested_at_its_interim_looks_level():
+    """An analysis before the last seed is a look: it is tested at the driver's look level, 0.005 / (seeds − 2),
+    not at the final 0.045; once no trial is queued or running, at the final level."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from analysis import race
+
+    s = optuna.create_study()
+    s.set_user_attr("racing_rules", {"racing": None, "stop_when": "decided", "interim_alpha": 0.005})
+    for seed in range(6):
+        state = TrialState.COMPLETE if seed < 3 else TrialState.WAITING
+        if state == TrialState.COMPLETE:
+            s.add_trial(create_trial(state=state, value=0.8, user_attrs={"seed": seed}))
+        else:
+            s.enqueue_trial({}, user_attrs={"seed": seed})
+    alpha, why = race.level(s)
+    assert alpha == 0.005 / 4 and "still running (3 trials queued or running)" in why and "interim look" in why
+    running = s.ask()  # a queued trial taken by a worker: still in progress
+    assert race.level(s)[0] == 0.005 / 4
+    s.tell(running, 0.8)
+    for _ in range(2):  # the other seeds run: a finished study, the final level
+        s.tell(s.ask(), 0.8)
+    assert race.level(s)[0] == 0.045
