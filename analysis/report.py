@@ -39,6 +39,13 @@ def _record(df: pd.DataFrame) -> dict:
     return {}
 
 
+def _lr_words(axes: list[str], follow: dict, train: dict) -> str:
+    """The budget line's lr: one record's lr only where every trial has it."""
+    if "train.lr" in axes:
+        return "searched (below)"
+    return "per configuration (below)" if "train.lr" in follow else str(train.get("lr"))
+
+
 def what_was_run(loaded, overrides: list[str], flags: str = "") -> list[str]:
     df = loaded.trials
     lora = df[df["method"].fillna("lora") == "lora"] if "method" in df else df
@@ -58,7 +65,7 @@ def what_was_run(loaded, overrides: list[str], flags: str = "") -> list[str]:
         f"- trials: {len(df)} ({counts}); trial wall time {wall / 60:.1f} min in total "
         f"({df['wall_seconds'].median():.0f} s median)",
         f"- budget: {train.get('max_steps')} steps × batch {train.get('batch_size')} × accum {train.get('grad_accum')}, "
-        f"lr {'per configuration (below)' if 'train.lr' in follow else train.get('lr')}, eval every "
+        f"lr {_lr_words(loaded.axes, follow, train)}, eval every "
         f"{train.get('eval_every') or '— (final only)'}",
         *([f"- set per configuration, not searched (`sweep.follow`): " + "; ".join(
             f"{key} by {f.get('axis')}: " + ", ".join(f"{k} → {v}" for k, v in (f.get("values") or {}).items())

@@ -181,6 +181,7 @@ def test_report_with_tune_says_whether_the_best_lr_carries_over(tmp_path, capsys
     section = md.split("## Does the best train.lr carry over between arms?")[1].split("\n## ")[0]
     assert "same grid point (0.01)" in section and "grid's edge" in section  # 1e-2 is the highest of the two
     assert "same grid point (0.01)" in printed.split("carry over between arms?")[1]
+    assert "lr searched (below)" in md.split("## What was run")[1].split("\n## ")[0]  # not one trial's lr
 
 
 def test_a_configuration_with_collapsed_seeds_is_not_an_arms_best_by_its_survivors(tmp_path, capsys):
