@@ -77,10 +77,11 @@ def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs two workers, --dist loadgroup): every test that starts real processes
     goes to one worker, one at a time, as in a serial run, so those tests never run beside each other (two
     drivers with their trial workers on 2 cores would each be timed and killed at half speed); the in-process
-    tests are spread over the workers."""
+    tests are spread over the workers a file at a time, so a file's module fixtures (a study run by the real
+    driver, say) are built once, not once per worker."""
     for item in items:
-        if item.get_closest_marker("process") or item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("process"))
+        real = item.get_closest_marker("process") or item.get_closest_marker("slurm")
+        item.add_marker(pytest.mark.xdist_group("process" if real else item.module.__name__))
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
