@@ -121,6 +121,7 @@ class Session:
             self.study.set_metric_names(list(self.sw.objectives))  # optuna-dashboard's axis names
             self.study.set_user_attr("config", experiment_config(self.cfg))
             self.study.set_user_attr("racing_rules", self.rules.record())
+            self._note_whole_grid_race(space)
             for ref in self.sw.enqueue:
                 for s in self.sw.seeds:
                     self.study.enqueue_trial(dict(ref), user_attrs={"seed": s, "point": space_mod.point_key(dict(ref), s)},
@@ -176,6 +177,16 @@ class Session:
         if old != new and (self.rules.on or old["racing"] is not None or old["stop_when"] != "budget"):
             raise ConfigError(f"study {self.cfg.study} was created with racing/stop_when {old}; the sweep asks for "
                               f"{new}: resuming would change decisions already made. Set study=<new name>")
+
+    def _note_whole_grid_race(self, space: dict) -> None:
+        """Racing without `tune` over several searched axes is one race over the whole grid: a configuration that
+        trails on one axis stops even where the comparison one axis apart is the question (qlora_r32_lr lost
+        attn_qv's lr comparison that way). Said once, when the study is created."""
+        varied = [k for k, v in space.items() if len((v or {}).get("choices") or ()) > 1]
+        if self.rules.min_seeds is not None and not self.rules.tune and len(varied) > 1:
+            self.notes.append(f"racing without sweep.tune: one race over the whole grid ({', '.join(varied)}): a "
+                              "configuration that trails the grid's leader on any axis gets no more seeds; to race "
+                              "within each arm, set sweep.tune=<the axis your comparison is about> (README: Racing)")
 
     def _queue_references(self) -> None:
         """Queue each reference arm once per seed, unless a trial holds it already (so a resume adds

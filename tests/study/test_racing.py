@@ -382,3 +382,24 @@ def test_a_study_from_before_the_interim_budget_goes_on_under_it_unless_it_stopp
     assert study.user_attrs["racing_rules"] == old  # the rule it stopped under stands
     with pytest.raises(ConfigError, match="created with racing"):  # any other change is still refused
         _driver(tmp_path, "sweep.stop_when=decided", "sweep.futility=0.3").session.open()
+
+
+def test_a_new_study_racing_the_whole_grid_of_several_axes_says_so_once():
+    """Racing without tune over two varied axes: one note when the study is created, none on resume; with tune, or
+    over one varied axis, none."""
+    import tempfile
+    from pathlib import Path
+
+    two = "{lora.r: {choices: [2, 8]}, train.lr: {choices: [1e-3, 1e-2]}}"
+    with tempfile.TemporaryDirectory() as d:
+        first = _driver(Path(d), "sweep.racing=true", space=two)
+        assert first.session.open() is True
+        assert [n for n in first.session.notes if n.startswith("racing without sweep.tune")] and \
+            "lora.r, train.lr" in first.session.notes[0]
+        again = _driver(Path(d), "sweep.racing=true", space=two)
+        assert again.session.open() is False and not again.session.notes
+    for extra, space in ((("sweep.racing=true", "sweep.tune=train.lr"), two), (("sweep.racing=true",), None)):
+        with tempfile.TemporaryDirectory() as d:
+            drv = _driver(Path(d), *extra, **({"space": space} if space else {}))
+            assert drv.session.open() is True and not drv.session.notes
+
