@@ -27,10 +27,10 @@ sweep: setup
 
 # --timeout: a test that hangs (a process waiting on a socket) fails with its stacks printed, and the
 # suite goes on, instead of holding CI until its limit. Not in pyproject: `-m slow` runs take longer.
-# -n: pytest-xdist workers (one per core here); --dist loadgroup: the tests that start real processes run on
-# one worker, one at a time (tests/conftest.py), the in-process tests on the others. TEST_WORKERS=0: serial.
+# -n: pytest-xdist workers (one per core here), each test sent to the next free worker (--dist load), so two
+# tests that start real processes can run at once (the fresh-clone checks pass so). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist load)
 test: setup
 	$(PY) -m pytest --timeout=900 $(XDIST)
 

@@ -71,24 +71,12 @@ def fresh_pg():
             conn.execute(f"drop database if exists {name} with (force)")
 
 
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers, --dist loadgroup): every test that starts real processes
-    goes to one worker, one at a time, as in a serial run, so those tests never run beside each other (two
-    drivers with their trial workers on 2 cores would each be timed and killed at half speed); the in-process
-    tests are spread over the workers a file at a time, so a file's module fixtures (a study run by the real
-    driver, say) are built once, not once per worker."""
-    for item in items:
-        real = item.get_closest_marker("process") or item.get_closest_marker("slurm")
-        item.add_marker(pytest.mark.xdist_group("process" if real else item.module.__name__))
-
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one torch thread per worker: two workers with a thread per core each spin-wait on each other (OpenMP,
     # 8-80x slower); trials set their own threads (hardware.threads), subprocesses inherit nothing from this
     import torch
 
     torch.set_num_threads(1)
+
 
 from harness.runners import InProcess as NoProcessRunner  # noqa: E402,F401 (the in-process test runners' base)
