@@ -78,31 +78,31 @@ def level(optuna_study) -> tuple[float, str | None]:
     what the looks left (harness/study/stopping.py FINAL_ALPHA); one that stopped at a look, at that look's level.
     A study created before the interim budget that never stopped took the path the budget would have (its looks
     were more lenient and stopped nothing), so it is tested the same way; one that stopped under it cannot be."""
-    attrs = optuna_study.user_attrs if optuna_study is not None else {}  # the attrs only: no read of the trials
+    attrs = optuna_study.user_attrs if optuna_study is not None else {}  # the trials are read only while it runs
     rules = attrs.get("racing_rules") or {}
-    if rules.get("stop_when") != "decided":
-        return vd.ALPHA, None
     st = attrs.get("stopped")  # only ever set at an interim look: the last look ends a study by its budget
+    alpha = stopping.tested_at(rules.get("stop_when"), st)
+    if rules.get("stop_when") != "decided":
+        return alpha, None
     if st is not None and "interim_alpha" not in rules:
         return vd.ALPHA, LOOKS_COST
     if st is not None:
-        return float(st["alpha"]), (f"The verdicts below are tested at α = {st['alpha']:.3g}, the level of the look "
-                                    "that stopped the study (harness/study/stopping.py), so that wherever a study "
-                                    f"stops, its false verdicts stay within {vd.ALPHA}.")
+        return alpha, (f"The verdicts below are tested at α = {alpha:.3g}, the level of the look that stopped the "
+                       "study (harness/study/stopping.py), so that wherever a study stops, its false verdicts stay "
+                       f"within {vd.ALPHA}.")
     going = _in_progress(optuna_study)
     if going:
         n_seeds, left = going
         a = stopping.look_alpha(n_seeds)
         return a, (f"The study is still running ({left} trial{'s' if left != 1 else ''} queued or running): this analysis "
                    f"is an interim look, so the verdicts below are tested at α = {a:.3g}, the level of the driver's own "
-                   f"looks (0.005 / ({n_seeds} seeds − 2); harness/study/stopping.py), not at the final "
+                   f"looks ({stopping.INTERIM_ALPHA:g} / ({n_seeds} seeds − 2); harness/study/stopping.py), not at the final "
                    f"{stopping.FINAL_ALPHA:g}: a look at the final level before the last seed is not in the design and "
                    f"would raise the error rate. Rerun the analysis once the study has finished.")
-    return stopping.FINAL_ALPHA, (f"The verdicts below are tested at α = {stopping.FINAL_ALPHA:g}: {vd.ALPHA} less the "
-                                  f"{stopping.INTERIM_ALPHA:g} its interim looks could spend (harness/study/stopping.py), "
-                                  f"so that wherever a study stops, its false verdicts stay within {vd.ALPHA} (tested "
-                                  f"at {vd.ALPHA} after the looks, simulated studies reported up to 0.08: "
-                                  "bench/stop_when_alpha.py).")
+    return alpha, (f"The verdicts below are tested at α = {alpha:g}: {vd.ALPHA} less the {stopping.INTERIM_ALPHA:g} "
+                   f"its interim looks could spend (harness/study/stopping.py), so that wherever a study stops, its false "
+                   f"verdicts stay within {vd.ALPHA} (tested at {vd.ALPHA} after the looks, simulated studies reported up "
+                   "to 0.08: bench/stop_when_alpha.py).")
 
 
 def _in_progress(optuna_study) -> tuple[int, int] | None:

@@ -136,7 +136,7 @@ def replay_race(configs: dict, values: dict, seconds: dict, order: list[int], ru
     """Racing round by round on cached cells, as the driver runs it with parallel=1: round k gives
     every configuration still in the race its seed order[k-1]; harness/study/racing.py decides (its
     unstable rule too: a cell carries its degenerate kind, as the driver's cells_of reads it)."""
-    from harness.study import racing
+    from harness.study import racing, stopping
 
     cells = {k: {s: racing.Cell(racing.PENDING) for s in order} for k in configs}
     spent, trials, st = 0.0, 0, None
@@ -157,18 +157,7 @@ def replay_race(configs: dict, values: dict, seconds: dict, order: list[int], ru
     return {"values": ran, "seconds": spent, "trials": trials, "stopped": {k: v.look for k, v in st.stopped.items()},
             "unstable": sum(1 for v in st.stopped.values() if v.unstable),
             "decided_at": st.decided["look"] if st.decided else None,
-            "alpha": level(rules, st.decided)}
-
-
-def level(rules, decided: dict | None) -> float:
-    """The α the analysis tests the raced study's data at (analysis/race.py level): the stop look's where
-    stop_when stopped it, what the looks left where it ran to its last seed, α for a study without looks."""
-    from harness.study import stopping
-    from harness.study import verdict as vd
-
-    if rules.stop_when != "decided":
-        return vd.ALPHA
-    return float(decided["alpha"]) if decided else stopping.FINAL_ALPHA
+            "alpha": stopping.tested_at(rules.stop_when, st.decided)}  # what analysis/race.py tests it at
 
 
 def kept(values: dict, bad: dict) -> dict:

@@ -41,6 +41,14 @@ def level(k: int, n_seeds: int) -> float:
     return FINAL_ALPHA if k >= n_seeds else look_alpha(n_seeds)
 
 
+def tested_at(stop_when: str | None, stopped: dict | None) -> float:
+    """The α a finished study's data is tested at (the rule now): α without looks, the stopping look's level for a
+    study stop_when stopped, FINAL_ALPHA for one that ran to its last seed (analysis/race.py, bench/racing.py)."""
+    if stop_when != "decided":
+        return vd.ALPHA
+    return float(stopped["alpha"]) if stopped is not None else FINAL_ALPHA
+
+
 def _seeds_left(st, keys: list[str], later: list) -> bool:
     """Whether a configuration still racing has a seed after the look (queued, running or done: seen
     from the look, its data are still to come), so the comparison could still change."""
